@@ -1,0 +1,30 @@
+"""The HTTP API: a Flask app factory. Never imports torch (it enqueues by task name)."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from api.context import Services
+from api.errors import register_error_handlers
+from api.health import health
+from api.jobs import jobs
+from shared.settings import Settings
+
+# base64 inflates by 4/3; leave room for the JSON/multipart envelope and the prompt.
+_BODY_OVERHEAD_BYTES = 256 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API for ``settings`` (read from the environment when not given).
+
+    Connects nothing at build time: the engine and the broker connect lazily on first use.
+    """
+    settings = settings or Settings()
+    app = Flask("sightline")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 4 // 3 + _BODY_OVERHEAD_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["sightline"] = Services.build(settings)
+    register_error_handlers(app)
+    app.register_blueprint(health)
+    app.register_blueprint(jobs)
+    return app

@@ -1,0 +1,43 @@
+"""The long-lived objects one API process shares between requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.blobs import BlobStore
+from shared.celery_app import create_celery
+from shared.db import create_engine_for, session_factory
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    """Settings, database, blob store and broker of one API process."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    celery: Celery
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        engine = create_engine_for(settings)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=session_factory(engine),
+            blobs=BlobStore(settings.blob_url),
+            celery=create_celery(settings),
+        )
+
+
+def services() -> Services:
+    """The :class:`Services` of the app handling the current request."""
+    found: Services = current_app.extensions["sightline"]
+    return found

@@ -1,0 +1,70 @@
+"""Every error leaves the API as RFC 9457 ``application/problem+json``.
+
+This is the one place exceptions become HTTP responses: :class:`SightlineError`
+subclasses carry their status and code; Werkzeug's HTTP errors (404 route, 405, 413 body
+too large) and database outages are mapped here too; anything else is a 500 whose body
+says nothing about internals (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json, request
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import PayloadTooLarge, ServiceUnavailable, SightlineError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MIMETYPE = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> Response:
+    """A problem+json response. ``code`` is sightline's stable error identifier."""
+    body = {
+        "type": f"urn:sightline:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": request.path,
+        **extra,
+    }
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+
+
+def _from_sightline(exc: SightlineError) -> Response:
+    return problem(exc.status, exc.title, exc.detail, exc.code)
+
+
+def _from_http(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    if status == 413:
+        return _from_sightline(
+            PayloadTooLarge(
+                f"the request body exceeds the limit of {request.max_content_length} bytes",
+                code="body_too_large",
+            )
+        )
+    code = (exc.name or "error").lower().replace(" ", "_")
+    return problem(status, exc.name or "Error", exc.description or exc.name or "", code)
+
+
+def _from_database(exc: DBAPIError) -> Response:
+    log.warning("database unavailable: %s", exc.__class__.__name__)
+    return _from_sightline(ServiceUnavailable("the database cannot be reached; retry later"))
+
+
+def _from_anything(exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return problem(500, "Internal error", "an internal error occurred", "internal_error")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(SightlineError, _from_sightline)
+    app.register_error_handler(HTTPException, _from_http)
+    app.register_error_handler(DBAPIError, _from_database)
+    app.register_error_handler(Exception, _from_anything)

@@ -1,0 +1,132 @@
+"""``sightline``: argument parsing and dispatch; the work lives in the parts it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from shared.settings import Settings
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from migrations import upgrade
+
+    upgrade(Settings())
+    print("database is up to date")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from shared.db import create_engine_for, session_factory, transaction
+    from shared.keys import create_key
+
+    engine = create_engine_for(Settings())
+    with transaction(session_factory(engine)) as session:
+        row, key = create_key(session, args.name)
+        info = {"id": str(row.id), "name": row.name, "key": key}
+    engine.dispose()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"API key {info['name']!r} ({info['id']}); shown once, store it now:")
+        print(key)
+    return 0
+
+
+def _model_build_tiny(args: argparse.Namespace) -> int:
+    from worker.model.tiny import build_tiny_checkpoint
+
+    build_tiny_checkpoint(args.path, size=args.size, seed=args.seed)
+    print(f"built {args.size} GLM-4V checkpoint (seed {args.seed}) at {args.path}")
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    if args.dev:
+        from api import create_app
+
+        create_app(Settings()).run(host=args.host, port=args.port)
+        return 0
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{args.host}:{args.port}",
+        "--workers",
+        str(args.workers),
+        "--access-logfile",
+        "-",
+        "--graceful-timeout",
+        "20",
+        "api:create_app()",
+    ]
+    os.execv(sys.executable, command)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.launcher import main
+
+    return main(Settings())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cli.demo import run_demo
+
+    return run_demo(Settings(), jobs=args.jobs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sightline", description="Durable, micro-batched vision-language inference jobs."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(run=_db_upgrade)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", help="create an API key (shown once)")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    create.set_defaults(run=_keys_create)
+
+    model = commands.add_parser("model", help="model checkpoints")
+    model_commands = model.add_subparsers(dest="model", required=True)
+    tiny = model_commands.add_parser("build-tiny", help="build the offline GLM-4V checkpoint")
+    tiny.add_argument("path")
+    tiny.add_argument("--size", choices=["tiny", "medium"], default="tiny")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_model_build_tiny)
+
+    api = commands.add_parser("api", help="serve the HTTP API (gunicorn)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    api.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    api.add_argument("--dev", action="store_true", help="Flask's development server instead")
+    api.set_defaults(run=_api)
+
+    commands.add_parser("worker", help="start one worker per GPU").set_defaults(run=_worker)
+
+    demo = commands.add_parser("demo", help="embedded end-to-end run")
+    demo.add_argument("--jobs", type=int, default=6, help="sample jobs to submit")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("SIGHTLINE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

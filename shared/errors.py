@@ -1,0 +1,88 @@
+"""The one exception hierarchy of sightline.
+
+Each error carries the HTTP status and a stable machine-readable ``code``; the API turns
+any :class:`SightlineError` into an RFC 9457 ``application/problem+json`` document in one
+place (``api/errors.py``). Workers use the same codes for a job's ``error.code``.
+"""
+
+from __future__ import annotations
+
+
+class SightlineError(Exception):
+    """Base class: ``status`` is the HTTP status, ``code`` a stable snake_case identifier,
+    ``title`` a short human summary that does not vary, and the message the precise detail.
+    """
+
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(SightlineError):
+    """The request is malformed (bad JSON, bad base64, missing multipart part)."""
+
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class Unauthorized(SightlineError):
+    """No API key, or one that is unknown or revoked."""
+
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotFound(SightlineError):
+    """The resource does not exist (or belongs to someone else)."""
+
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(SightlineError):
+    """The resource is in a state that forbids the request (e.g. cancel a finished job)."""
+
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(SightlineError):
+    """The body or the image exceeds its configured limit."""
+
+    status = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(SightlineError):
+    """The request body or the image is of a type sightline does not accept."""
+
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class ValidationFailed(SightlineError):
+    """Well-formed but invalid input: a field out of range, an image that cannot be used."""
+
+    status = 422
+    code = "validation_failed"
+    title = "Validation failed"
+
+
+class ServiceUnavailable(SightlineError):
+    """A dependency (database, broker) cannot be reached right now; retry later."""
+
+    status = 503
+    code = "service_unavailable"
+    title = "Service unavailable"

@@ -1,0 +1,150 @@
+"""SQLAlchemy 2 models: the database is the source of truth for every job.
+
+Portable across PostgreSQL (production) and SQLite (embedded): UUIDs use the generic
+``Uuid`` type, enums are stored as VARCHAR with a CHECK constraint, timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware-UTC datetimes on every backend.
+
+    Stored naive in UTC (SQLite has no time zones), returned aware in UTC; an aware value
+    in another zone is converted, a naive one is refused so no local time sneaks in.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class JobStatus(enum.StrEnum):
+    """Lifecycle of a job. Moves only forward: queued → running → succeeded | failed,
+    and queued | running → canceled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class Priority(enum.StrEnum):
+    """Which queue a job travels on; workers always claim interactive work first."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+def _enum_column(kind: type[enum.StrEnum], name: str) -> Enum:
+    return Enum(
+        kind,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class ApiKey(Base):
+    """A caller's credential. Only the SHA-256 of the key is stored; the key itself is
+    shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Job(Base):
+    """One inference request: an image (by blob key), a prompt, options, and its outcome.
+
+    ``options`` holds the generation settings as JSON (``max_new_tokens``,
+    ``temperature``). ``attempts`` counts claims by a worker. ``lease_expires_at`` is set
+    while running; a lease in the past means the worker that claimed it is presumed dead.
+    ``queue_ms`` is created→started, ``inference_ms`` the forward pass that produced it.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"), index=True)
+    status: Mapped[JobStatus] = mapped_column(
+        _enum_column(JobStatus, "job_status"), default=JobStatus.QUEUED
+    )
+    priority: Mapped[Priority] = mapped_column(
+        _enum_column(Priority, "job_priority"), default=Priority.INTERACTIVE
+    )
+    prompt: Mapped[str] = mapped_column(Text)
+    image_key: Mapped[str] = mapped_column(String(200))
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_width: Mapped[int] = mapped_column(Integer)
+    image_height: Mapped[int] = mapped_column(Integer)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    queue_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    inference_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (
+        # The claim query: oldest queued work, interactive first.
+        Index("ix_jobs_claim", "status", "priority", "created_at"),
+    )

@@ -1,0 +1,178 @@
+"""The batch service: claim → infer → persist, for whatever is queued.
+
+A task message only wakes the worker up; the batch is formed from the database. The job
+named in the message is claimed first, then whatever else is queued (interactive before
+bulk, oldest first), up to ``max_batch_size``. A partial batch waits for stragglers only
+while they keep arriving and never longer than ``max_batch_wait_ms``; when nothing else
+is queued a lone job starts at once.
+
+Failures stay with their job: an image that does not decode fails alone before the
+model runs; a forward pass that raises is split in halves and retried until the culprit
+runs alone, and only it fails (``inference_error``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.blobs import BlobStore
+from shared.db import transaction
+from shared.models import Job, JobStatus
+from shared.settings import Settings
+from worker.claims import Outcome, claim_jobs, finish_jobs
+from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one :meth:`BatchService.run` did: every outcome it wrote, in claim order."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def status_of(self, job_id: uuid.UUID) -> JobStatus | None:
+        """The final status this run gave ``job_id``, or ``None`` if it did not run it."""
+        return next((o.status for o in self.outcomes if o.job_id == job_id), None)
+
+
+@dataclass
+class _Item:
+    job: Job
+    request: GenerationRequest
+
+
+class BatchService:
+    """Runs batches for one worker process: one model, one device, one name."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        backend: ModelBackend,
+        worker_name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._blobs = blobs
+        self._backend = backend
+        self.worker_name = worker_name
+        self._clock = clock
+
+    def run(self, job_id: uuid.UUID) -> BatchReport:
+        """Claim a batch (``job_id`` first if still queued), run it, commit the results.
+
+        Returns only after the results are committed, so the caller may ack its message.
+        A run that finds nothing queued (a duplicate or late message) does nothing.
+        """
+        jobs = self._collect(job_id)
+        if not jobs:
+            return BatchReport()
+        outcomes = self._infer(jobs)
+        with transaction(self._sessions) as session:
+            finish_jobs(session, worker=self.worker_name, outcomes=outcomes)
+        return BatchReport(outcomes)
+
+    def _collect(self, prefer: uuid.UUID) -> list[Job]:
+        limit = self._settings.max_batch_size
+        wait_s = self._settings.max_batch_wait_ms / 1000
+        jobs = self._claim(limit, prefer)
+        if not jobs:
+            return jobs
+        deadline = self._clock() + wait_s
+        poll_s = wait_s / 4
+        while len(jobs) < limit and self._clock() + poll_s <= deadline:
+            time.sleep(poll_s)
+            more = self._claim(limit - len(jobs), None)
+            if not more:  # nothing arrived meanwhile: waiting longer only adds latency
+                break
+            jobs.extend(more)
+        return jobs
+
+    def _claim(self, limit: int, prefer: uuid.UUID | None) -> list[Job]:
+        with transaction(self._sessions) as session:
+            return claim_jobs(
+                session,
+                worker=self.worker_name,
+                limit=limit,
+                lease_s=self._settings.job_lease_s,
+                prefer=prefer,
+            )
+
+    def _infer(self, jobs: Sequence[Job]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        groups: dict[GenerationOptions, list[_Item]] = {}
+        for job in jobs:
+            try:
+                image = self._load_image(job)
+            except Exception as exc:
+                outcomes.append(_failed(job, "image_undecodable", f"cannot decode image: {exc}"))
+                continue
+            options = GenerationOptions(
+                max_new_tokens=int(job.options["max_new_tokens"]),
+                temperature=float(job.options.get("temperature", 0.0)),
+            )
+            item = _Item(job, GenerationRequest(image=image, prompt=job.prompt, options=options))
+            groups.setdefault(options, []).append(item)
+        for items in groups.values():
+            outcomes.extend(self._generate_isolated(items))
+        return outcomes
+
+    def _load_image(self, job: Job) -> Image.Image:
+        with Image.open(io.BytesIO(self._blobs.get(job.image_key))) as image:
+            return image.convert("RGB")
+
+    def _generate_isolated(self, items: list[_Item]) -> list[Outcome]:
+        """Generate for ``items`` in one pass; on failure split and retry the halves."""
+        started = self._clock()
+        try:
+            results = self._backend.generate([item.request for item in items])
+        except Exception as exc:
+            if len(items) == 1:
+                log.warning("job %s failed in the model: %r", items[0].job.id, exc)
+                return [_failed(items[0].job, "inference_error", f"{type(exc).__name__}: {exc}")]
+            log.warning(
+                "batch of %d failed (%r); splitting to isolate the culprit", len(items), exc
+            )
+            middle = len(items) // 2
+            return self._generate_isolated(items[:middle]) + self._generate_isolated(items[middle:])
+        elapsed_ms = int((self._clock() - started) * 1000)
+        return [
+            Outcome(
+                job_id=item.job.id,
+                status=JobStatus.SUCCEEDED,
+                result=result.text,
+                output_tokens=result.tokens,
+                batch_size=len(items),
+                inference_ms=elapsed_ms,
+                queue_ms=_queue_ms(item.job),
+            )
+            for item, result in zip(items, results, strict=True)
+        ]
+
+
+def _queue_ms(job: Job) -> int | None:
+    if job.started_at is None:
+        return None
+    return int((job.started_at - job.created_at).total_seconds() * 1000)
+
+
+def _failed(job: Job, code: str, message: str) -> Outcome:
+    return Outcome(
+        job_id=job.id,
+        status=JobStatus.FAILED,
+        error_code=code,
+        error_message=message,
+        queue_ms=_queue_ms(job),
+    )

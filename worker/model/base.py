@@ -1,0 +1,59 @@
+"""The contract between the batch service and a model backend.
+
+A backend knows how to turn a batch of (image, prompt, options) into text. It knows
+nothing of Celery, the database or HTTP: the batch service hands it decoded images and
+takes back plain results, so a backend can be tested, benchmarked and swapped alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Settings that must be equal for every request in one forward pass.
+
+    ``max_new_tokens`` caps the generated tokens per request; ``temperature`` 0 means
+    greedy decoding (deterministic), anything above samples.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One item of a batch: an RGB image, the user's prompt and its options."""
+
+    image: Image.Image
+    prompt: str
+    options: GenerationOptions
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What the model produced for one request: decoded new text and its token count."""
+
+    text: str
+    tokens: int
+
+
+class ModelBackend(Protocol):
+    """A vision-language model that generates for a batch in one forward pass.
+
+    ``load`` is called once per process before any work, with the torch device string
+    (``"cpu"``, ``"cuda"``, ``"cuda:0"``); it raises if the checkpoint is missing or
+    unsupported. ``generate`` takes requests that all share the same
+    :class:`GenerationOptions` (it raises ``ValueError`` otherwise) and returns one
+    result per request, in order. Any other exception from ``generate`` means the whole
+    forward pass failed; the caller decides how to isolate the culprit.
+    """
+
+    def load(self, device: str) -> None: ...
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]: ...

@@ -1,0 +1,78 @@
+"""Assemble and run one worker process: one device, one model, one Celery solo worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from PIL import Image
+
+from shared.blobs import BlobStore
+from shared.celery_app import create_celery
+from shared.db import create_engine_for, session_factory
+from shared.settings import Settings
+from shared.tasks import GPU_QUEUES
+from worker.batching import BatchService
+from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
+from worker.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+
+def torch_device(device: str) -> str:
+    """The torch device for a launcher device: ``cpu`` stays, a GPU index becomes
+    ``cuda`` (the launcher pins the card with ``CUDA_VISIBLE_DEVICES``)."""
+    return "cpu" if device == "cpu" else "cuda"
+
+
+def load_backend(settings: Settings, device: str) -> ModelBackend:
+    """Load the model on ``device`` and run one tiny warm-up pass before any real work."""
+    from worker.model.hf import TransformersBackend
+
+    started = time.monotonic()
+    backend = TransformersBackend(settings.model_path, dtype=settings.dtype)
+    backend.load(torch_device(device))
+    warm = GenerationRequest(
+        image=Image.new("RGB", (64, 64), (127, 127, 127)),
+        prompt="warm-up",
+        options=GenerationOptions(max_new_tokens=1),
+    )
+    backend.generate([warm])
+    log.info(
+        "model %s loaded on %s in %.1f s",
+        settings.model_path,
+        device,
+        time.monotonic() - started,
+    )
+    return backend
+
+
+def run_worker(settings: Settings, device: str, node_name: str) -> int:
+    """Load the model, then consume ``interactive`` before ``bulk`` until shut down.
+
+    Uses Celery's solo pool with concurrency 1: CUDA cannot be re-initialised in a forked
+    child, and one model per card is the point. Returns the worker's exit code.
+    """
+    backend = load_backend(settings, device)
+    engine = create_engine_for(settings)
+    service = BatchService(
+        settings=settings,
+        sessions=session_factory(engine),
+        blobs=BlobStore(settings.blob_url),
+        backend=backend,
+        worker_name=node_name,
+    )
+    app = create_celery(settings)
+    register_tasks(app, service)
+    worker = app.Worker(
+        hostname=node_name,
+        pool="solo",
+        concurrency=1,
+        queues=list(GPU_QUEUES),
+        loglevel=settings.log_level,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    worker.start()
+    engine.dispose()
+    return int(worker.exitcode or 0)
