@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from shared.settings import Settings
 
@@ -40,7 +41,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 def _model_build_tiny(args: argparse.Namespace) -> int:
     from worker.model.tiny import build_tiny_checkpoint
 
-    build_tiny_checkpoint(args.path, size=args.size, seed=args.seed)
+    build_tiny_checkpoint(Path(args.path), size=args.size, seed=args.seed)
     print(f"built {args.size} GLM-4V checkpoint (seed {args.seed}) at {args.path}")
     return 0
 
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("SIGHTLINE_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Alembic announces each of its plugins at INFO; only the migrations are news.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     run: Callable[[argparse.Namespace], int] = args.run
     return run(args)
 

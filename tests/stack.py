@@ -1,0 +1,144 @@
+"""A running sightline installation for integration tests: API and workers as processes.
+
+Everything is started the way a user starts it (``sightline db upgrade``, ``sightline keys
+create --json``, ``sightline api``, ``sightline worker``), against real PostgreSQL or
+SQLite and a real Redis.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import redis
+from PIL import Image, ImageDraw
+from sqlalchemy import delete, select
+
+from cli.processes import sightline_command, start_api, start_worker, stop, wait_http_ok
+from cli.redis_server import free_port
+from client import Client
+from shared.celery_app import create_celery
+from shared.db import create_engine_for, session_factory
+from shared.models import Job
+from shared.settings import Settings
+
+
+def make_image(index: int, size: tuple[int, int] = (96, 72), fmt: str = "PNG") -> bytes:
+    """A distinct small picture per ``index`` (colour and shape vary)."""
+    colour = ((index * 67) % 256, (index * 131) % 256, (index * 199) % 256)
+    image = Image.new("RGB", size, (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    inset = 4 + index % 12
+    draw.ellipse((inset, inset, size[0] - inset, size[1] - inset), fill=colour)
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+class Stack:
+    """One database + broker + blob store + model, with the API running on a free port."""
+
+    def __init__(self, database_url: str, broker_url: str, workdir: Path, model_path: Path) -> None:
+        self.workdir = workdir
+        self.env = {
+            "SIGHTLINE_DATA_DIR": str(workdir),
+            "SIGHTLINE_DATABASE_URL": database_url,
+            "SIGHTLINE_BROKER_URL": broker_url,
+            "SIGHTLINE_BLOB_URL": str(workdir / "blobs"),
+            "SIGHTLINE_MODEL_PATH": str(model_path),
+            "SIGHTLINE_DEVICES": "cpu",
+            "SIGHTLINE_MAX_BATCH_SIZE": "8",
+            "SIGHTLINE_MAX_BATCH_WAIT_MS": "20",
+        }
+        self.settings = Settings(
+            **{k.removeprefix("SIGHTLINE_").lower(): v for k, v in self.env.items()}
+        )
+        self.engine = create_engine_for(self.settings)
+        self.sessions = session_factory(self.engine)
+        self.redis = redis.Redis.from_url(broker_url)
+        self.celery = create_celery(self.settings)
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self.api: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.key = ""
+
+    def cli(self, *args: str) -> str:
+        """Run ``sightline ARGS`` with this stack's settings; returns its stdout."""
+        done = subprocess.run(
+            sightline_command(*args),
+            env={**_base_env(), **self.env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, f"sightline {' '.join(args)} failed:\n{done.stderr}"
+        return done.stdout
+
+    def start(self) -> Stack:
+        self.cli("db", "upgrade")
+        self.key = json.loads(self.cli("keys", "create", "tests", "--json"))["key"]
+        port = free_port()
+        self.api = start_api(self.env, port, self.workdir / "logs" / "api.log")
+        self.url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{self.url}/readyz", timeout_s=60, process=self.api)
+        return self
+
+    def client(self, key: str | None = None) -> Client:
+        return Client(self.url, key or self.key)
+
+    def start_worker(self, **settings: str) -> subprocess.Popen[bytes]:
+        """Start ``sightline worker`` and wait until its worker answers a ping."""
+        env = {**self.env, **{f"SIGHTLINE_{k.upper()}": v for k, v in settings.items()}}
+        log = self.workdir / "logs" / f"worker-{len(self._workers)}.log"
+        process = start_worker(env, log)
+        self._workers.append(process)
+        deadline = time.monotonic() + 120
+        while not self.celery.control.ping(timeout=0.5):
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited with {process.returncode}; see {log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not answer a ping within 120 s; see {log}")
+        return process
+
+    def stop_workers(self) -> None:
+        for process in self._workers:
+            stop(process)
+        self._workers.clear()
+
+    def reset(self) -> None:
+        """Stop workers, delete every job and flush the broker: a clean slate per test."""
+        self.stop_workers()
+        with self.sessions.begin() as session:
+            session.execute(delete(Job))
+        self.redis.flushdb()
+
+    def jobs(self, ids: Iterable[str] | None = None) -> list[Job]:
+        """Job rows straight from the database (all, or those with ``ids``)."""
+        with self.sessions() as session:
+            query = select(Job)
+            if ids is not None:
+                query = query.where(Job.id.in_([uuid.UUID(i) for i in ids]))
+            return list(session.scalars(query))
+
+    def wait_all(self, ids: list[str], timeout_s: float = 180) -> list[dict[str, Any]]:
+        client = self.client()
+        return [client.wait(job_id, timeout_s=timeout_s) for job_id in ids]
+
+    def close(self) -> None:
+        self.stop_workers()
+        if self.api is not None:
+            stop(self.api)
+        self.redis.close()
+        self.engine.dispose()
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
