@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import base64
+import io
 from collections import Counter
+from pathlib import Path
 
 import requests
+from PIL import Image
 
+from shared.blobs import BlobStore
 from tests.stack import Stack, make_image
+from worker.model.base import GenerationOptions, GenerationRequest
+from worker.model.hf import TransformersBackend
 
 
 def _submit_json(stack: Stack, index: int, prompt: str) -> str:
@@ -53,7 +59,9 @@ def test_twenty_jobs_over_http_all_succeed_in_real_batches(stack: Stack) -> None
     assert all(size <= 8 for size in sizes)
 
 
-def test_sixteen_queued_jobs_run_as_two_batches_of_eight(stack: Stack) -> None:
+def test_sixteen_queued_jobs_run_as_two_batches_of_eight(
+    stack: Stack, tiny_checkpoint: Path
+) -> None:
     client = stack.client()
     ids = [client.submit(make_image(i), "describe", max_new_tokens=6)["id"] for i in range(16)]
     stack.start_worker()
@@ -65,6 +73,18 @@ def test_sixteen_queued_jobs_run_as_two_batches_of_eight(stack: Stack) -> None:
     rows = stack.jobs(ids)
     started = Counter(row.started_at for row in rows)
     assert sorted(started.values()) == [8, 8], "two claims of eight jobs each"
+    # fp32 greedy: each job run alone gives exactly the text it got inside its batch.
+    backend = TransformersBackend(tiny_checkpoint)
+    backend.load("cpu")
+    blobs = BlobStore(stack.settings.blob_url)
+    for row in rows:
+        image = Image.open(io.BytesIO(blobs.get(row.image_key))).convert("RGB")
+        options = GenerationOptions(max_new_tokens=6)
+        alone = backend.generate(
+            [GenerationRequest(image=image, prompt=row.prompt, options=options)]
+        )
+        assert alone[0].text == row.result
+        assert alone[0].tokens == row.output_tokens
 
 
 def test_unknown_job_is_404_problem(stack: Stack) -> None:

@@ -1,0 +1,131 @@
+"""Does micro-batching pay, and does the system around the model keep up with it?
+
+Measured side by side in one run, on the medium random GLM-4V checkpoint (the honest
+CPU stand-in for a real model):
+
+* bare model: ``TransformersBackend.generate`` at batch 1 and batch 8;
+* whole system: jobs submitted over HTTP to the API (gunicorn), claimed and run by a
+  ``sightline worker`` process, results committed to PostgreSQL (SQLite when no server
+  can be had), with ``SIGHTLINE_MAX_BATCH_SIZE`` 1 and 8.
+
+Throughput is jobs per second; system time runs from the first submission to the last
+``finished_at``. Prints the ratios the issue sets targets for:
+system@8 / bare@8 (≥ 0.9) and system@8 / system@1 (≥ 3).
+
+    python bench/batching.py [--jobs 96] [--tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from PIL import Image
+
+from cli.redis_server import RedisServer, free_port
+from tests.services import postgres_server, scratch_database
+from tests.stack import Stack, make_image
+from worker.model.base import GenerationOptions, GenerationRequest
+from worker.model.hf import TransformersBackend
+from worker.model.tiny import build_tiny_checkpoint
+
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench"
+PROMPTS = ["Describe this image.", "What colour is the shape?", "Is this safe?", "Caption it."]
+
+
+def medium_checkpoint() -> Path:
+    path = CACHE / "medium-glm4v"
+    if not (path / "config.json").exists():
+        build_tiny_checkpoint(path, size="medium", seed=0)
+    return path
+
+
+def bare_model(model: Path, jobs: int, tokens: int, batch: int) -> float:
+    """Jobs per second of ``generate`` alone at ``batch``, after one warm-up pass."""
+
+    backend = TransformersBackend(model)
+    backend.load("cpu")
+    requests = [
+        GenerationRequest(
+            image=Image.open(io.BytesIO(make_image(i, size=(224, 168)))).convert("RGB"),
+            prompt=PROMPTS[i % len(PROMPTS)],
+            options=GenerationOptions(max_new_tokens=tokens),
+        )
+        for i in range(jobs)
+    ]
+    backend.generate(requests[:batch])
+    started = time.perf_counter()
+    for start in range(0, jobs, batch):
+        backend.generate(requests[start : start + batch])
+    return jobs / (time.perf_counter() - started)
+
+
+def system(stack: Stack, jobs: int, tokens: int, batch: int) -> tuple[float, dict[int, int]]:
+    """Jobs per second through HTTP → worker → database, and the batch sizes seen."""
+    stack.reset()
+    stack.start_worker(max_batch_size=str(batch))
+    client = stack.client()
+    images = [make_image(i, size=(224, 168)) for i in range(jobs)]
+    first = datetime.now().astimezone()
+    ids = [
+        client.submit(images[i], PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens)["id"]
+        for i in range(jobs)
+    ]
+    done = [client.wait(job_id, timeout_s=600, poll_s=0.5) for job_id in ids]
+    stack.stop_workers()
+    assert all(job["status"] == "succeeded" for job in done), "every job must succeed"
+    last = max(datetime.fromisoformat(job["finished_at"]) for job in done)
+    sizes: dict[int, int] = {}
+    for job in done:
+        sizes[job["batch_size"]] = sizes.get(job["batch_size"], 0) + 1
+    return jobs / (last - first).total_seconds(), dict(sorted(sizes.items()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=96)
+    parser.add_argument("--tokens", type=int, default=16)
+    args = parser.parse_args()
+    model = medium_checkpoint()
+    with ExitStack() as cleanup:
+        workdir = Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sightline-bench-"))
+        )
+        redis = cleanup.enter_context(RedisServer(free_port()))
+        try:
+            admin = cleanup.enter_context(postgres_server())
+            database = cleanup.enter_context(scratch_database(admin))
+        except Exception as exc:  # no PostgreSQL here: the embedded default still measures
+            print(f"(PostgreSQL unavailable: {exc}; using SQLite)")
+            database = f"sqlite:///{workdir / 'bench.db'}"
+        stack = Stack(database, redis.url, workdir, model).start()
+        cleanup.callback(stack.close)
+
+        bare_1 = bare_model(model, args.jobs // 4, args.tokens, batch=1)
+        bare_8 = bare_model(model, args.jobs, args.tokens, batch=8)
+        system_1, sizes_1 = system(stack, args.jobs // 4, args.tokens, batch=1)
+        system_8, sizes_8 = system(stack, args.jobs, args.tokens, batch=8)
+
+    database_kind = database.split(":", 1)[0]
+    print(f"\nbatching benchmark: medium GLM-4V, {args.tokens} new tokens, CPU, {database_kind}")
+    print(f"  bare model   batch 1: {bare_1:6.2f} jobs/s")
+    print(f"  bare model   batch 8: {bare_8:6.2f} jobs/s   ({bare_8 / bare_1:.2f}x batch 1)")
+    print(f"  system       batch 1: {system_1:6.2f} jobs/s   batch sizes {sizes_1}")
+    print(f"  system       batch 8: {system_8:6.2f} jobs/s   batch sizes {sizes_8}")
+    print(f"  system@8 / bare@8   = {system_8 / bare_8:.2f}   (target >= 0.9)")
+    print(f"  system@8 / system@1 = {system_8 / system_1:.2f}   (target >= 3)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The Hugging Face ``transformers`` backend: any ``AutoModelForImageTextToText`` checkpoint.
+
+Loading goes through the generic path (``AutoProcessor`` and
+``AutoModelForImageTextToText``), prompts through the checkpoint's own chat template with
+one image part and one text part per request, and a batch through one left-padded
+``generate`` call. Only the new tokens are decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
+
+# Names of torch dtypes; torch itself is imported only by load(), so importing this module
+# stays cheap for processes that only need ModelLoadError or the class.
+_DTYPES = ("float32", "bfloat16", "float16")
+# Files up to this size (configs, templates, small tokenizers) count by content in the
+# revision; larger ones (weight shards) by name and size only, so computing it stays cheap.
+_HASHED_FILE_BYTES = 1 << 20
+
+
+class ModelLoadError(Exception):
+    """The checkpoint is missing, unreadable or not an image-text-to-text model."""
+
+
+class TransformersBackend:
+    """A :class:`~worker.model.base.ModelBackend` on top of ``transformers``.
+
+    ``model_path`` is a checkpoint directory, or a hub id (``owner/name``) where the hub is
+    reachable; an existing directory is always read with ``local_files_only`` so nothing is
+    downloaded. ``dtype`` is ``"auto"`` (float32 on CPU, bfloat16 on CUDA), ``"float32"``,
+    ``"bfloat16"`` or ``"float16"``; anything else raises ``ValueError`` here. Only float32
+    greedy decoding gives the same text for a request alone and inside any batch.
+    Construction is cheap; :meth:`load` does the work.
+    """
+
+    def __init__(self, model_path: str | Path, dtype: str = "auto") -> None:
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ValueError(
+                f"unsupported dtype {dtype!r}; expected 'auto' or one of {sorted(_DTYPES)}"
+            )
+        self.model_path = model_path
+        self.dtype = dtype
+        self._device: str | None = None
+        self._revision: str | None = None
+        self._processor: Any = None
+        self._model: Any = None
+        self._stop_ids: frozenset[int] = frozenset()
+
+    @property
+    def device(self) -> str:
+        """The torch device string given to :meth:`load`; ``RuntimeError`` before it."""
+        if self._device is None:
+            raise RuntimeError("model not loaded: call load(device) first")
+        return self._device
+
+    @property
+    def model_revision(self) -> str:
+        """A short, stable id of the loaded checkpoint, for cache keys.
+
+        For a directory: a hash over its top-level files, by content for files up to
+        1 MiB and by name and size for larger ones (weight shards are not read). For a
+        hub id: the resolved commit hash where ``transformers`` reports one.
+        ``RuntimeError`` before :meth:`load`.
+        """
+        if self._revision is None:
+            raise RuntimeError("model not loaded: call load(device) first")
+        return self._revision
+
+    def load(self, device: str) -> None:
+        """Load processor and model onto ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:0"``).
+
+        Raises :class:`ModelLoadError` if a local path does not exist, is not a directory
+        with a ``config.json``, has no chat template, or does not load as an
+        image-text-to-text model. Errors about the device itself (e.g. CUDA absent)
+        come from torch unchanged.
+        """
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        source, local = _resolve_source(self.model_path)
+        dtype = getattr(torch, _dtype_name(self.dtype, device))
+        try:
+            processor = AutoProcessor.from_pretrained(source, local_files_only=local)
+            # Any: the stubs type ``.to`` through a decorator mypy cannot follow.
+            model: Any = AutoModelForImageTextToText.from_pretrained(
+                source, dtype=dtype, local_files_only=local
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(
+                f"cannot load {source!r} as an image-text-to-text checkpoint: {exc}"
+            ) from exc
+        if getattr(processor, "chat_template", None) is None:
+            raise ModelLoadError(f"{source!r} has no chat template; prompts cannot be built")
+        # Generation appends on the right, so pads must sit on the left of the prompt.
+        processor.tokenizer.padding_side = "left"
+        self._processor = processor
+        self._model = model.to(device).eval()
+        self._stop_ids = _stop_token_ids(model, processor.tokenizer)
+        self._device = device
+        self._revision = _local_revision(Path(source)) if local else _hub_revision(model, source)
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Generate for every request in one ``generate`` call; results keep batch order.
+
+        All requests must share one :class:`GenerationOptions` and the batch must not be
+        empty (``ValueError`` otherwise); ``RuntimeError`` before :meth:`load`. Temperature
+        0 decodes greedily, above 0 samples at that temperature. ``tokens`` counts the new
+        tokens up to and including the first stop token (never the padding after it);
+        ``text`` is those tokens decoded without special tokens.
+        """
+        options = _shared_options(batch)
+        if self._model is None:
+            raise RuntimeError("model not loaded: call load(device) first")
+        import torch
+
+        inputs = self._processor.apply_chat_template(
+            [_chat(request) for request in batch],
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            add_generation_prompt=True,
+            processor_kwargs={"padding": True},
+        ).to(self._device)
+        with torch.inference_mode():
+            output = self._model.generate(**inputs, **_generation_kwargs(options))
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        return [self._result(row) for row in new_tokens]
+
+    def _result(self, row: list[int]) -> GenerationResult:
+        count = count_generated(row, self._stop_ids)
+        text = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
+        return GenerationResult(text=text, tokens=count)
+
+
+def count_generated(row: Sequence[int], stop_ids: frozenset[int]) -> int:
+    """Tokens a sequence really generated: up to and including its first stop token.
+
+    ``generate`` pads finished rows of a batch (often with the EOS id itself) until the
+    longest row is done; those trailing tokens are not part of the answer.
+    """
+    for index, token in enumerate(row):
+        if token in stop_ids:
+            return index + 1
+    return len(row)
+
+
+def _shared_options(batch: Sequence[GenerationRequest]) -> GenerationOptions:
+    if not batch:
+        raise ValueError("empty batch: nothing to generate")
+    options = batch[0].options
+    if any(request.options != options for request in batch):
+        raise ValueError("all requests in one batch must share the same GenerationOptions")
+    return options
+
+
+def _chat(request: GenerationRequest) -> list[dict[str, Any]]:
+    content = [{"type": "image", "image": request.image}, {"type": "text", "text": request.prompt}]
+    return [{"role": "user", "content": content}]
+
+
+def _generation_kwargs(options: GenerationOptions) -> dict[str, Any]:
+    if options.temperature > 0:
+        return {
+            "max_new_tokens": options.max_new_tokens,
+            "do_sample": True,
+            "temperature": options.temperature,
+        }
+    # Passing a temperature with do_sample=False only earns a warning, so leave it out.
+    return {"max_new_tokens": options.max_new_tokens, "do_sample": False}
+
+
+def _dtype_name(dtype: str, device: str) -> str:
+    """Resolve ``"auto"``: bfloat16 on CUDA (half the memory, tensor cores), else float32."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def _resolve_source(model_path: str | Path) -> tuple[str, bool]:
+    """Return ``(source, is_local)``, refusing local paths that cannot be checkpoints.
+
+    A string that exists on disk, or looks like a path (absolute, ``.``/``~`` prefix,
+    a ``Path`` object, more than one ``/``), is local; anything else is a hub id.
+    """
+    path = Path(model_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {str(path)!r} is a file, not a checkpoint directory")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model path {str(path)!r} has no config.json: not a Hugging Face checkpoint"
+            )
+        return str(path), True
+    text = str(model_path)
+    if (
+        isinstance(model_path, Path)
+        or path.is_absolute()
+        or text.startswith((".", "~"))
+        or text.count("/") > 1
+    ):
+        raise ModelLoadError(f"model path {text!r} does not exist")
+    return text, False
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """The ids that end a sequence: the generation config's EOS ids, else the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def _local_revision(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(f for f in path.iterdir() if f.is_file()):
+        size = file.stat().st_size
+        digest.update(json.dumps([file.name, size]).encode())
+        if size <= _HASHED_FILE_BYTES:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _hub_revision(model: Any, source: str) -> str:
+    commit = getattr(model.config, "_commit_hash", None)
+    return str(commit) if commit else hashlib.sha256(source.encode()).hexdigest()[:16]
