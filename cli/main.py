@@ -75,6 +75,18 @@ def _worker(args: argparse.Namespace) -> int:
     return main(Settings())
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    from worker.ops import run_ops_worker
+
+    return run_ops_worker(Settings())
+
+
+def _beat(args: argparse.Namespace) -> int:
+    from worker.ops import run_beat
+
+    return run_beat(Settings())
+
+
 def _demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
@@ -112,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(run=_api)
 
     commands.add_parser("worker", help="start one worker per GPU").set_defaults(run=_worker)
+    commands.add_parser(
+        "webhooks", help="the no-GPU worker: webhook deliveries and the sweeper"
+    ).set_defaults(run=_webhooks)
+    commands.add_parser("beat", help="schedule the sweeper (Celery beat)").set_defaults(run=_beat)
 
     demo = commands.add_parser("demo", help="embedded end-to-end run")
     demo.add_argument("--jobs", type=int, default=6, help="sample jobs to submit")

@@ -34,7 +34,7 @@ def create_engine_for(settings: Settings, **kwargs: Any) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url.render_as_string(hide_password=False), **kwargs)
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("connect_args", {"connect_timeout": 5})
+    kwargs.setdefault("connect_args", {"connect_timeout": 3})
     return create_engine(url, **kwargs)
 
 

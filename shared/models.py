@@ -109,9 +109,14 @@ class Job(Base):
     """One inference request: an image (by blob key), a prompt, options, and its outcome.
 
     ``options`` holds the generation settings as JSON (``max_new_tokens``,
-    ``temperature``). ``attempts`` counts claims by a worker. ``lease_expires_at`` is set
-    while running; a lease in the past means the worker that claimed it is presumed dead.
-    ``queue_ms`` is created→started, ``inference_ms`` the forward pass that produced it.
+    ``temperature``). ``attempts`` counts claims by a worker. While running,
+    ``claim_token`` identifies the claim and ``lease_expires_at`` its reservation: a lease
+    in the past means the worker that claimed it is presumed dead, and only the holder of
+    the current token may write a result. ``enqueued_at`` is when its wake-up message was
+    last sent; ``deadline_at`` is when a job still queued fails as ``expired``.
+    ``idempotency_key`` (unique per API key) and ``request_sha256`` (a fingerprint of the
+    submission) let a retried ``POST`` return the original job. ``queue_ms`` is
+    created→started, ``inference_ms`` the forward pass that produced the result.
     """
 
     __tablename__ = "jobs"
@@ -138,6 +143,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deadline_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -147,4 +157,5 @@ class Job(Base):
     __table_args__ = (
         # The claim query: oldest queued work, interactive first.
         Index("ix_jobs_claim", "status", "priority", "created_at"),
+        Index("ux_jobs_idempotency", "api_key_id", "idempotency_key", unique=True),
     )

@@ -36,6 +36,9 @@ class JobRequest(BaseModel):
     prompt: str = Field(min_length=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    timeout_s: int | None = Field(
+        default=None, ge=1, description="Seconds the job may wait in the queue before expiring."
+    )
 
 
 class ErrorOut(BaseModel):
@@ -66,6 +69,7 @@ class JobOut(BaseModel):
     output_tokens: int | None
     error: ErrorOut | None
     created_at: datetime
+    deadline_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     queue_ms: int | None
@@ -90,6 +94,7 @@ class JobOut(BaseModel):
             output_tokens=job.output_tokens,
             error=error,
             created_at=job.created_at,
+            deadline_at=job.deadline_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
             queue_ms=job.queue_ms,

@@ -58,9 +58,32 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = Field(default=64, ge=1)
     max_new_tokens_limit: int = Field(default=1024, ge=1, description="Ceiling callers may ask.")
     job_lease_s: int = Field(
-        default=300,
-        ge=5,
-        description="Seconds a claimed job stays reserved for its worker before it may be retaken.",
+        default=60,
+        ge=2,
+        description=(
+            "Seconds a claim stays reserved without renewal; the worker renews it every third "
+            "of this while a batch runs, so it bounds crash detection, not batch length."
+        ),
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Claims a job gets before a lost worker fails it."
+    )
+    default_timeout_s: int = Field(
+        default=86_400, ge=1, description="Seconds a job may stay queued before it expires."
+    )
+    max_timeout_s: int = Field(default=7 * 86_400, ge=1, description="Ceiling of timeout_s.")
+    requeue_after_s: int = Field(
+        default=30,
+        ge=1,
+        description="Seconds a queued job may go without a wake-up before the sweeper resends.",
+    )
+    sweep_interval_s: float = Field(default=5.0, gt=0, description="How often beat sweeps.")
+    sweep_batch: int = Field(
+        default=1000, ge=1, description="Most wake-ups the sweeper sends per queue per sweep."
+    )
+    fault_injection: bool = Field(
+        default=False,
+        description="Tests only: [[oom]], [[crash]], [[slow]] prompts misbehave (worker.faults).",
     )
     devices: str = Field(
         default="", description="Worker devices, e.g. '0,1', 'cpu', 'cpu,cpu'; default: all GPUs."

@@ -9,9 +9,12 @@ from __future__ import annotations
 from shared.models import Priority
 
 INFER_TASK = "sightline.infer"
+SWEEP_TASK = "sightline.sweep"
 
 QUEUE_INTERACTIVE = "interactive"
 QUEUE_BULK = "bulk"
+# Housekeeping (the sweeper), consumed by the no-GPU ops worker.
+QUEUE_MAINTENANCE = "maintenance"
 
 # Workers list interactive first: with Redis, Celery polls queues in the order given.
 GPU_QUEUES = (QUEUE_INTERACTIVE, QUEUE_BULK)

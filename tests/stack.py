@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ import redis
 from PIL import Image, ImageDraw
 from sqlalchemy import delete, select
 
-from cli.processes import sightline_command, start_api, start_worker, stop, wait_http_ok
+from cli.processes import sightline_command, spawn, start_api, start_worker, stop, wait_http_ok
 from cli.redis_server import free_port
 from client import Client
 from shared.celery_app import create_celery
@@ -93,20 +94,56 @@ class Stack:
         return Client(self.url, key or self.key)
 
     def start_worker(self, **settings: str) -> subprocess.Popen[bytes]:
-        """Start ``sightline worker`` and wait until its worker answers a ping."""
-        env = {**self.env, **{f"SIGHTLINE_{k.upper()}": v for k, v in settings.items()}}
-        log = self.workdir / "logs" / f"worker-{len(self._workers)}.log"
-        process = start_worker(env, log)
+        """Start ``sightline worker`` (the launcher) and wait until a worker answers a ping.
+
+        ``settings`` override this stack's ones for that process (``max_batch_size="1"``).
+        """
+        process = start_worker(self._env(settings), self._log("worker"))
+        return self._started(process, "cpu0@")
+
+    def start_worker_child(
+        self, node: str, *, ready: bool = True, **settings: str
+    ) -> subprocess.Popen[bytes]:
+        """Start one ``python -m worker.child`` directly (no launcher to restart it), so a
+        test can SIGKILL exactly the process that runs the batch. With ``ready`` False,
+        return at once instead of waiting for it to answer a ping."""
+        args = [sys.executable, "-m", "worker.child", "--device", "cpu", "--node", node]
+        process = spawn(args, self._env(settings), self._log(node))
+        if not ready:
+            self._workers.append(process)
+            return process
+        return self._started(process, node)
+
+    def start_ops(self, **settings: str) -> None:
+        """Start ``sightline webhooks`` (sweeper, webhook sender) and ``sightline beat``."""
+        env = self._env(settings)
+        ops = spawn(sightline_command("webhooks"), env, self._log("ops"))
+        self._started(ops, "ops@")
+        self._workers.append(spawn(sightline_command("beat"), env, self._log("beat")))
+
+    def _env(self, settings: dict[str, str]) -> dict[str, str]:
+        return {**self.env, **{f"SIGHTLINE_{k.upper()}": v for k, v in settings.items()}}
+
+    def _log(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}-{len(self._workers)}.log"
+
+    def _started(
+        self, process: subprocess.Popen[bytes], node_prefix: str
+    ) -> subprocess.Popen[bytes]:
+        """Track ``process`` and wait until a node named ``node_prefix…`` answers a ping."""
         self._workers.append(process)
         deadline = time.monotonic() + 120
-        while not self.celery.control.ping(timeout=0.5):
+        while True:
+            replies = self.celery.control.ping(timeout=0.5)
+            if any(name.startswith(node_prefix) for reply in replies for name in reply):
+                return process
             if process.poll() is not None:
-                raise RuntimeError(f"worker exited with {process.returncode}; see {log}")
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not answer a ping within 120 s; see {log}")
-        return process
+                raise RuntimeError(f"{node_prefix} did not answer a ping within 120 s")
 
     def stop_workers(self) -> None:
+        """Stop every worker, ops and beat process this stack started (SIGTERM)."""
         for process in self._workers:
             stop(process)
         self._workers.clear()

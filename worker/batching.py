@@ -1,23 +1,32 @@
 """The batch service: claim → infer → persist, for whatever is queued.
 
 A task message only wakes the worker up; the batch is formed from the database. The job
-named in the message is claimed first, then whatever else is queued (interactive before
-bulk, oldest first), up to ``max_batch_size``. A partial batch waits for stragglers only
-while they keep arriving and never longer than ``max_batch_wait_ms``; when nothing else
-is queued a lone job starts at once.
+named in the message is claimed first, then whatever else is claimable (interactive
+before bulk, oldest first), up to ``max_batch_size``. A partial batch waits for
+stragglers only while they keep arriving and never longer than ``max_batch_wait_ms``;
+when nothing else is queued a lone job starts after one quick check.
 
-Failures stay with their job: an image that does not decode fails alone before the
-model runs; a forward pass that raises is split in halves and retried until the culprit
-runs alone, and only it fails (``inference_error``).
+Failures stay with their job:
+
+* a job past its deadline fails as ``expired`` without touching the model;
+* an image that does not decode fails alone before the model runs;
+* a forward pass that raises is split in halves and retried until the culprit runs
+  alone, and only it fails (``inference_error``);
+* a job that was claimed before (its worker died mid-batch) is claimed one at a time and
+  runs alone, after the fresh jobs' results are committed, so a job that kills its
+  worker only takes itself down; after ``max_attempts`` claims the sweeper fails it as
+  ``worker_lost``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -25,9 +34,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.blobs import BlobStore
 from shared.db import transaction
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
-from worker.claims import Outcome, claim_jobs, finish_jobs
+from worker.claims import Outcome, claim_jobs, finish_jobs, renew_leases
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
 
 log = logging.getLogger(__name__)
@@ -71,44 +80,93 @@ class BatchService:
         self._clock = clock
 
     def run(self, job_id: uuid.UUID) -> BatchReport:
-        """Claim a batch (``job_id`` first if still queued), run it, commit the results.
+        """Claim a batch (``job_id`` first if claimable), run it, commit the results.
 
-        Returns only after the results are committed, so the caller may ack its message.
-        A run that finds nothing queued (a duplicate or late message) does nothing.
+        Returns only after every result is committed, so the caller may ack its message.
+        A run that finds nothing claimable (a duplicate or late message) does nothing.
         """
-        jobs = self._collect(job_id)
+        token = uuid.uuid4()
+        jobs = self._collect(job_id, token)
         if not jobs:
             return BatchReport()
-        outcomes = self._infer(jobs)
-        with transaction(self._sessions) as session:
-            finish_jobs(session, worker=self.worker_name, outcomes=outcomes)
+        now = utcnow()
+        expired = [job for job in jobs if job.deadline_at <= now]
+        fresh = [job for job in jobs if job.deadline_at > now and job.attempts == 1]
+        suspects = [job for job in jobs if job.deadline_at > now and job.attempts > 1]
+        outcomes = [
+            _failed(job, "expired", "the job's timeout passed before it ran") for job in expired
+        ]
+        with self._leases_renewed(token):
+            outcomes += self._infer(fresh)
+            self._persist(token, outcomes)
+            for suspect in suspects:
+                log.warning(
+                    "job %s was claimed %d times; running it alone", suspect.id, suspect.attempts
+                )
+                alone = self._infer([suspect])
+                self._persist(token, alone)
+                outcomes += alone
         return BatchReport(outcomes)
 
-    def _collect(self, prefer: uuid.UUID) -> list[Job]:
+    def _collect(self, prefer: uuid.UUID, token: uuid.UUID) -> list[Job]:
         limit = self._settings.max_batch_size
         wait_s = self._settings.max_batch_wait_ms / 1000
-        jobs = self._claim(limit, prefer)
+        jobs = self._claim(limit, prefer, token, with_abandoned=True)
         if not jobs:
             return jobs
         deadline = self._clock() + wait_s
         poll_s = wait_s / 4
-        while len(jobs) < limit and self._clock() + poll_s <= deadline:
+        fresh = sum(1 for job in jobs if job.attempts == 1)
+        while fresh < limit and self._clock() + poll_s <= deadline:
             time.sleep(poll_s)
-            more = self._claim(limit - len(jobs), None)
+            more = self._claim(limit - fresh, None, token, with_abandoned=False)
             if not more:  # nothing arrived meanwhile: waiting longer only adds latency
                 break
             jobs.extend(more)
+            fresh += len(more)
         return jobs
 
-    def _claim(self, limit: int, prefer: uuid.UUID | None) -> list[Job]:
+    def _claim(
+        self, limit: int, prefer: uuid.UUID | None, token: uuid.UUID, *, with_abandoned: bool
+    ) -> list[Job]:
         with transaction(self._sessions) as session:
             return claim_jobs(
                 session,
                 worker=self.worker_name,
+                token=token,
                 limit=limit,
                 lease_s=self._settings.job_lease_s,
+                max_attempts=self._settings.max_attempts,
                 prefer=prefer,
+                with_abandoned=with_abandoned,
             )
+
+    def _persist(self, token: uuid.UUID, outcomes: Sequence[Outcome]) -> None:
+        with transaction(self._sessions) as session:
+            finish_jobs(session, token=token, outcomes=outcomes)
+
+    @contextmanager
+    def _leases_renewed(self, token: uuid.UUID) -> Iterator[None]:
+        """Renew the claim's lease every third of its length until the block ends, so a
+        batch of any length keeps its jobs while a dead worker's jobs free up quickly."""
+        lease_s = self._settings.job_lease_s
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lease_s / 3):
+                try:
+                    with transaction(self._sessions) as session:
+                        renew_leases(session, token=token, lease_s=lease_s)
+                except Exception:
+                    log.exception("could not renew the lease of claim %s", token)
+
+        renewer = threading.Thread(target=renew, name=f"lease-{token}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
 
     def _infer(self, jobs: Sequence[Job]) -> list[Outcome]:
         outcomes: list[Outcome] = []

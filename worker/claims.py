@@ -1,8 +1,10 @@
-"""The job state machine's worker-side transitions, each one conditional.
+"""The job state machine's worker-side transitions, each one a conditional UPDATE.
 
-A worker takes jobs with :func:`claim_jobs` (queued → running, with a lease) and settles
-them with :func:`finish_jobs` (running → succeeded | failed), which writes only where the
-claim is still this worker's: a job canceled or retaken meanwhile is left untouched.
+A worker takes jobs with :func:`claim_jobs`: queued jobs, and running jobs whose lease
+expired (their worker died), move to running under a fresh claim token and lease.
+:func:`renew_leases` keeps a long batch's claim alive. :func:`finish_jobs` settles jobs
+(running → succeeded | failed) only where the claim token is still this batch's, so a
+job canceled or retaken meanwhile keeps its state: exactly one result per job.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import ColumnElement, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus, Priority, utcnow
@@ -35,64 +37,111 @@ class Outcome:
     queue_ms: int | None = None
 
 
+def claimable(max_attempts: int) -> ColumnElement[bool]:
+    """Jobs a worker may take: queued, or abandoned (see :func:`abandoned`)."""
+    return or_(Job.status == JobStatus.QUEUED, abandoned(max_attempts))
+
+
+def abandoned(max_attempts: int) -> ColumnElement[bool]:
+    """Running under an expired lease (its worker died) with attempts left; a job out of
+    attempts is left for the sweeper to fail as ``worker_lost``."""
+    return (
+        (Job.status == JobStatus.RUNNING)
+        & (Job.lease_expires_at < utcnow())
+        & (Job.attempts < max_attempts)
+    )
+
+
 def claim_jobs(
     session: Session,
     *,
     worker: str,
+    token: uuid.UUID,
     limit: int,
     lease_s: int,
+    max_attempts: int,
     prefer: uuid.UUID | None = None,
+    with_abandoned: bool = True,
 ) -> list[Job]:
-    """Move up to ``limit`` queued jobs to running for ``worker``, in one statement.
+    """Take up to ``limit`` queued jobs, plus at most one abandoned job, in one statement.
 
-    Order: ``prefer`` first (the job whose message woke us), then interactive before
-    bulk, then oldest first. On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets workers claim
-    side by side without waiting on each other; on SQLite the transaction holds the write
-    lock. Returns the claimed rows in that order (empty if nothing is queued).
+    Queued jobs come in this order: ``prefer`` first (the job whose message woke us),
+    then interactive before bulk, then oldest first. An abandoned job (its worker died
+    while running it) may be the one that killed that worker, so it is taken alone and
+    run alone: a poison job must not burn its neighbours' attempts. On PostgreSQL
+    ``FOR UPDATE SKIP LOCKED`` lets workers claim side by side; on SQLite the
+    transaction holds the write lock. Every claimed job gets ``attempts + 1``, the claim
+    ``token`` (one per batch; it alone may settle the jobs) and a lease of ``lease_s``
+    seconds. Returns the rows, queued ones in the order above, the abandoned one last.
     """
     now = utcnow()
     order = [case((Job.priority == Priority.INTERACTIVE, 0), else_=1), Job.created_at]
     if prefer is not None:
         order.insert(0, case((Job.id == prefer, 0), else_=1))
-    candidates = (
+    queued = (
         select(Job.id)
         .where(Job.status == JobStatus.QUEUED)
         .order_by(*order)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+    taken = Job.id.in_(queued.scalar_subquery())
+    if with_abandoned:
+        orphan = (
+            select(Job.id)
+            .where(abandoned(max_attempts))
+            .order_by(Job.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        taken = or_(taken, Job.id.in_(orphan.scalar_subquery()))
     stmt = (
         update(Job)
-        .where(Job.id.in_(candidates.scalar_subquery()))
+        .where(taken)
         .values(
             status=JobStatus.RUNNING,
             worker=worker,
+            claim_token=token,
             started_at=now,
             lease_expires_at=now + timedelta(seconds=lease_s),
             attempts=Job.attempts + 1,
         )
         .returning(Job)
     )
-    claimed = list(session.scalars(stmt, execution_options={"synchronize_session": False}))
-    claimed.sort(
-        key=lambda job: (job.id != prefer, job.priority != Priority.INTERACTIVE, job.created_at)
+    jobs = list(session.scalars(stmt, execution_options={"synchronize_session": False}))
+    jobs.sort(
+        key=lambda job: (
+            job.attempts > 1,
+            job.id != prefer,
+            job.priority != Priority.INTERACTIVE,
+            job.created_at,
+        )
     )
-    return claimed
+    return jobs
 
 
-def finish_jobs(session: Session, *, worker: str, outcomes: Sequence[Outcome]) -> None:
-    """Write every outcome in one executemany; a job no longer running under ``worker``
-    (canceled, or retaken after its lease expired) is skipped, so its state stays final."""
+def renew_leases(session: Session, *, token: uuid.UUID, lease_s: int) -> int:
+    """Extend the lease of every job still running under ``token``; returns how many."""
+    stmt = (
+        update(Job)
+        .where(Job.claim_token == token, Job.status == JobStatus.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount
+
+
+def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcome]) -> None:
+    """Write every outcome in one executemany. A job no longer running under ``token``
+    (canceled, or retaken after its lease expired) is skipped: its state stays as is."""
     if not outcomes:
         return
-    now = utcnow()
     table = Job.__table__
     stmt = (
         update(table)
         .where(
             table.c.id == bindparam("b_id"),
             table.c.status == JobStatus.RUNNING,
-            table.c.worker == worker,
+            table.c.claim_token == token,
         )
         .values(
             status=bindparam("b_status"),
@@ -103,13 +152,13 @@ def finish_jobs(session: Session, *, worker: str, outcomes: Sequence[Outcome]) -
             batch_size=bindparam("b_batch_size"),
             inference_ms=bindparam("b_inference_ms"),
             queue_ms=bindparam("b_queue_ms"),
-            finished_at=now,
+            finished_at=utcnow(),
             lease_expires_at=None,
         )
     )
-    params = []
-    for outcome in outcomes:
-        params.append(
+    session.execute(
+        stmt,
+        [
             {
                 "b_id": outcome.job_id,
                 "b_status": outcome.status,
@@ -121,5 +170,6 @@ def finish_jobs(session: Session, *, worker: str, outcomes: Sequence[Outcome]) -
                 "b_inference_ms": outcome.inference_ms if outcome.batch_size else None,
                 "b_queue_ms": outcome.queue_ms,
             }
-        )
-    session.execute(stmt, params)
+            for outcome in outcomes
+        ],
+    )

@@ -13,6 +13,7 @@ from shared.db import create_engine_for, session_factory
 from shared.settings import Settings
 from shared.tasks import GPU_QUEUES
 from worker.batching import BatchService
+from worker.faults import FaultInjectingBackend
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
 from worker.tasks import register_tasks
 
@@ -30,7 +31,10 @@ def load_backend(settings: Settings, device: str) -> ModelBackend:
     from worker.model.hf import TransformersBackend
 
     started = time.monotonic()
-    backend = TransformersBackend(settings.model_path, dtype=settings.dtype)
+    backend: ModelBackend = TransformersBackend(settings.model_path, dtype=settings.dtype)
+    if settings.fault_injection:
+        log.warning("fault injection is ON: [[oom]], [[crash]] and [[slow]] prompts misbehave")
+        backend = FaultInjectingBackend(backend)
     backend.load(torch_device(device))
     warm = GenerationRequest(
         image=Image.new("RGB", (64, 64), (127, 127, 127)),

@@ -104,3 +104,20 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503
     assert "broker unreachable" in not_ready.get_json()["detail"]
+
+
+def test_database_down_is_a_quick_503_problem(tmp_path: Path) -> None:
+    down = Settings(
+        data_dir=tmp_path, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    )
+    client = create_app(down).test_client()
+    auth = {"Authorization": "Bearer sl_anything"}
+
+    for response in (
+        client.get("/v1/jobs/00000000-0000-0000-0000-000000000000", headers=auth),
+        client.post("/v1/jobs", json={"image": "", "prompt": "x"}, headers=auth),
+        client.get("/readyz"),
+    ):
+        assert response.status_code == 503
+        assert response.mimetype == "application/problem+json"
+        assert response.get_json()["code"] == "service_unavailable"

@@ -1,0 +1,231 @@
+"""Never lose a job, never answer twice: fault injection against real processes.
+
+Workers run with ``SIGHTLINE_FAULT_INJECTION=1`` (``worker/faults.py``): ``[[slow]]`` in a
+prompt makes its forward pass take 1.5 s longer, ``[[oom]]`` makes it raise like CUDA
+out of memory, ``[[crash]]`` SIGKILLs the worker. Leases and the sweeper run on short
+clocks so recovery takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import requests
+from sqlalchemy import select
+
+from shared.models import Job, JobStatus
+from tests.stack import Stack, make_image
+from worker.sweeper import sweep
+
+FAST_RECOVERY = {
+    "job_lease_s": "3",
+    "requeue_after_s": "2",
+    "sweep_interval_s": "1",
+    "max_attempts": "3",
+    "fault_injection": "1",
+}
+
+
+def _submit(stack: Stack, count: int, prompt: str, first: int = 0) -> list[str]:
+    client = stack.client()
+    return [
+        client.submit(make_image(first + i), f"{prompt} #{first + i}", max_new_tokens=4)["id"]
+        for i in range(count)
+    ]
+
+
+def _wait_until(predicate: object, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _running(stack: Stack) -> list[Job]:
+    return [job for job in stack.jobs() if job.status is JobStatus.RUNNING]
+
+
+def test_sigkill_mid_batch_three_times_every_job_succeeds_once(pg_stack: Stack) -> None:
+    pg_stack.start_ops(**FAST_RECOVERY)
+    ids = _submit(pg_stack, 60, "[[slow]] describe")
+    killed: list[str] = []
+    for round_ in range(3):
+        child = pg_stack.start_worker_child(f"victim{round_}@test", **FAST_RECOVERY)
+        _wait_until(lambda: _running(pg_stack))
+        time.sleep(0.3)  # well inside the 1.5 s forward pass
+        killed.extend(str(job.id) for job in _running(pg_stack))
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    pg_stack.start_worker_child("survivor@test", **FAST_RECOVERY)
+
+    done = pg_stack.wait_all(ids, timeout_s=150)
+
+    assert [job["status"] for job in done] == ["succeeded"] * 60
+    assert all(job["result"] is not None for job in done)
+    assert killed, "batches were really interrupted"
+    by_id = {job["id"]: job for job in done}
+    for job_id in killed:
+        assert by_id[job_id]["attempts"] >= 2, "an interrupted job ran again"
+    # Exactly one result each: only the latest claim could write, and it wrote once.
+    rows = pg_stack.jobs(ids)
+    assert all(row.claim_token is not None and row.finished_at is not None for row in rows)
+    assert all(row.lease_expires_at is None for row in rows)
+
+
+def test_all_jobs_survive_a_broker_flush_before_the_worker_starts(pg_stack: Stack) -> None:
+    ids = _submit(pg_stack, 200, "flushed")
+    assert pg_stack.redis.llen("interactive") == 200
+    pg_stack.redis.flushall()
+    pg_stack.start_ops(**FAST_RECOVERY)
+    pg_stack.start_worker(**FAST_RECOVERY)
+
+    done = pg_stack.wait_all(ids, timeout_s=150)
+
+    assert [job["status"] for job in done] == ["succeeded"] * 200
+
+
+def test_bad_image_and_oom_fail_alone_in_a_batch_of_eight(pg_stack: Stack) -> None:
+    ids = _submit(pg_stack, 7, "isolate", first=500)
+    oom = pg_stack.client().submit(make_image(600), "[[oom]] isolate", max_new_tokens=4)["id"]
+    ids.insert(5, oom)
+    # The API only accepts images that decode, so break one in the store afterwards.
+    broken = pg_stack.jobs([ids[2]])[0]
+    blob = Path(pg_stack.settings.blob_url) / broken.image_key
+    blob.write_bytes(b"\x89PNG\r\n\x1a\n this is no longer an image")
+    pg_stack.start_worker(**FAST_RECOVERY)
+
+    done = {job["id"]: job for job in pg_stack.wait_all(ids)}
+
+    assert done[ids[2]]["status"] == "failed"
+    assert done[ids[2]]["error"]["code"] == "image_undecodable"
+    assert done[oom]["status"] == "failed"
+    assert done[oom]["error"]["code"] == "inference_error"
+    assert "out of memory" in done[oom]["error"]["message"]
+    others = [done[i] for i in ids if i not in (ids[2], oom)]
+    assert [job["status"] for job in others] == ["succeeded"] * 6
+    assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
+
+
+def test_cancel_queued_running_and_finished(pg_stack: Stack) -> None:
+    client = pg_stack.client()
+    auth = {"Authorization": f"Bearer {pg_stack.key}"}
+    queued = client.submit(make_image(1), "cancel me while queued")["id"]
+    response = requests.delete(f"{pg_stack.url}/v1/jobs/{queued}", headers=auth, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["status"] == "canceled"
+
+    pg_stack.start_worker(**FAST_RECOVERY)
+    slow = client.submit(make_image(2), "[[slow]] cancel me while running")["id"]
+    _wait_until(lambda: pg_stack.jobs([slow])[0].status is JobStatus.RUNNING)
+    response = requests.delete(f"{pg_stack.url}/v1/jobs/{slow}", headers=auth, timeout=10)
+    assert response.status_code == 200
+    finished = client.submit(make_image(3), "run me")["id"]
+    assert client.wait(finished)["status"] == "succeeded"  # the slow batch has ended too
+
+    assert client.get(queued)["started_at"] is None, "a canceled queued job never runs"
+    running_job = client.get(slow)
+    assert running_job["status"] == "canceled"
+    assert running_job["result"] is None, "the running job's result was discarded"
+    conflict = requests.delete(f"{pg_stack.url}/v1/jobs/{finished}", headers=auth, timeout=10)
+    assert conflict.status_code == 409
+    assert conflict.headers["Content-Type"] == "application/problem+json"
+    assert conflict.json()["code"] == "job_finished"
+
+
+def test_idempotency_key_returns_the_original_job(pg_stack: Stack) -> None:
+    def post(key: str, prompt: str, api_key: str | None = None) -> requests.Response:
+        return requests.post(
+            f"{pg_stack.url}/v1/jobs",
+            files={"image": ("a.png", make_image(9))},
+            data={"prompt": prompt},
+            headers={"Authorization": f"Bearer {api_key or pg_stack.key}", "Idempotency-Key": key},
+            timeout=10,
+        )
+
+    first, again = post("order-42", "same"), post("order-42", "same")
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"]
+    changed = post("order-42", "different")
+    assert changed.status_code == 422
+    assert changed.json()["code"] == "idempotency_key_reused"
+    other_key = json.loads(pg_stack.cli("keys", "create", "other", "--json"))["key"]
+    elsewhere = post("order-42", "same", api_key=other_key)
+    assert elsewhere.status_code == 202 and elsewhere.json()["id"] != first.json()["id"]
+    assert len(pg_stack.jobs()) == 2
+
+
+def test_sigterm_mid_batch_finishes_the_batch_and_reruns_nothing(pg_stack: Stack) -> None:
+    launcher = pg_stack.start_worker(**FAST_RECOVERY)
+    ids = _submit(pg_stack, 8, "[[slow]] finish me")
+    _wait_until(lambda: _running(pg_stack))
+    in_flight = {str(job.id) for job in _running(pg_stack)}
+
+    launcher.send_signal(signal.SIGTERM)
+
+    assert launcher.wait(timeout=60) == 0
+    for row in pg_stack.jobs(ids):
+        if str(row.id) in in_flight:
+            assert (row.status, row.attempts) == (JobStatus.SUCCEEDED, 1), "finished, once"
+        else:
+            assert row.status in (JobStatus.QUEUED, JobStatus.SUCCEEDED)
+            assert row.attempts <= 1, "nothing ran twice"
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_after_max_attempts(pg_stack: Stack) -> None:
+    pg_stack.start_ops(**FAST_RECOVERY)
+    poison = pg_stack.client().submit(make_image(7), "[[crash]] poison", max_new_tokens=4)["id"]
+    innocent = _submit(pg_stack, 3, "innocent bystander")
+    for round_ in range(3):
+        child = pg_stack.start_worker_child(f"crashy{round_}@test", ready=False, **FAST_RECOVERY)
+        assert child.wait(timeout=60) == -signal.SIGKILL  # the poison job killed it
+    pg_stack.start_worker_child("last@test", **FAST_RECOVERY)
+
+    job = pg_stack.client().wait(poison, timeout_s=60)
+
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "worker_lost"
+    assert job["attempts"] == 3
+    assert [j["status"] for j in pg_stack.wait_all(innocent)] == ["succeeded"] * 3
+
+
+def test_expired_jobs_fail_without_running(pg_stack: Stack) -> None:
+    client = pg_stack.client()
+    doomed = client.submit(make_image(4), "too late", timeout_s=1)["id"]
+    time.sleep(1.5)
+    pg_stack.start_worker(**FAST_RECOVERY)
+    client.submit(make_image(5), "wake the worker")
+
+    job = client.wait(doomed)
+
+    assert job["status"] == "failed" and job["error"]["code"] == "expired"
+    assert job["result"] is None and job["batch_size"] is None
+
+
+def test_two_sweepers_at_once_send_each_stale_job_once(pg_stack: Stack) -> None:
+    ids = _submit(pg_stack, 50, "stale")
+    pg_stack.redis.flushall()
+    settings = pg_stack.settings.model_copy(update={"requeue_after_s": 1})
+    time.sleep(1.2)
+    barrier = threading.Barrier(2)
+    reports = []
+
+    def run() -> None:
+        barrier.wait()
+        reports.append(sweep(settings, pg_stack.sessions, pg_stack.celery))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(report.resent for report in reports) == 50
+    assert pg_stack.redis.llen("interactive") == 50
+    with pg_stack.sessions() as session:
+        assert session.scalar(select(Job.id).where(Job.enqueued_at.is_(None))) is None
+    assert len(ids) == 50

@@ -1,0 +1,42 @@
+"""Fault injection for tests (``SIGHTLINE_FAULT_INJECTION=1``), never on by default.
+
+Wraps a real backend; markers in a prompt make its forward pass misbehave the way real
+ones do: ``[[oom]]`` raises like CUDA running out of memory, ``[[crash]]`` kills the
+worker process outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the pass take
+``SLOW_PASS_S`` longer so a test can act while a batch is running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Sequence
+
+from worker.model.base import GenerationRequest, GenerationResult, ModelBackend
+
+SLOW_PASS_S = 1.5
+
+
+class SimulatedOutOfMemory(RuntimeError):
+    """Raised in place of ``torch.OutOfMemoryError`` by a batch holding ``[[oom]]``."""
+
+
+class FaultInjectingBackend:
+    """A :class:`ModelBackend` that obeys the fault markers, then delegates."""
+
+    def __init__(self, backend: ModelBackend) -> None:
+        self._backend = backend
+
+    def load(self, device: str) -> None:
+        self._backend.load(device)
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        prompts = [request.prompt for request in batch]
+        if any("[[crash]]" in prompt for prompt in prompts):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if any("[[oom]]" in prompt for prompt in prompts):
+            raise SimulatedOutOfMemory(f"CUDA out of memory (simulated) in a batch of {len(batch)}")
+        if any("[[slow]]" in prompt for prompt in prompts):
+            time.sleep(SLOW_PASS_S)
+        return self._backend.generate(batch)

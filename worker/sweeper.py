@@ -1,0 +1,133 @@
+"""The sweeper: what makes "no accepted job is ever lost" true when messages are.
+
+Run periodically by Celery beat (``sightline beat`` → task ``sightline.sweep`` on the
+``maintenance`` queue, consumed by ``sightline webhooks``, a worker with no GPU), so it
+keeps working when every GPU worker is dead. Each sweep:
+
+1. fails queued jobs past their deadline as ``expired``;
+2. fails running jobs whose lease expired after ``max_attempts`` claims as
+   ``worker_lost`` (a job that keeps killing its worker must not loop forever);
+3. re-sends wake-ups for claimable jobs (queued, or running under an expired lease) that
+   have had none for ``requeue_after_s``, but only for a queue the broker shows empty:
+   a non-empty queue still has messages that will claim them (the oldest first), and a
+   backlog of thousands is not worth thousands of duplicate messages every sweep. At
+   most ``sweep_batch`` per queue per sweep; each wakes a whole batch.
+
+Every step is a conditional UPDATE, so two sweepers running at once neither double-fail
+nor double-send.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import transaction
+from shared.enqueue import enqueue_job
+from shared.models import Job, JobStatus, Priority, utcnow
+from shared.settings import Settings
+from shared.tasks import queue_for
+from worker.claims import claimable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did: jobs it expired, failed as lost, and woke up again."""
+
+    expired: int
+    lost: int
+    resent: int
+
+
+def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -> SweepReport:
+    """One pass; see the module docstring. Broker errors end the pass early (the next one
+    retries); database errors propagate."""
+    now = utcnow()
+    with transaction(sessions) as session:
+        expired = session.execute(
+            update(Job)
+            .where(Job.status == JobStatus.QUEUED, Job.deadline_at <= now)
+            .values(
+                status=JobStatus.FAILED,
+                error_code="expired",
+                error_message="the job's timeout passed before it ran",
+                finished_at=now,
+            ),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+        lost = session.execute(
+            update(Job)
+            .where(
+                Job.status == JobStatus.RUNNING,
+                Job.lease_expires_at < now,
+                Job.attempts >= settings.max_attempts,
+            )
+            .values(
+                status=JobStatus.FAILED,
+                error_code="worker_lost",
+                error_message=(
+                    f"the worker running this job stopped {settings.max_attempts} times; "
+                    "it is not retried again"
+                ),
+                finished_at=now,
+                lease_expires_at=None,
+            ),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+    resent = 0
+    for priority in Priority:
+        queue = queue_for(priority)
+        if _queue_depth(celery, queue) > 0:
+            continue
+        for job_id in _take_stale(settings, sessions, priority):
+            enqueue_job(celery, job_id, priority)
+            resent += 1
+    report = SweepReport(expired=expired, lost=lost, resent=resent)
+    if expired or lost or resent:
+        log.info("sweep: %s", report)
+    return report
+
+
+def _queue_depth(celery: Celery, queue: str) -> int:
+    """Messages waiting in ``queue``; 0 when the broker does not know the queue (after a
+    flush or on a fresh broker: publishing declares it again)."""
+    with celery.connection_for_read() as conn:
+        try:
+            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        except conn.channel_errors:
+            return 0
+        return int(declared.message_count)
+
+
+def _take_stale(
+    settings: Settings, sessions: sessionmaker[Session], priority: Priority
+) -> list[uuid.UUID]:
+    """Stamp up to ``sweep_batch`` stale claimable jobs as just enqueued; return their
+    ids. The stamp is conditional, so a concurrent sweeper gets disjoint ids."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.requeue_after_s)
+    stale = or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff)
+    candidates = (
+        select(Job.id)
+        .where(claimable(settings.max_attempts), Job.priority == priority, stale)
+        .order_by(Job.created_at)
+        .limit(settings.sweep_batch)
+        .with_for_update(skip_locked=True)
+    )
+    with transaction(sessions) as session:
+        stamped = session.scalars(
+            update(Job)
+            .where(Job.id.in_(candidates.scalar_subquery()), stale)
+            .values(enqueued_at=now)
+            .returning(Job.id),
+            execution_options={"synchronize_session": False},
+        )
+        return list(stamped)
