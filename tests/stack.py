@@ -45,13 +45,20 @@ def make_image(index: int, size: tuple[int, int] = (96, 72), fmt: str = "PNG") -
 class Stack:
     """One database + broker + blob store + model, with the API running on a free port."""
 
-    def __init__(self, database_url: str, broker_url: str, workdir: Path, model_path: Path) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        broker_url: str,
+        workdir: Path,
+        model_path: Path,
+        blob_url: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.env = {
             "SIGHTLINE_DATA_DIR": str(workdir),
             "SIGHTLINE_DATABASE_URL": database_url,
             "SIGHTLINE_BROKER_URL": broker_url,
-            "SIGHTLINE_BLOB_URL": str(workdir / "blobs"),
+            "SIGHTLINE_BLOB_URL": blob_url or str(workdir / "blobs"),
             "SIGHTLINE_MODEL_PATH": str(model_path),
             "SIGHTLINE_DEVICES": "cpu",
             "SIGHTLINE_MAX_BATCH_SIZE": "8",

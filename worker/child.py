@@ -16,6 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.child")
     parser.add_argument("--device", required=True, help="'cpu' or a GPU index")
     parser.add_argument("--node", required=True, help="Celery node name, e.g. gpu0@host")
+    parser.add_argument(
+        "--ready-fd",
+        type=int,
+        default=None,
+        help="file descriptor to write one byte to once consuming (used by the launcher)",
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(
@@ -23,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from worker.process import run_worker
 
-    return run_worker(settings, args.device, args.node)
+    return run_worker(settings, args.device, args.node, ready_fd=args.ready_fd)
 
 
 if __name__ == "__main__":

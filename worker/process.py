@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
+from celery.signals import worker_ready
 from PIL import Image
 
 from shared.blobs import BlobStore
@@ -51,11 +53,14 @@ def load_backend(settings: Settings, device: str) -> ModelBackend:
     return backend
 
 
-def run_worker(settings: Settings, device: str, node_name: str) -> int:
+def run_worker(
+    settings: Settings, device: str, node_name: str, *, ready_fd: int | None = None
+) -> int:
     """Load the model, then consume ``interactive`` before ``bulk`` until shut down.
 
     Uses Celery's solo pool with concurrency 1: CUDA cannot be re-initialised in a forked
-    child, and one model per card is the point. Returns the worker's exit code.
+    child, and one model per card is the point. Once Celery consumes, one byte is written
+    to ``ready_fd`` (the launcher's readiness pipe) if given. Returns the exit code.
     """
     backend = load_backend(settings, device)
     engine = create_engine_for(settings)
@@ -68,6 +73,13 @@ def run_worker(settings: Settings, device: str, node_name: str) -> int:
     )
     app = create_celery(settings)
     register_tasks(app, service)
+    if ready_fd is not None:
+
+        def report_ready(**_: object) -> None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+
+        worker_ready.connect(report_ready, weak=False)
     worker = app.Worker(
         hostname=node_name,
         pool="solo",

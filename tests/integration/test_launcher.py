@@ -1,0 +1,130 @@
+"""``sightline worker`` as operators run it: real launcher, real children, real Celery.
+
+``SIGHTLINE_DEVICES=cpu,cpu`` exercises the multi-device path without a GPU: the
+launcher starts two pinned children, ``cpu0@host`` and ``cpu1@host``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+
+from cli.processes import sightline_command
+from tests.stack import Stack, make_image
+
+
+def _children(launcher: subprocess.Popen[bytes]) -> dict[str, int]:
+    """``{node name prefix ("cpu0@"): pid}`` of the launcher's live worker children."""
+    found: dict[str, int] = {}
+    for child in psutil.Process(launcher.pid).children():
+        try:
+            args = child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "worker.child" in args and child.status() != psutil.STATUS_ZOMBIE:
+            found[args[args.index("--node") + 1].split("@")[0] + "@"] = child.pid
+    return found
+
+
+def _wait_for_pings(stack: Stack, prefixes: Iterable[str], timeout_s: float = 90) -> None:
+    """Wait until a node named ``prefix…`` answers a Celery ping, for every prefix."""
+    wanted = set(prefixes)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        replies = stack.celery.control.ping(timeout=0.5)
+        answered = {p for p in wanted for reply in replies for name in reply if name.startswith(p)}
+        if answered == wanted:
+            return
+        assert time.monotonic() < deadline, f"only {answered} of {wanted} answered a ping"
+
+
+def test_two_cpu_devices_run_two_workers_that_both_take_work(pg_stack: Stack) -> None:
+    launcher = pg_stack.start_worker(devices="cpu,cpu")
+    _wait_for_pings(pg_stack, ["cpu0@", "cpu1@"])
+    assert set(_children(launcher)) == {"cpu0@", "cpu1@"}
+    client = pg_stack.client()
+
+    ids = [client.submit(make_image(i), "describe", max_new_tokens=16)["id"] for i in range(40)]
+    done = pg_stack.wait_all(ids)
+
+    assert {job["status"] for job in done} == {"succeeded"}
+    # The database records which child ran each job: both did some.
+    ran = {row.worker.split("@")[0] for row in pg_stack.jobs(ids) if row.worker}
+    assert ran == {"cpu0", "cpu1"}
+
+
+def test_a_killed_child_is_restarted_and_sigterm_stops_everything_cleanly(
+    pg_stack: Stack,
+) -> None:
+    launcher = pg_stack.start_worker(devices="cpu,cpu")
+    _wait_for_pings(pg_stack, ["cpu0@", "cpu1@"])
+    before = _children(launcher)
+
+    os.kill(before["cpu1@"], signal.SIGKILL)
+
+    deadline = time.monotonic() + 60
+    while (after := _children(launcher)).get("cpu1@") in (None, before["cpu1@"]):
+        assert launcher.poll() is None, "the launcher must outlive its child"
+        assert time.monotonic() < deadline, "cpu1 was not restarted within 60 s"
+        time.sleep(0.2)
+    assert after["cpu0@"] == before["cpu0@"], "the healthy child is left alone"
+    _wait_for_pings(pg_stack, ["cpu1@"])
+    job = pg_stack.client().submit(make_image(1), "after the restart", max_new_tokens=4)
+    assert pg_stack.wait_all([job["id"]])[0]["status"] == "succeeded"
+
+    launcher.send_signal(signal.SIGTERM)
+
+    assert launcher.wait(timeout=60) == 0
+    assert not any(psutil.pid_exists(pid) for pid in after.values())
+
+
+def test_a_missing_model_path_is_refused_at_once_with_a_clear_message(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    env = {
+        **os.environ,
+        "SIGHTLINE_DATA_DIR": str(tmp_path),
+        "SIGHTLINE_MODEL_PATH": str(missing),
+        "SIGHTLINE_DEVICES": "cpu,cpu",
+    }
+    started = time.monotonic()
+
+    done = subprocess.run(
+        sightline_command("worker"), env=env, capture_output=True, text=True, timeout=30
+    )
+
+    assert done.returncode == 2
+    assert time.monotonic() - started < 15
+    assert f"model path '{missing}' does not exist" in done.stderr
+    assert "SIGHTLINE_MODEL_PATH" in done.stderr
+    assert "started worker" not in done.stderr, "no child may start"
+
+
+def test_a_checkpoint_that_does_not_load_makes_the_launcher_give_up(tmp_path: Path) -> None:
+    """The parent's pre-check passes (a directory with a JSON config), but it is no
+    image-text-to-text model: every child dies at start-up, and the launcher stops
+    retrying after three attempts instead of looping."""
+    broken = tmp_path / "not-a-vlm"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    env = {
+        **os.environ,
+        "SIGHTLINE_DATA_DIR": str(tmp_path),
+        "SIGHTLINE_MODEL_PATH": str(broken),
+        "SIGHTLINE_DEVICES": "cpu",
+    }
+
+    done = subprocess.run(
+        sightline_command("worker"), env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.count("started worker cpu0@") == 3
+    assert "ModelLoadError" in done.stderr
+    assert "died 3 times at start-up" in done.stderr
