@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -63,6 +64,21 @@ def test_tiny_checkpoint_is_a_glm4v_checkpoint(tiny_checkpoint: Path) -> None:
     assert config["architectures"] == ["Glm4vForConditionalGeneration"]
     assert template.startswith("[gMASK]<sop>")
     assert "<|begin_of_image|><|image|><|end_of_image|>" in template
+
+
+def test_chat_template_has_the_glm_v_thinking_switch(tiny_checkpoint: Path) -> None:
+    from transformers import AutoProcessor
+
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    processor: Any = AutoProcessor.from_pretrained(tiny_checkpoint)
+
+    def render(**switch: bool) -> str:
+        text: str = processor.apply_chat_template(chat, add_generation_prompt=True, **switch)
+        return text
+
+    assert render(enable_thinking=False).endswith("Hi/nothink<|assistant|>\n<think></think>\n")
+    assert render(enable_thinking=True) == render()
+    assert render().endswith("Hi<|assistant|>\n")
 
 
 def test_generate_returns_one_result_per_request(backend: TransformersBackend) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -28,19 +28,36 @@ class GenerationOptions:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One item of a batch: an RGB image, the user's prompt and its options."""
+    """One item of a batch: an RGB image, the user's prompt and its options.
+
+    ``json_schema`` (a JSON Schema in the subset :func:`worker.model.structured.
+    validate_schema` accepts) makes the answer a JSON document valid against it; requests
+    in one batch may carry different schemas or none. ``thinking`` lets a model that
+    reasons before answering (GLM-4.5V and later) do so; ``False`` passes the chat
+    template's ``enable_thinking=False`` switch.
+    """
 
     image: Image.Image
     prompt: str
     options: GenerationOptions
+    json_schema: dict[str, Any] | None = None
+    thinking: bool = False
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """What the model produced for one request: decoded new text and its token count."""
+    """What the model produced for one request.
+
+    ``text`` is the decoded answer (for a schema'd request, the raw JSON text) and
+    ``tokens`` the count of new tokens, reasoning included. ``reasoning`` is the
+    ``<think>`` section, kept out of ``text``, or ``None`` where there was none. ``json``
+    is the parsed answer for a request with a ``json_schema``, else ``None``.
+    """
 
     text: str
     tokens: int
+    reasoning: str | None = None
+    json: Any = None
 
 
 class ModelBackend(Protocol):
@@ -49,8 +66,10 @@ class ModelBackend(Protocol):
     ``load`` is called once per process before any work, with the torch device string
     (``"cpu"``, ``"cuda"``, ``"cuda:0"``); it raises if the checkpoint is missing or
     unsupported. ``generate`` takes requests that all share the same
-    :class:`GenerationOptions` (it raises ``ValueError`` otherwise) and returns one
-    result per request, in order. Any other exception from ``generate`` means the whole
+    :class:`GenerationOptions` (it raises ``ValueError`` otherwise, and
+    :class:`~worker.model.structured.SchemaError`, a ``ValueError``, for a schema outside
+    the subset or too large for ``max_new_tokens``) and returns one result per request, in
+    order. Any other exception from ``generate`` means the whole
     forward pass failed; the caller decides how to isolate the culprit.
     """
 

@@ -2,8 +2,10 @@
 
 Loading goes through the generic path (``AutoProcessor`` and
 ``AutoModelForImageTextToText``), prompts through the checkpoint's own chat template with
-one image part and one text part per request, and a batch through one left-padded
-``generate`` call. Only the new tokens are decoded.
+one image part and one text part per request (and that request's ``enable_thinking``
+switch), and a batch through one left-padded ``generate`` call. Only the new tokens are
+decoded. Requests with a JSON schema are constrained row by row inside that same call
+(:mod:`worker.model.structured`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
+from worker.model.structured import RowSpec, StructuredDecoder, split_reasoning
 
 # Names of torch dtypes; torch itself is imported only by load(), so importing this module
 # stays cheap for processes that only need ModelLoadError or the class.
@@ -51,6 +54,7 @@ class TransformersBackend:
         self._processor: Any = None
         self._model: Any = None
         self._stop_ids: frozenset[int] = frozenset()
+        self._structured: StructuredDecoder | None = None
 
     @property
     def device(self) -> str:
@@ -102,6 +106,7 @@ class TransformersBackend:
         self._processor = processor
         self._model = model.to(device).eval()
         self._stop_ids = _stop_token_ids(model, processor.tokenizer)
+        self._structured = None
         self._device = device
         self._revision = _local_revision(Path(source)) if local else _hub_revision(model, source)
 
@@ -112,30 +117,79 @@ class TransformersBackend:
         empty (``ValueError`` otherwise); ``RuntimeError`` before :meth:`load`. Temperature
         0 decodes greedily, above 0 samples at that temperature. ``tokens`` counts the new
         tokens up to and including the first stop token (never the padding after it);
-        ``text`` is those tokens decoded without special tokens.
+        those tokens are decoded without special tokens and any ``<think>`` section goes
+        to ``reasoning``, the rest to ``text``.
+
+        A request with a ``json_schema`` gets a ``text`` that is a compact JSON document
+        valid against it and the parsed value in ``json``, within ``max_new_tokens``
+        (module :mod:`worker.model.structured` explains the guarantee). Before any forward
+        pass, :class:`~worker.model.structured.SchemaError` (a ``ValueError``) is raised if
+        a schema is outside the subset or needs more than ``max_new_tokens``. Requests
+        without a schema are decoded exactly as in a batch without schema'd neighbours.
+        ``RuntimeError`` if a constrained answer still fails to parse (a bug, never the
+        model's doing).
         """
         options = _shared_options(batch)
         if self._model is None:
             raise RuntimeError("model not loaded: call load(device) first")
         import torch
+        from transformers import LogitsProcessorList
 
-        inputs = self._processor.apply_chat_template(
-            [_chat(request) for request in batch],
-            tokenize=True,
-            return_dict=True,
+        inputs = self._processor(
+            text=[self._prompt(request) for request in batch],
+            images=[[request.image] for request in batch],
+            padding=True,
+            # The template writes every special token itself ([gMASK]<sop>, roles).
+            add_special_tokens=False,
             return_tensors="pt",
-            add_generation_prompt=True,
-            processor_kwargs={"padding": True},
         ).to(self._device)
+        prompt_length = inputs["input_ids"].shape[1]
+        kwargs = _generation_kwargs(options)
+        if any(request.json_schema is not None for request in batch):
+            rows = [RowSpec(request.json_schema, request.thinking) for request in batch]
+            processor = self._decoder().processor(rows, prompt_length, options.max_new_tokens)
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
         with torch.inference_mode():
-            output = self._model.generate(**inputs, **_generation_kwargs(options))
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        return [self._result(row) for row in new_tokens]
+            output = self._model.generate(**inputs, **kwargs)
+        new_tokens = output[:, prompt_length:].tolist()
+        return [
+            self._result(index, row, request.json_schema is not None)
+            for index, (row, request) in enumerate(zip(new_tokens, batch, strict=True))
+        ]
 
-    def _result(self, row: list[int]) -> GenerationResult:
+    def _prompt(self, request: GenerationRequest) -> str:
+        # Rendered one by one because enable_thinking is a template-wide variable and
+        # requests in one batch may differ in it; the processor call then does what
+        # apply_chat_template(tokenize=True) would (image placeholders, padding, ids).
+        prompt: str = self._processor.apply_chat_template(
+            _chat(request),
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=request.thinking,
+        )
+        return prompt
+
+    def _decoder(self) -> StructuredDecoder:
+        """The constrained-decoding state, built on the first request with a schema."""
+        if self._structured is None:
+            vocab_size = self._model.get_output_embeddings().weight.shape[0]
+            self._structured = StructuredDecoder(
+                self._processor.tokenizer, vocab_size, self._stop_ids
+            )
+        return self._structured
+
+    def _result(self, index: int, row: list[int], structured: bool) -> GenerationResult:
         count = count_generated(row, self._stop_ids)
-        text = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
-        return GenerationResult(text=text, tokens=count)
+        decoded = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
+        reasoning, text = split_reasoning(decoded)
+        parsed = None
+        if structured:
+            try:
+                parsed = json.loads(text)
+            except ValueError as exc:
+                # The grammar and the closing reserve rule this out; reaching it is a bug.
+                raise RuntimeError(f"request {index}: constrained answer is not JSON") from exc
+        return GenerationResult(text=text, tokens=count, reasoning=reasoning, json=parsed)
 
 
 def count_generated(row: Sequence[int], stop_ids: frozenset[int]) -> int:

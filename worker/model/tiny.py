@@ -46,9 +46,23 @@ _PLAIN_ADDED_TOKENS = ("<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|
 # GLM stops on end-of-text and on the start of a new user or tool turn.
 _EOS_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 
-# The GLM-4.1V-9B-Thinking chat template as published with the checkpoint (it has no
-# enable_thinking switch; that arrived with GLM-4.5V).
+# The GLM-4.1V-9B-Thinking chat template as published with the checkpoint, plus the
+# enable_thinking switch exactly as the GLM-V family (GLM-4.5V, GLM-4.6V) templates carry
+# it: with enable_thinking=False, "/nothink" ends each user turn (unless already there) and
+# the generation prompt holds an empty "<think></think>" so the model answers at once.
+# Without the variable, or with True, the prompt is GLM-4.1V's, byte for byte.
 CHAT_TEMPLATE = """[gMASK]<sop>
+{%- macro visible_text(content) -%}
+    {%- if content is string -%}
+        {{- content }}
+    {%- else -%}
+        {%- for item in content -%}
+            {%- if item is mapping and item.type == 'text' -%}
+                {{- item.text }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro %}
 {%- for msg in messages %}
     {%- if msg.role == 'system' %}
 <|system|>
@@ -69,6 +83,9 @@ CHAT_TEMPLATE = """[gMASK]<sop>
                 {%- endif %}
             {%- endfor %}
         {%- endif %}
+        {%- set text = visible_text(msg.content) %}
+        {{- '/nothink' if (enable_thinking is defined and not enable_thinking
+            and not text.endswith('/nothink')) else '' }}
     {%- elif msg.role == 'assistant' %}
         {%- if msg.metadata %}
 <|assistant|>{{ msg.metadata }}
@@ -80,7 +97,8 @@ CHAT_TEMPLATE = """[gMASK]<sop>
     {%- endif %}
 {%- endfor %}
 {% if add_generation_prompt %}<|assistant|>
-{% endif %}"""
+{{ '<think></think>\\n' if (enable_thinking is defined and not enable_thinking) else '' }}
+{%- endif %}"""
 
 # Enough varied English (and a little code and digits) for a few hundred merges. Fixed
 # text, so training sees the same input every time.

@@ -1,0 +1,477 @@
+"""JSON-schema constrained decoding and thinking sections, for batched ``generate``.
+
+Each request of a batch may carry its own JSON Schema (or none). :class:`StructuredDecoder`
+turns those into one ``transformers`` logits processor that masks, row by row, every token
+the row's grammar forbids; rows without a schema are never touched, so their greedy text is
+the same as in a batch without constrained neighbours.
+
+Library choice
+==============
+
+Compared for this job (CPU-only Python 3.11, ``torch==2.14.1``, mixed schemas per batch):
+
+* **xgrammar** (0.2.8, MLC/CMU; the default structured-output engine of vLLM, SGLang and
+  TensorRT-LLM). One ``GrammarMatcher`` per sequence and a packed ``int32`` bitmask per
+  batch, so every row follows its own compiled grammar; the mask of one row is computed in
+  C++ in microseconds (a pushdown automaton with a token-mask cache built at compile time)
+  and applied in place. Compiled grammars are cached per schema. Supports the whole subset
+  we accept, including ``maxLength``, ``maxItems`` and numeric ``minimum``/``maximum``.
+  Installs as two wheels (``xgrammar``, ``apache-tvm-ffi``, about 5 MB); its ``torch`` and
+  ``triton`` requirements are already satisfied by our pinned torch, nothing is upgraded.
+  Released every few weeks.
+* **llguidance** (1.9, Microsoft; behind Guidance and llama.cpp's JSON mode). Equally fast
+  (Rust, lazy lexer-plus-Earley), per-row matchers and bitmasks too, one small wheel with no
+  dependencies. A sound alternative; xgrammar won on its first-class ``transformers`` and
+  torch bitmask helpers and its wider use in the serving engines we would move to on GPU.
+* **outlines** (1.3) compiles a schema to a regex-derived index (``outlines_core``, Rust).
+  Its ``transformers`` integration applies one output type to a whole ``generate`` call, so
+  mixed schemas in one batch would need our own processor over ``outlines_core`` anyway;
+  index construction is slow for large vocabularies and bounded strings, and it pulls in ten
+  packages (jsonschema, diskcache, cloudpickle, genson, ...).
+* **lm-format-enforcer** (0.11) is pure Python behind ``prefix_allowed_tokens_fn``, which is
+  per row, but walks the token trie in Python on every step: tens of milliseconds per row
+  per step on a 150k vocabulary, far beyond the 15 % budget. Small install (with
+  ``interegular``), maintained by one person.
+
+Chosen: **xgrammar**.
+
+Why every constrained answer parses
+===================================
+
+A grammar alone only promises that the text is a *prefix* of a valid document: a random
+model happily writes a string until ``max_new_tokens`` runs out. So each constrained row
+keeps a *closing reserve* ``R`` (:func:`closing_reserve`): an upper bound, in bytes, of how
+much text can still be needed to finish the document from any point when the row is steered
+straight to the end, plus one token for the stop token. While more than ``R`` tokens remain
+the row follows its grammar freely. From then on it is in *closing mode*: among the tokens
+the grammar allows it may only take, in this order of preference, a stop token or ``"``;
+else ``}`` or ``]``; else ``,``; else any single-byte token. (``"`` comes first because
+inside a string ``}`` and ``]`` are mere characters.) Closing mode therefore ends a string
+at the next character, opens at most one more item per array and each property at most
+once, leaves only bounded literals (enum values, numbers, ``true``/``false``, keys) to
+finish, and spends exactly one byte per token, so the document and its stop token fit into
+the ``R`` tokens left. Byte-level vocabularies (GLM's, and the tiny checkpoint's) hold every
+single byte as a token; where one lacks a needed byte the row falls back to its plain
+grammar mask, and :class:`_JsonLogitsProcessor` fails the batch rather than return
+invalid JSON if the grammar is ever left.
+
+The bound ``R`` counts every property (optional ones too) with its closing-mode cost: a key
+and its separators, an enum's longest literal, a number's longest literal under its bounds
+(xgrammar writes range-bounded numbers with at most six fraction digits), ``false``, empty
+strings plus a partly written escape, empty arrays plus one item in progress. A request
+whose ``max_new_tokens`` is below :func:`min_new_tokens` is refused with
+:class:`SchemaError` before any forward pass (the API can check the same at submission).
+
+The grammar has no free whitespace (separators ``,`` and ``:``), is strict (no properties
+beyond the schema's) and never matches a token that is an added/special token or contains a
+control byte, so the raw text is strict JSON that ``json.loads`` accepts.
+
+Thinking
+========
+
+With ``thinking`` on and a schema, the row must first open ``<think>``, may reason freely
+(stop tokens are masked) and is made to close ``</think>`` when ``R + 1`` tokens remain;
+the JSON grammar applies from then on. :func:`split_reasoning` separates the two parts
+after decoding, for every request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Keywords accepted per type; anything else is refused rather than silently ignored.
+_ANNOTATIONS = frozenset({"title", "description", "$schema"})
+_KEYWORDS: dict[str, frozenset[str]] = {
+    "object": frozenset({"type", "properties", "required", "additionalProperties"}),
+    "string": frozenset({"type", "maxLength", "enum"}),
+    "number": frozenset({"type", "minimum", "maximum", "enum"}),
+    "integer": frozenset({"type", "minimum", "maximum", "enum"}),
+    "boolean": frozenset({"type", "enum"}),
+    "array": frozenset({"type", "items", "maxItems"}),
+}
+# xgrammar writes a range-bounded number with at most this many fraction digits.
+_FRACTION_DIGITS = 6
+# A string in closing mode: both quotes plus the rest of an escape (``uXXXX``) or of a
+# multi-byte UTF-8 character that was in progress.
+_STRING_COST = 2 + 5
+# Sign and decimal point of a number, and an exponent in progress ("e", sign, one digit)
+# where the schema leaves the number unbounded.
+_NUMBER_OVERHEAD = 2 + 3
+# Thinking adds two forced tokens: ``<think>`` and ``</think>``.
+_THINKING_TOKENS = 2
+
+
+class SchemaError(ValueError):
+    """A JSON schema outside the supported subset, or a token budget too small for it."""
+
+
+def validate_schema(schema: Any) -> None:
+    """Raise :class:`SchemaError` unless ``schema`` is in the supported subset.
+
+    The subset: ``object`` (``properties``, ``required`` naming declared properties,
+    ``additionalProperties`` absent or false), ``string`` (``maxLength``), ``number`` and
+    ``integer`` (``minimum``, ``maximum``), ``boolean``, ``array`` (``items`` required,
+    ``maxItems``), and ``enum`` (a non-empty list of JSON values, alone or beside a scalar
+    ``type``). ``title``, ``description`` and ``$schema`` are allowed anywhere and ignored.
+    The message names the JSON pointer of the offending part.
+    """
+    _validate(schema, "")
+
+
+def closing_reserve(schema: Mapping[str, Any]) -> int:
+    """Tokens a row must keep to finish any partial document of ``schema`` (see module doc).
+
+    Bytes of the longest closing-mode completion from any point, plus one for the stop
+    token. Raises :class:`SchemaError` for a schema outside the subset.
+    """
+    validate_schema(schema)
+    return _cost(schema) + 1
+
+
+def min_new_tokens(schema: Mapping[str, Any], thinking: bool) -> int:
+    """The smallest ``max_new_tokens`` that guarantees a complete answer for ``schema``.
+
+    :func:`closing_reserve`, plus the ``<think>`` and ``</think>`` tokens when ``thinking``.
+    Raises :class:`SchemaError` for a schema outside the subset.
+    """
+    return closing_reserve(schema) + (_THINKING_TOKENS if thinking else 0)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """Split decoded output into ``(reasoning, answer)``.
+
+    The reasoning is what lies between ``<think>`` and the first ``</think>`` (the opening
+    tag may be missing where the prompt already opened it), stripped of surrounding
+    whitespace; the answer is what follows, stripped likewise. An opened section never
+    closed (the token budget ran out while thinking) is all reasoning with an empty answer.
+    Text without a thinking section is returned whole as the answer, reasoning ``None``.
+    """
+    opening, closing = "<think>", "</think>"
+    head, found, tail = text.partition(closing)
+    if found:
+        reasoning = head.lstrip()
+        reasoning = reasoning.removeprefix(opening)
+        return reasoning.strip(), tail.strip()
+    if text.lstrip().startswith(opening):
+        return text.lstrip().removeprefix(opening).strip(), ""
+    return None, text
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """How one batch row is constrained: its schema (``None`` leaves the row free) and
+    whether it thinks first."""
+
+    schema: Mapping[str, Any] | None
+    thinking: bool
+
+
+class StructuredDecoder:
+    """Per-tokenizer state for constrained decoding: vocabulary info and compiled grammars.
+
+    Built once per loaded model; :meth:`processor` makes the logits processor for one
+    ``generate`` call. ``tokenizer`` is the Hugging Face tokenizer, ``vocab_size`` the width
+    of the model's logits, ``stop_ids`` the ids that end a sequence. Grammars are compiled
+    on first use of a schema and cached (xgrammar's compiler cache, keyed by the schema
+    text). Importing xgrammar happens here, not at module import.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: frozenset[int]) -> None:
+        import torch
+        import xgrammar as xgr
+
+        if not stop_ids:
+            raise SchemaError("the checkpoint defines no stop token; JSON output cannot end")
+        detected = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_ids)
+        )
+        vocab = list(detected.decoded_vocab)[:vocab_size]
+        vocab += [b""] * (vocab_size - len(vocab))
+        # An empty entry is never matched by a grammar: that keeps added tokens (image
+        # placeholders, <think>, role markers) and raw control bytes, which strict JSON
+        # refuses inside strings, out of every answer.
+        added = set(tokenizer.added_tokens_decoder)
+        matchable = [
+            b"" if index in added or any(byte < 0x20 for byte in token) else token
+            for index, token in enumerate(vocab)
+        ]
+        self._info = xgr.TokenizerInfo(
+            matchable,
+            xgr.VocabType.RAW,
+            vocab_size=vocab_size,
+            stop_token_ids=sorted(stop_ids),
+        )
+        self._compiler = xgr.GrammarCompiler(self._info, cache_enabled=True)
+        self.vocab_size = vocab_size
+        self.stop_ids = stop_ids
+        self.think_ids = _think_ids(tokenizer)
+
+        def packed(ids: Sequence[int]) -> Any:
+            mask = torch.zeros(math.ceil(vocab_size / 32) * 32, dtype=torch.bool)
+            mask[list(ids)] = True
+            return _pack(mask)
+
+        def single(char: bytes) -> list[int]:
+            return [i for i, token in enumerate(matchable) if token == char]
+
+        # Closing-mode preference, best first (see the module docstring).
+        self._closing_groups = [
+            packed([*stop_ids, *single(b'"')]),
+            packed([*single(b"}"), *single(b"]")]),
+            packed(single(b",")),
+            packed([i for i, token in enumerate(matchable) if len(token) == 1]),
+        ]
+
+    def compile(self, schema: Mapping[str, Any]) -> Any:
+        """The compiled grammar for ``schema`` (cached); :class:`SchemaError` if unsupported."""
+        validate_schema(schema)
+        return self._compiler.compile_json_schema(
+            # Key order is kept: the grammar emits properties in declared order.
+            json.dumps(schema),
+            any_whitespace=False,
+            separators=(",", ":"),
+            strict_mode=True,
+        )
+
+    def processor(
+        self, rows: Sequence[RowSpec], prompt_length: int, max_new_tokens: int
+    ) -> _JsonLogitsProcessor:
+        """A logits processor for one ``generate`` call over ``rows`` (in batch order).
+
+        ``prompt_length`` is the padded prompt width, ``max_new_tokens`` the shared cap.
+        Raises :class:`SchemaError` if a schema is unsupported or needs more tokens than
+        ``max_new_tokens`` (:func:`min_new_tokens`); the message names the row.
+        """
+        import xgrammar as xgr
+
+        states: list[_Row | None] = []
+        for index, spec in enumerate(rows):
+            if spec.schema is None:
+                states.append(None)
+                continue
+            thinking = spec.thinking and self.think_ids is not None
+            try:
+                reserve = closing_reserve(spec.schema)
+            except SchemaError as exc:
+                raise SchemaError(f"request {index}: {exc}") from exc
+            needed = reserve + (_THINKING_TOKENS if thinking else 0)
+            if needed > max_new_tokens:
+                raise SchemaError(
+                    f"request {index}: its JSON schema needs max_new_tokens >= {needed} to "
+                    f"always finish, got {max_new_tokens}"
+                )
+            matcher = xgr.GrammarMatcher(self.compile(spec.schema))
+            states.append(_Row(matcher, reserve, _OPEN_THINK if thinking else _JSON))
+        return _JsonLogitsProcessor(self, states, prompt_length, max_new_tokens)
+
+    def closing_mask(self, allowed: Any) -> Any:
+        """Narrow one row's packed grammar mask to the first closing group it intersects."""
+        for group in self._closing_groups:
+            narrowed = allowed & group
+            if bool(narrowed.any()):
+                return narrowed
+        return allowed
+
+
+# Row phases: forced ``<think>``, free reasoning, JSON grammar, finished.
+_OPEN_THINK, _THINK, _JSON, _DONE = range(4)
+
+
+@dataclass
+class _Row:
+    matcher: Any
+    reserve: int
+    phase: int
+
+
+class _JsonLogitsProcessor:
+    """Masks each constrained row's logits to its grammar; free rows are left untouched.
+
+    Called by ``generate`` once per step with the ids so far (prompt plus new tokens) and
+    the next-token scores. Raises ``RuntimeError`` if a row's token was not one the mask
+    allowed (another processor or a sampler override changed it): the batch fails rather
+    than return invalid JSON.
+    """
+
+    def __init__(
+        self,
+        decoder: StructuredDecoder,
+        rows: list[_Row | None],
+        prompt_length: int,
+        max_new_tokens: int,
+    ) -> None:
+        import xgrammar as xgr
+
+        self._decoder = decoder
+        self._rows = rows
+        self._prompt_length = prompt_length
+        self._max_new_tokens = max_new_tokens
+        self._bitmask = xgr.allocate_token_bitmask(len(rows), decoder.vocab_size)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import xgrammar as xgr
+
+        step = input_ids.shape[1] - self._prompt_length
+        last = input_ids[:, -1].tolist() if step > 0 else None
+        remaining = self._max_new_tokens - step
+        masked: list[int] = []
+        for index, row in enumerate(self._rows):
+            if row is None:
+                continue
+            if last is not None:
+                self._advance(index, row, last[index])
+            if row.phase == _DONE:
+                continue
+            if row.phase in (_OPEN_THINK, _THINK):
+                self._mask_thinking(row, scores[index], remaining)
+                continue
+            row.matcher.fill_next_token_bitmask(self._bitmask, index)
+            if remaining <= row.reserve:
+                self._bitmask[index] = self._decoder.closing_mask(self._bitmask[index])
+            masked.append(index)
+        if masked:
+            xgr.apply_token_bitmask_inplace(scores, self._bitmask.to(scores.device), indices=masked)
+        return scores
+
+    def _advance(self, index: int, row: _Row, token: int) -> None:
+        think_ids = self._decoder.think_ids
+        if row.phase == _OPEN_THINK:
+            row.phase = _THINK
+        elif row.phase == _THINK:
+            if think_ids is not None and token == think_ids[1]:
+                row.phase = _JSON
+        elif row.phase == _JSON:
+            if not row.matcher.accept_token(token):
+                raise RuntimeError(f"row {index}: token {token} is outside its JSON grammar")
+            if row.matcher.is_terminated():
+                row.phase = _DONE
+
+    def _mask_thinking(self, row: _Row, scores: Any, remaining: int) -> None:
+        think_ids = self._decoder.think_ids
+        assert think_ids is not None  # rows only think where the tokenizer has the tags
+        if row.phase == _OPEN_THINK or remaining <= row.reserve + 1:
+            forced = think_ids[0] if row.phase == _OPEN_THINK else think_ids[1]
+            keep = scores[forced].clone()
+            scores.fill_(-math.inf)
+            scores[forced] = keep if math.isfinite(keep) else 0.0
+            return
+        # Ending the sequence while thinking would leave no answer at all.
+        scores[list(self._decoder.stop_ids)] = -math.inf
+
+
+def _pack(mask: Any) -> Any:
+    """Pack a boolean mask (length a multiple of 32) into xgrammar's int32 bitmask layout."""
+    import torch
+
+    bits = mask.view(-1, 32).to(torch.int64) << torch.arange(32, dtype=torch.int64)
+    words = bits.sum(dim=1)
+    # Two's complement: bit 31 set means a negative int32.
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+
+
+def _think_ids(tokenizer: Any) -> tuple[int, int] | None:
+    """Ids of ``<think>`` and ``</think>`` where both are single tokens, else ``None``."""
+    ids = []
+    for tag in ("<think>", "</think>"):
+        token_id = tokenizer.convert_tokens_to_ids(tag)
+        if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+            return None
+        ids.append(token_id)
+    return ids[0], ids[1]
+
+
+def _validate(schema: Any, pointer: str) -> None:
+    where = pointer or "/"
+    if not isinstance(schema, Mapping):
+        raise SchemaError(f"{where}: a schema must be a JSON object")
+    if "enum" in schema:
+        values = schema["enum"]
+        if not isinstance(values, list) or not values:
+            raise SchemaError(f"{where}: enum must be a non-empty list")
+        if schema.get("type", "string") not in ("string", "number", "integer", "boolean"):
+            raise SchemaError(f"{where}: enum goes with a scalar type or none")
+        if "type" not in schema:
+            _check_keywords(schema, frozenset({"enum"}), where)
+            return
+    kind = schema.get("type")
+    if not isinstance(kind, str) or kind not in _KEYWORDS:
+        raise SchemaError(f"{where}: type must be one of {sorted(_KEYWORDS)}, got {kind!r}")
+    _check_keywords(schema, _KEYWORDS[kind], where)
+    if kind == "object":
+        properties = schema.get("properties", {})
+        if not isinstance(properties, Mapping):
+            raise SchemaError(f"{where}: properties must be an object")
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not set(required) <= set(properties):
+            raise SchemaError(f"{where}: required must list declared properties only")
+        if schema.get("additionalProperties", False) is not False:
+            raise SchemaError(f"{where}: additionalProperties must be false or absent")
+        for name, value in properties.items():
+            _validate(value, f"{pointer}/properties/{name}")
+    elif kind == "array":
+        if "items" not in schema:
+            raise SchemaError(f"{where}: array needs an items schema")
+        _check_count(schema, "maxItems", where)
+        _validate(schema["items"], f"{pointer}/items")
+    elif kind == "string":
+        _check_count(schema, "maxLength", where)
+    elif kind in ("number", "integer"):
+        bounds = [schema[key] for key in ("minimum", "maximum") if key in schema]
+        if not all(_is_number(bound) for bound in bounds):
+            raise SchemaError(f"{where}: minimum and maximum must be finite numbers")
+        if len(bounds) == 2 and bounds[0] > bounds[1]:
+            raise SchemaError(f"{where}: minimum exceeds maximum")
+
+
+def _check_keywords(schema: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = set(schema) - allowed - _ANNOTATIONS
+    if unknown:
+        raise SchemaError(f"{where}: unsupported keyword(s) {sorted(unknown)}")
+
+
+def _check_count(schema: Mapping[str, Any], key: str, where: str) -> None:
+    if key in schema:
+        value = schema[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SchemaError(f"{where}: {key} must be a non-negative integer")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _literal_bytes(value: Any) -> int:
+    # Either escaping choice the grammar could have made for non-ASCII text.
+    return max(
+        len(json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":")).encode())
+        for ascii_only in (True, False)
+    )
+
+
+def _cost(schema: Mapping[str, Any]) -> int:
+    """Bytes of the longest closing-mode completion of a value of ``schema``."""
+    if "enum" in schema:
+        return max(_literal_bytes(value) for value in schema["enum"])
+    kind = schema["type"]
+    if kind == "object":
+        properties = schema.get("properties", {})
+        # Braces, then per property: key, colon, value and a comma.
+        return 2 + sum(
+            _literal_bytes(name) + 2 + _cost(value) for name, value in properties.items()
+        )
+    if kind == "array":
+        return 2 + 1 + _cost(schema["items"])
+    if kind == "string":
+        return _STRING_COST
+    if kind == "boolean":
+        return len("false")
+    # A number is finished as soon as it is complete; a bound can make the grammar ask for
+    # as many integer digits as the bound has before that, plus the fraction digits.
+    magnitude = max(
+        (abs(schema[key]) for key in ("minimum", "maximum") if key in schema), default=0
+    )
+    return _NUMBER_OVERHEAD + len(str(math.floor(magnitude))) + _FRACTION_DIGITS
