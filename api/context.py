@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
+from shared.presets import Preset, load_presets
 from shared.settings import Settings
+from shared.ssrf import OutboundPolicy
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class Services:
     sessions: sessionmaker[Session]
     blobs: BlobStore
     celery: Celery
+    outbound: OutboundPolicy
+    presets: dict[str, Preset]
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -34,6 +38,8 @@ class Services:
             sessions=session_factory(engine),
             blobs=BlobStore(settings.blob_url),
             celery=create_celery(settings),
+            outbound=OutboundPolicy.from_setting(settings.outbound_allowlist),
+            presets=load_presets(settings.presets_path),
         )
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-
 from flask import Blueprint, request, url_for
 
+from api.access import load_job
 from api.auth import authenticate, current_key
 from api.context import services
 from api.job_input import read_job_input
+from api.listing import JobFilter, encode_cursor
 from api.submission import submit_job
-from shared.errors import Conflict, NotFound
+from shared.enqueue import enqueue_events
+from shared.errors import Conflict
 from shared.lifecycle import cancel_job
 from shared.models import Job
 from shared.schemas import JobOut
@@ -34,37 +35,42 @@ def create_job() -> tuple[Body, int, dict[str, str]]:
     return _render(job), 202 if created else 200, {"Location": location}
 
 
+@jobs.get("")
+def list_jobs() -> Body:
+    """The caller's jobs, newest first: ``?status=&action=&created_after=&limit=&cursor=``.
+    ``next_cursor`` is null on the last page."""
+    wanted = JobFilter.parse(request.args.to_dict())
+    with services().sessions() as session:
+        rows = list(session.scalars(wanted.query(current_key().id)))
+    page, more = rows[: wanted.limit], len(rows) > wanted.limit
+    return {
+        "jobs": [_render(job) for job in page],
+        "next_cursor": encode_cursor(page[-1]) if more else None,
+    }
+
+
 @jobs.get("/<job_id>")
 def get_job(job_id: str) -> Body:
     """The job as the caller may see it; 404 for an unknown id or another caller's job."""
-    return _render(_load_job(job_id))
+    return _render(load_job(job_id))
 
 
 @jobs.delete("/<job_id>")
 def delete_job(job_id: str) -> Body:
     """Cancel a queued or running job (200 with the job); 409 if it already finished."""
-    job = _load_job(job_id)
-    with services().sessions() as session, session.begin():
-        canceled = cancel_job(session, job.id)
-    job = _load_job(job_id)
-    if not canceled:
+    job = load_job(job_id)
+    svc = services()
+    with svc.sessions() as session, session.begin():
+        events = cancel_job(session, job.id)
+    if events:
+        enqueue_events(svc.celery, events)
+    job = load_job(job_id)
+    if events is None:
         raise Conflict(
             f"job {job.id} already {job.status.value}; only queued or running jobs can be canceled",
             code="job_finished",
         )
     return _render(job)
-
-
-def _load_job(raw_id: str) -> Job:
-    try:
-        job_id = uuid.UUID(raw_id)
-    except ValueError as exc:
-        raise NotFound(f"no job {raw_id!r}") from exc
-    with services().sessions() as session:
-        job = session.get(Job, job_id)
-    if job is None or job.api_key_id != current_key().id:
-        raise NotFound(f"no job {raw_id}")
-    return job
 
 
 def _render(job: Job) -> Body:

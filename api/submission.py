@@ -10,7 +10,9 @@ import hashlib
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,8 +22,9 @@ from api.job_input import JobInput
 from shared.enqueue import enqueue_job
 from shared.errors import BadRequest, ValidationFailed
 from shared.images import normalise_image
+from shared.json_schema import SchemaError, min_new_tokens
 from shared.models import ApiKey, Job, JobStatus, Priority, utcnow
-from shared.schemas import JobOptions
+from shared.schemas import JobOptions, JobRequest, JsonSchemaFormat
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +42,8 @@ def submit_job(
     """
     settings = svc.settings
     fields = submitted.fields
-    if len(fields.prompt) > settings.max_prompt_chars:
-        raise ValidationFailed(
-            f"prompt is {len(fields.prompt)} characters; the limit is {settings.max_prompt_chars}",
-            code="prompt_too_long",
-        )
-    max_new_tokens = fields.max_new_tokens or settings.default_max_new_tokens
-    if max_new_tokens > settings.max_new_tokens_limit:
-        raise ValidationFailed(
-            f"max_new_tokens is {max_new_tokens}; the limit is {settings.max_new_tokens_limit}",
-            code="max_new_tokens_too_large",
-        )
+    plan = plan_generation(svc, fields)
+    max_new_tokens = plan.max_new_tokens
     timeout_s = fields.timeout_s or settings.default_timeout_s
     if timeout_s > settings.max_timeout_s:
         raise ValidationFailed(
@@ -57,7 +51,10 @@ def submit_job(
             code="timeout_too_large",
         )
     options = JobOptions(max_new_tokens=max_new_tokens, temperature=fields.temperature)
-    fingerprint = _fingerprint(fields.prompt, options, timeout_s, submitted.image)
+    callback_url = fields.callback_url or key.callback_url
+    if callback_url is not None:
+        svc.outbound.check(callback_url, field="callback_url")
+    fingerprint = _fingerprint(fields, plan, options, timeout_s, submitted.image)
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
         earlier = _earlier(svc, key, idempotency_key, fingerprint)
@@ -76,15 +73,21 @@ def submit_job(
         api_key_id=key.id,
         status=JobStatus.QUEUED,
         priority=Priority.INTERACTIVE,
-        prompt=fields.prompt,
+        prompt=plan.prompt,
         image_key=blob_key,
         image_sha256=sha256,
         image_width=image.width,
         image_height=image.height,
         options=options.model_dump(),
+        response_schema=plan.schema,
+        thinking=plan.thinking,
+        preset=fields.preset,
+        policy=plan.policy,
         created_at=now,
         enqueued_at=now,
         deadline_at=now + timedelta(seconds=timeout_s),
+        callback_url=callback_url,
+        webhook_events=fields.webhook_events,
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
         attempts=0,
@@ -107,12 +110,99 @@ def submit_job(
     return job, True
 
 
-def _fingerprint(prompt: str, options: JobOptions, timeout_s: int, image: bytes) -> str:
+@dataclass(frozen=True)
+class GenerationPlan:
+    """What a submission asks the model for, with preset and defaults applied."""
+
+    prompt: str
+    schema: dict[str, Any] | None
+    thinking: bool
+    max_new_tokens: int
+    policy: dict[str, Any] | None
+
+
+def plan_generation(svc: Services, fields: JobRequest) -> GenerationPlan:
+    """Resolve preset, prompt, response format, thinking and token budget; 422 for an
+    unknown preset, a missing or too long prompt, an unsupported or too large schema, or a
+    ``max_new_tokens`` over the ceiling or too small to finish the schema's answer.
+
+    A preset supplies prompt (unless the caller gives one), schema, budget and thinking;
+    the caller's ``response_format``, ``thinking`` and ``max_new_tokens`` win over it.
+    ``thinking`` defaults to off for JSON answers and on for text. A JSON answer with no
+    ``max_new_tokens`` gets the default budget on top of the schema's minimum.
+    """
+    settings = svc.settings
+    preset = None
+    if fields.preset is not None:
+        preset = svc.presets.get(fields.preset)
+        if preset is None:
+            known = ", ".join(sorted(svc.presets)) or "none"
+            raise ValidationFailed(
+                f"unknown preset {fields.preset!r}; known: {known}", code="unknown_preset"
+            )
+    prompt = fields.prompt or (preset.prompt if preset else None)
+    if prompt is None:
+        raise ValidationFailed("prompt is required unless a preset is given", code="invalid_fields")
+    if len(prompt) > settings.max_prompt_chars:
+        raise ValidationFailed(
+            f"prompt is {len(prompt)} characters; the limit is {settings.max_prompt_chars}",
+            code="prompt_too_long",
+        )
+    schema = preset.schema_ if preset else None
+    if fields.response_format is not None:
+        fmt = fields.response_format
+        schema = fmt.schema_ if isinstance(fmt, JsonSchemaFormat) else None
+    thinking = fields.thinking
+    if thinking is None:
+        thinking = preset.thinking if preset and schema is preset.schema_ else schema is None
+    needed = _check_schema(schema, thinking, settings.max_schema_bytes)
+    default = preset.max_new_tokens if preset else settings.default_max_new_tokens + needed
+    max_new_tokens = fields.max_new_tokens or max(default, needed)
+    if max_new_tokens > settings.max_new_tokens_limit:
+        raise ValidationFailed(
+            f"max_new_tokens is {max_new_tokens}; the limit is {settings.max_new_tokens_limit}",
+            code="max_new_tokens_too_large",
+        )
+    if max_new_tokens < needed:
+        raise ValidationFailed(
+            f"max_new_tokens is {max_new_tokens}; this schema needs at least {needed} tokens "
+            "to guarantee a complete answer",
+            code="max_new_tokens_too_small",
+        )
+    policy = preset.policy.model_dump() if preset and preset.policy else None
+    return GenerationPlan(prompt, schema, thinking, max_new_tokens, policy)
+
+
+def _check_schema(schema: dict[str, Any] | None, thinking: bool, max_bytes: int) -> int:
+    """The schema's minimum token budget (0 for text); 422 if too large or unsupported."""
+    if schema is None:
+        return 0
+    size = len(json.dumps(schema))
+    if size > max_bytes:
+        raise ValidationFailed(
+            f"the JSON schema is {size} bytes; the limit is {max_bytes}", code="schema_too_large"
+        )
+    try:
+        return min_new_tokens(schema, thinking)
+    except SchemaError as exc:
+        raise ValidationFailed(
+            f"unsupported JSON schema: {exc}", code="unsupported_schema"
+        ) from exc
+
+
+def _fingerprint(
+    fields: JobRequest, plan: GenerationPlan, options: JobOptions, timeout_s: int, image: bytes
+) -> str:
     """What makes two submissions "the same request" for idempotency."""
     summary = {
-        "prompt": prompt,
+        "prompt": plan.prompt,
+        "schema": plan.schema,
+        "thinking": plan.thinking,
+        "preset": fields.preset,
         "options": options.model_dump(),
         "timeout_s": timeout_s,
+        "callback_url": fields.callback_url,
+        "webhook_events": fields.webhook_events,
         "image_sha256": hashlib.sha256(image).hexdigest(),
     }
     return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()

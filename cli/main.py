@@ -27,14 +27,46 @@ def _keys_create(args: argparse.Namespace) -> int:
 
     engine = create_engine_for(Settings())
     with transaction(session_factory(engine)) as session:
-        row, key = create_key(session, args.name)
-        info = {"id": str(row.id), "name": row.name, "key": key}
+        row, key = create_key(session, args.name, callback_url=args.callback_url)
+        info = {
+            "id": str(row.id),
+            "name": row.name,
+            "key": key,
+            "webhook_secret": row.webhook_secret,
+            "callback_url": row.callback_url,
+        }
     engine.dispose()
     if args.json:
         print(json.dumps(info))
     else:
-        print(f"API key {info['name']!r} ({info['id']}); shown once, store it now:")
-        print(key)
+        print(f"API key {info['name']!r} ({info['id']}); shown once, store them now:")
+        print(f"key:            {key}")
+        print(f"webhook secret: {row.webhook_secret}")
+    return 0
+
+
+def _keys_rotate_secret(args: argparse.Namespace) -> int:
+    from shared.db import create_engine_for, session_factory, transaction
+    from shared.keys import find_key, rotate_webhook_secret
+
+    settings = Settings()
+    engine = create_engine_for(settings)
+    try:
+        with transaction(session_factory(engine)) as session:
+            row = find_key(session, args.key)
+            secret = rotate_webhook_secret(session, row, settings.secret_rotation_grace_s)
+            info = {"id": str(row.id), "name": row.name, "webhook_secret": secret}
+    except LookupError as exc:
+        print(f"sightline: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    hours = settings.secret_rotation_grace_s / 3600
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"new webhook secret for {info['name']!r}: {secret}")
+        print(f"the previous secret keeps signing (both signatures sent) for {hours:g} h")
     return 0
 
 
@@ -60,6 +92,10 @@ def _api(args: argparse.Namespace) -> int:
         f"{args.host}:{args.port}",
         "--workers",
         str(args.workers),
+        # Threads let long-polls (the console's live status) wait without holding a
+        # whole worker process.
+        "--threads",
+        "4",
         "--access-logfile",
         "-",
         "--graceful-timeout",
@@ -106,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create an API key (shown once)")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print one JSON object")
+    create.add_argument("--callback-url", help="default webhook URL for this key's jobs")
     create.set_defaults(run=_keys_create)
+    rotate = keys.add_parser("rotate-secret", help="new webhook signing secret (shown once)")
+    rotate.add_argument("key", help="the key's id or name")
+    rotate.add_argument("--json", action="store_true", help="print one JSON object")
+    rotate.set_defaults(run=_keys_rotate_secret)
 
     model = commands.add_parser("model", help="model checkpoints")
     model_commands = model.add_subparsers(dest="model", required=True)

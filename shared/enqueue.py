@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from celery import Celery
 
 from shared.models import Priority
-from shared.tasks import INFER_TASK, queue_for
+from shared.tasks import DELIVER_WEBHOOK_TASK, INFER_TASK, QUEUE_WEBHOOKS, queue_for
+
+log = logging.getLogger(__name__)
 
 
 def enqueue_job(celery: Celery, job_id: uuid.UUID, priority: Priority) -> None:
@@ -23,3 +26,20 @@ def enqueue_job(celery: Celery, job_id: uuid.UUID, priority: Priority) -> None:
         queue=queue_for(priority),
         task_id=str(job_id),
     )
+
+
+def enqueue_event(celery: Celery, event_id: str) -> None:
+    """Publish ``sightline.deliver_webhook(event_id)`` on the ``webhooks`` queue. An event
+    whose message is lost is found again by the sweeper."""
+    celery.send_task(DELIVER_WEBHOOK_TASK, args=[event_id], queue=QUEUE_WEBHOOKS)
+
+
+def enqueue_events(celery: Celery, event_ids: list[str]) -> None:
+    """Wake the sender for each event; a broker error is logged, not raised, because the
+    events are already committed and the sweeper sends what is left behind."""
+    for event_id in event_ids:
+        try:
+            enqueue_event(celery, event_id)
+        except Exception as exc:
+            log.warning("event %s committed but not enqueued (%s); the sweeper will", event_id, exc)
+            return

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.models import ApiKey
+from shared.webhooks import new_secret
 
 KEY_PREFIX = "sl_"
 
@@ -23,14 +26,43 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
-    """Create and add an API key named ``name``; returns the row and the plaintext key,
-    which is never stored and cannot be recovered later."""
+def create_key(session: Session, name: str, callback_url: str | None = None) -> tuple[ApiKey, str]:
+    """Create and add an API key named ``name`` (with a fresh webhook secret and an
+    optional default ``callback_url``); returns the row and the plaintext key, which is
+    never stored and cannot be recovered later."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name, prefix=key[:10], key_sha256=hash_key(key), created_at=datetime.now(UTC))
+    row = ApiKey(
+        name=name,
+        prefix=key[:10],
+        key_sha256=hash_key(key),
+        created_at=datetime.now(UTC),
+        webhook_secret=new_secret(),
+        callback_url=callback_url,
+    )
     session.add(row)
     session.flush()
     return row, key
+
+
+def find_key(session: Session, name_or_id: str) -> ApiKey:
+    """The key whose id or name is ``name_or_id``; ``LookupError`` if none or ambiguous."""
+    query = select(ApiKey).where(ApiKey.name == name_or_id)
+    with contextlib.suppress(ValueError):
+        query = select(ApiKey).where(ApiKey.id == uuid.UUID(name_or_id))
+    rows = session.scalars(query).all()
+    if len(rows) != 1:
+        raise LookupError(f"{len(rows)} API keys match {name_or_id!r}; give exactly one id")
+    return rows[0]
+
+
+def rotate_webhook_secret(session: Session, row: ApiKey, grace_s: int) -> str:
+    """Give ``row`` a new webhook secret and return it. The old one keeps signing (both
+    signatures are sent) for ``grace_s`` seconds, so consumers can switch without a gap."""
+    row.previous_webhook_secret = row.webhook_secret
+    row.previous_secret_expires_at = datetime.now(UTC) + timedelta(seconds=grace_s)
+    row.webhook_secret = new_secret()
+    session.flush()
+    return row.webhook_secret
 
 
 def find_active_key(session: Session, key: str) -> ApiKey | None:

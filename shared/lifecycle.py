@@ -9,10 +9,12 @@ from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus, utcnow
+from shared.webhooks import record_events
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> bool:
-    """Move a queued or running job to ``canceled``; False if it was already final.
+def cancel_job(session: Session, job_id: uuid.UUID) -> list[str] | None:
+    """Move a queued or running job to ``canceled``; ``None`` if it was already final,
+    else the ids of the webhook events written with it (to wake the sender after commit).
 
     A queued job then never runs (no worker can claim it); a running one keeps running
     on its worker, but its result is discarded because the worker writes only where the
@@ -24,4 +26,6 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> bool:
         .values(status=JobStatus.CANCELED, finished_at=utcnow(), lease_expires_at=None)
     )
     result = session.execute(stmt, execution_options={"synchronize_session": False})
-    return bool(cast(CursorResult[Any], result).rowcount)
+    if not cast(CursorResult[Any], result).rowcount:
+        return None
+    return record_events(session, [job_id])

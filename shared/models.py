@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -93,7 +94,13 @@ def _enum_column(kind: type[enum.StrEnum], name: str) -> Enum:
 
 class ApiKey(Base):
     """A caller's credential. Only the SHA-256 of the key is stored; the key itself is
-    shown once, at creation."""
+    shown once, at creation.
+
+    ``webhook_secret`` (``whsec_…``) signs this caller's webhooks and must be kept in
+    clear to compute signatures. After a rotation the previous secret keeps signing too
+    (both signatures are sent) until ``previous_secret_expires_at``. ``callback_url`` is
+    the default destination for jobs submitted without one.
+    """
 
     __tablename__ = "api_keys"
 
@@ -103,13 +110,21 @@ class ApiKey(Base):
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Job(Base):
     """One inference request: an image (by blob key), a prompt, options, and its outcome.
 
     ``options`` holds the generation settings as JSON (``max_new_tokens``,
-    ``temperature``). ``attempts`` counts claims by a worker. While running,
+    ``temperature``); ``response_schema`` the JSON schema the answer must follow (NULL for
+    text) and ``thinking`` the chat template's switch. A job from a ``preset`` keeps a
+    copy of its ``policy``; the worker stores the parsed answer in ``result_json``, any
+    ``<think>`` section in ``reasoning`` and the policy's verdict in ``action``.
+    ``attempts`` counts claims by a worker. While running,
     ``claim_token`` identifies the claim and ``lease_expires_at`` its reservation: a lease
     in the past means the worker that claimed it is presumed dead, and only the holder of
     the current token may write a result. ``enqueued_at`` is when its wake-up message was
@@ -135,7 +150,14 @@ class Job(Base):
     image_width: Mapped[int] = mapped_column(Integer)
     image_height: Mapped[int] = mapped_column(Integer)
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    response_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    thinking: Mapped[bool] = mapped_column(Boolean, default=True)
+    preset: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_json: Mapped[Any] = mapped_column(JSON, nullable=True)
+    reasoning: Mapped[str | None] = mapped_column(Text, nullable=True)
+    action: Mapped[str | None] = mapped_column(String(16), nullable=True)
     output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -146,6 +168,8 @@ class Job(Base):
     claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deadline_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -158,4 +182,71 @@ class Job(Base):
         # The claim query: oldest queued work, interactive first.
         Index("ix_jobs_claim", "status", "priority", "created_at"),
         Index("ux_jobs_idempotency", "api_key_id", "idempotency_key", unique=True),
+        # Listing: newest first per caller, keyset on (created_at, id).
+        Index("ix_jobs_listing", "api_key_id", "created_at", "id"),
     )
+
+
+class EventStatus(enum.StrEnum):
+    """A webhook event is ``pending`` until a 2xx answer (``delivered``), or until its
+    retries run out or the receiver answers 410 Gone (``failed``)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookEvent(Base):
+    """The outbox: one event per job and type, written in the same transaction as the
+    job's final state, so a crash between "result saved" and "webhook sent" loses nothing.
+
+    ``id`` is the Standard Webhooks ``webhook-id`` (the same on every retry) and
+    ``payload`` the exact body, frozen when the event is written. ``next_attempt_at`` is
+    when the next attempt is due; ``locked_until`` reserves an attempt in progress;
+    ``enqueued_at`` is when a wake-up was last sent (NULL: none outstanding).
+    """
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id"), index=True)
+    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
+    type: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[EventStatus] = mapped_column(
+        _enum_column(EventStatus, "event_status"), default=EventStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index("ux_webhook_events_job_type", "job_id", "type", unique=True),
+        Index("ix_webhook_events_due", "status", "next_attempt_at"),
+    )
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver an event: what was answered, how fast, what comes next.
+
+    ``status_code`` is NULL when no HTTP answer came (refused, timeout, SSRF guard);
+    ``error`` then says why. ``next_attempt_at`` is NULL when no retry follows.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40), ForeignKey("webhook_events.id"), index=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -6,13 +6,16 @@ every job through :class:`JobOut`, so the HTTP contract lives in one place.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.models import Job, JobStatus, Priority
+
+EventType = Literal["job.succeeded", "job.failed", "job.canceled"]
 
 
 class JobOptions(BaseModel):
@@ -28,17 +31,76 @@ class JobOptions(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
 
+class TextFormat(BaseModel):
+    """Free text (the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+
+
+class JsonSchemaFormat(BaseModel):
+    """An answer that parses as JSON and validates against ``schema`` (the enforceable
+    subset: object, properties, required, enum, string maxLength, number/integer
+    minimum/maximum, boolean, array maxItems), guaranteed at the token level."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+ResponseFormat = Annotated[TextFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
 class JobRequest(BaseModel):
-    """The non-image fields of ``POST /v1/jobs`` (JSON body or multipart form fields)."""
+    """The non-image fields of ``POST /v1/jobs`` (JSON body or multipart form fields).
+
+    ``prompt`` is required unless a ``preset`` supplies it. In multipart,
+    ``response_format`` is a JSON string and ``webhook_events`` comma-separated.
+    """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    prompt: str = Field(min_length=1)
+    prompt: str | None = Field(default=None, min_length=1)
+    preset: str | None = Field(default=None, max_length=64, description="A named policy preset.")
+    response_format: ResponseFormat | None = None
+    thinking: bool | None = Field(
+        default=None, description="The model's thinking switch; default on, off for json_schema."
+    )
     max_new_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     timeout_s: int | None = Field(
         default=None, ge=1, description="Seconds the job may wait in the queue before expiring."
     )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where to POST the job's webhook; default: the API key's callback URL.",
+    )
+    webhook_events: list[EventType] | None = Field(
+        default=None,
+        description="Event types to send (default all); multipart: comma-separated.",
+    )
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _parse_json_string(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from exc
+        return value
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        return (
+            [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, str)
+            else value
+        )
 
 
 class ErrorOut(BaseModel):
@@ -65,7 +127,13 @@ class JobOut(BaseModel):
     prompt: str
     options: dict[str, Any]
     image: ImageOut
+    preset: str | None
+    response_format: dict[str, Any]
+    thinking: bool
     result: str | None
+    result_json: Any
+    reasoning: str | None
+    action: str | None
     output_tokens: int | None
     error: ErrorOut | None
     created_at: datetime
@@ -77,6 +145,7 @@ class JobOut(BaseModel):
     batch_size: int | None
     worker: str | None
     attempts: int
+    callback_url: str | None
 
     @classmethod
     def from_job(cls, job: Job) -> JobOut:
@@ -90,7 +159,17 @@ class JobOut(BaseModel):
             prompt=job.prompt,
             options=job.options,
             image=ImageOut(sha256=job.image_sha256, width=job.image_width, height=job.image_height),
+            preset=job.preset,
+            response_format=(
+                {"type": "json_schema", "schema": job.response_schema}
+                if job.response_schema is not None
+                else {"type": "text"}
+            ),
+            thinking=job.thinking,
             result=job.result,
+            result_json=job.result_json,
+            reasoning=job.reasoning,
+            action=job.action,
             output_tokens=job.output_tokens,
             error=error,
             created_at=job.created_at,
@@ -102,4 +181,30 @@ class JobOut(BaseModel):
             batch_size=job.batch_size,
             worker=job.worker,
             attempts=job.attempts,
+            callback_url=job.callback_url,
         )
+
+
+class DeliveryOut(BaseModel):
+    """One attempt to deliver a webhook event."""
+
+    attempt: int
+    attempted_at: datetime
+    status_code: int | None
+    latency_ms: int | None
+    error: str | None
+    next_attempt_at: datetime | None
+
+
+class EventOut(BaseModel):
+    """A job's webhook event and every attempt made to deliver it, oldest first."""
+
+    id: str
+    type: str
+    url: str
+    status: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    deliveries: list[DeliveryOut]

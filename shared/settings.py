@@ -15,6 +15,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_REDIS_PORT = 6399
+# Fine for the embedded demo and tests; production mode refuses to start with it.
+INSECURE_SECRET_KEY = "insecure-development-secret-key"
 
 
 class Settings(BaseSettings):
@@ -81,6 +83,27 @@ class Settings(BaseSettings):
     sweep_batch: int = Field(
         default=1000, ge=1, description="Most wake-ups the sweeper sends per queue per sweep."
     )
+    outbound_allowlist: str = Field(
+        default="",
+        description="Hosts/CIDRs callback and image URLs may reach despite the SSRF guard.",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Per attempt.")
+    webhook_retry_schedule_s: str = Field(
+        default="0,5,300,1800,7200,18000,36000,36000",
+        description="Delay before each attempt (seconds); about a day in all.",
+    )
+    webhook_jitter: float = Field(
+        default=0.1, ge=0, le=0.5, description="Each retry delay varies by ± this fraction."
+    )
+    secret_rotation_grace_s: int = Field(
+        default=86_400, ge=0, description="How long a rotated-out webhook secret still signs."
+    )
+    presets_path: str = Field(
+        default="", description="JSON file of policy presets; default: the bundled ones."
+    )
+    max_schema_bytes: int = Field(
+        default=16_384, ge=64, description="Largest JSON schema a job may carry (bytes)."
+    )
     fault_injection: bool = Field(
         default=False,
         description="Tests only: [[oom]], [[crash]], [[slow]] prompts misbehave (worker.faults).",
@@ -92,6 +115,20 @@ class Settings(BaseSettings):
         default="auto", description="Model dtype; 'auto' is bfloat16 on CUDA, float32 on CPU."
     )
     log_level: str = Field(default="INFO")
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="'production' refuses to start with default secrets.",
+    )
+    secret_key: str = Field(
+        default=INSECURE_SECRET_KEY,
+        description="Signs the console's session cookies and CSRF tokens.",
+    )
+
+    max_image_frames: int = Field(
+        default=1000,
+        ge=1,
+        description="Most frames an animated GIF/WebP/PNG may have (only the first is used).",
+    )
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -104,7 +141,18 @@ class Settings(BaseSettings):
             self.model_path = str((data / "models" / "tiny-glm4v").resolve())
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("default_max_new_tokens exceeds max_new_tokens_limit")
+        if self.environment == "production" and self.secret_key == INSECURE_SECRET_KEY:
+            raise ValueError("SIGHTLINE_SECRET_KEY must be set to a secret value in production")
+        schedule = self.retry_schedule
+        if not schedule or any(delay < 0 for delay in schedule):
+            raise ValueError("webhook_retry_schedule_s needs one or more delays >= 0")
         return self
+
+    @property
+    def retry_schedule(self) -> list[float]:
+        """``webhook_retry_schedule_s`` as numbers: entry *n* is the delay before attempt
+        *n + 1*; its length is the number of attempts."""
+        return [float(part) for part in self.webhook_retry_schedule_s.split(",") if part.strip()]
 
     @property
     def is_sqlite(self) -> bool:

@@ -10,11 +10,14 @@ from shared.models import Priority
 
 INFER_TASK = "sightline.infer"
 SWEEP_TASK = "sightline.sweep"
+DELIVER_WEBHOOK_TASK = "sightline.deliver_webhook"
 
 QUEUE_INTERACTIVE = "interactive"
 QUEUE_BULK = "bulk"
 # Housekeeping (the sweeper), consumed by the no-GPU ops worker.
 QUEUE_MAINTENANCE = "maintenance"
+# Webhook attempts, consumed by the same no-GPU worker: no GPU worker ever sends one.
+QUEUE_WEBHOOKS = "webhooks"
 
 # Workers list interactive first: with Redis, Celery polls queues in the order given.
 GPU_QUEUES = (QUEUE_INTERACTIVE, QUEUE_BULK)

@@ -26,7 +26,7 @@ from cli.redis_server import free_port
 from client import Client
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
-from shared.models import Job
+from shared.models import Job, WebhookDelivery, WebhookEvent
 from shared.settings import Settings
 
 
@@ -63,6 +63,8 @@ class Stack:
             "SIGHTLINE_DEVICES": "cpu",
             "SIGHTLINE_MAX_BATCH_SIZE": "8",
             "SIGHTLINE_MAX_BATCH_WAIT_MS": "20",
+            # Webhook receivers in the tests listen on loopback.
+            "SIGHTLINE_OUTBOUND_ALLOWLIST": "127.0.0.1",
         }
         self.settings = Settings(
             **{k.removeprefix("SIGHTLINE_").lower(): v for k, v in self.env.items()}
@@ -75,6 +77,7 @@ class Stack:
         self.api: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.key = ""
+        self.webhook_secret = ""
 
     def cli(self, *args: str) -> str:
         """Run ``sightline ARGS`` with this stack's settings; returns its stdout."""
@@ -90,7 +93,8 @@ class Stack:
 
     def start(self) -> Stack:
         self.cli("db", "upgrade")
-        self.key = json.loads(self.cli("keys", "create", "tests", "--json"))["key"]
+        created = json.loads(self.cli("keys", "create", "tests", "--json"))
+        self.key, self.webhook_secret = created["key"], created["webhook_secret"]
         port = free_port()
         self.api = start_api(self.env, port, self.workdir / "logs" / "api.log")
         self.url = f"http://127.0.0.1:{port}"
@@ -159,6 +163,8 @@ class Stack:
         """Stop workers, delete every job and flush the broker: a clean slate per test."""
         self.stop_workers()
         with self.sessions.begin() as session:
+            session.execute(delete(WebhookDelivery))
+            session.execute(delete(WebhookEvent))
             session.execute(delete(Job))
         self.redis.flushdb()
 

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.blobs import BlobStore
 from shared.db import transaction
 from shared.models import Job, JobStatus, utcnow
+from shared.presets import Policy
 from shared.settings import Settings
 from worker.claims import Outcome, claim_jobs, finish_jobs, renew_leases
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
@@ -59,6 +60,10 @@ class _Item:
     request: GenerationRequest
 
 
+# Called after each commit of results with the jobs settled and the webhook events written.
+AfterCommit = Callable[[Sequence[Job], list[str]], None]
+
+
 class BatchService:
     """Runs batches for one worker process: one model, one device, one name."""
 
@@ -70,6 +75,7 @@ class BatchService:
         blobs: BlobStore,
         backend: ModelBackend,
         worker_name: str,
+        after_commit: AfterCommit,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
@@ -77,6 +83,7 @@ class BatchService:
         self._blobs = blobs
         self._backend = backend
         self.worker_name = worker_name
+        self._after_commit = after_commit
         self._clock = clock
 
     def run(self, job_id: uuid.UUID) -> BatchReport:
@@ -98,13 +105,13 @@ class BatchService:
         ]
         with self._leases_renewed(token):
             outcomes += self._infer(fresh)
-            self._persist(token, outcomes)
+            self._persist(token, [*expired, *fresh], outcomes)
             for suspect in suspects:
                 log.warning(
                     "job %s was claimed %d times; running it alone", suspect.id, suspect.attempts
                 )
                 alone = self._infer([suspect])
-                self._persist(token, alone)
+                self._persist(token, [suspect], alone)
                 outcomes += alone
         return BatchReport(outcomes)
 
@@ -141,9 +148,10 @@ class BatchService:
                 with_abandoned=with_abandoned,
             )
 
-    def _persist(self, token: uuid.UUID, outcomes: Sequence[Outcome]) -> None:
+    def _persist(self, token: uuid.UUID, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:
         with transaction(self._sessions) as session:
-            finish_jobs(session, token=token, outcomes=outcomes)
+            events = finish_jobs(session, token=token, outcomes=outcomes)
+        self._after_commit(jobs, events)
 
     @contextmanager
     def _leases_renewed(self, token: uuid.UUID) -> Iterator[None]:
@@ -181,7 +189,14 @@ class BatchService:
                 max_new_tokens=int(job.options["max_new_tokens"]),
                 temperature=float(job.options.get("temperature", 0.0)),
             )
-            item = _Item(job, GenerationRequest(image=image, prompt=job.prompt, options=options))
+            request = GenerationRequest(
+                image=image,
+                prompt=job.prompt,
+                options=options,
+                json_schema=job.response_schema,
+                thinking=job.thinking,
+            )
+            item = _Item(job, request)
             groups.setdefault(options, []).append(item)
         for items in groups.values():
             outcomes.extend(self._generate_isolated(items))
@@ -211,6 +226,11 @@ class BatchService:
                 job_id=item.job.id,
                 status=JobStatus.SUCCEEDED,
                 result=result.text,
+                result_json=result.json,
+                reasoning=result.reasoning,
+                action=Policy.model_validate(item.job.policy).decide(result.json)
+                if item.job.policy
+                else None,
                 output_tokens=result.tokens,
                 batch_size=len(items),
                 inference_ms=elapsed_ms,

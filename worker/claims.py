@@ -13,11 +13,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, or_, select, update
+from sqlalchemy import JSON, ColumnElement, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus, Priority, utcnow
+from shared.webhooks import record_events
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class Outcome:
     job_id: uuid.UUID
     status: JobStatus
     result: str | None = None
+    result_json: Any = None
+    reasoning: str | None = None
+    action: str | None = None
     output_tokens: int | None = None
     error_code: str | None = None
     error_message: str | None = None
@@ -130,11 +135,13 @@ def renew_leases(session: Session, *, token: uuid.UUID, lease_s: int) -> int:
     return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount
 
 
-def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcome]) -> None:
-    """Write every outcome in one executemany. A job no longer running under ``token``
-    (canceled, or retaken after its lease expired) is skipped: its state stays as is."""
+def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcome]) -> list[str]:
+    """Write every outcome in one executemany, and the webhook events of the jobs that
+    now are final, in the caller's transaction (the outbox). A job no longer running
+    under ``token`` (canceled, or retaken after its lease expired) is skipped: its state
+    stays as is. Returns the ids of the events written."""
     if not outcomes:
-        return
+        return []
     table = Job.__table__
     stmt = (
         update(table)
@@ -146,6 +153,9 @@ def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcom
         .values(
             status=bindparam("b_status"),
             result=bindparam("b_result"),
+            result_json=bindparam("b_result_json", type_=JSON(none_as_null=True)),
+            reasoning=bindparam("b_reasoning"),
+            action=bindparam("b_action"),
             output_tokens=bindparam("b_tokens"),
             error_code=bindparam("b_error_code"),
             error_message=bindparam("b_error_message"),
@@ -163,6 +173,9 @@ def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcom
                 "b_id": outcome.job_id,
                 "b_status": outcome.status,
                 "b_result": outcome.result,
+                "b_result_json": outcome.result_json,
+                "b_reasoning": outcome.reasoning,
+                "b_action": outcome.action,
                 "b_tokens": outcome.output_tokens,
                 "b_error_code": outcome.error_code,
                 "b_error_message": outcome.error_message,
@@ -173,3 +186,11 @@ def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcom
             for outcome in outcomes
         ],
     )
+    settled = session.scalars(
+        select(Job.id).where(
+            Job.id.in_([outcome.job_id for outcome in outcomes]),
+            Job.claim_token == token,
+            Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED]),
+        )
+    )
+    return record_events(session, list(settled))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 from celery.signals import worker_ready
 from PIL import Image
@@ -12,10 +13,12 @@ from PIL import Image
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
+from shared.enqueue import enqueue_events
+from shared.models import Job
 from shared.settings import Settings
 from shared.tasks import GPU_QUEUES
 from worker.batching import BatchService
-from worker.faults import FaultInjectingBackend
+from worker.faults import FaultInjectingBackend, crash_after_commit
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
 from worker.tasks import register_tasks
 
@@ -64,14 +67,19 @@ def run_worker(
     """
     backend = load_backend(settings, device)
     engine = create_engine_for(settings)
+    app = create_celery(settings)
+
+    def wake_sender(_jobs: Sequence[Job], events: list[str]) -> None:
+        enqueue_events(app, events)
+
     service = BatchService(
         settings=settings,
         sessions=session_factory(engine),
         blobs=BlobStore(settings.blob_url),
         backend=backend,
         worker_name=node_name,
+        after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
     )
-    app = create_celery(settings)
     register_tasks(app, service)
     if ready_fd is not None:
 

@@ -7,7 +7,10 @@ keeps working when every GPU worker is dead. Each sweep:
 1. fails queued jobs past their deadline as ``expired``;
 2. fails running jobs whose lease expired after ``max_attempts`` claims as
    ``worker_lost`` (a job that keeps killing its worker must not loop forever);
-3. re-sends wake-ups for claimable jobs (queued, or running under an expired lease) that
+3. wakes the webhook sender for events that are due and have no wake-up outstanding
+   (first attempts whose message was lost, and every retry: the schedule's delays are
+   kept here, so their granularity is ``sweep_interval_s``);
+4. re-sends wake-ups for claimable jobs (queued, or running under an expired lease) that
    have had none for ``requeue_after_s``, but only for a queue the broker shows empty:
    a non-empty queue still has messages that will claim them (the oldest first), and a
    backlog of thousands is not worth thousands of duplicate messages every sweep. At
@@ -29,11 +32,13 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
-from shared.enqueue import enqueue_job
-from shared.models import Job, JobStatus, Priority, utcnow
+from shared.enqueue import enqueue_event, enqueue_job
+from shared.models import EventStatus, Job, JobStatus, Priority, WebhookEvent, utcnow
 from shared.settings import Settings
 from shared.tasks import queue_for
+from shared.webhooks import record_events
 from worker.claims import claimable
+from worker.webhook_sender import LOCK_MARGIN_S
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ class SweepReport:
 
     expired: int
     lost: int
+    webhooks: int
     resent: int
 
 
@@ -52,7 +58,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
     retries); database errors propagate."""
     now = utcnow()
     with transaction(sessions) as session:
-        expired = session.execute(
+        expired = session.scalars(
             update(Job)
             .where(Job.status == JobStatus.QUEUED, Job.deadline_at <= now)
             .values(
@@ -60,10 +66,11 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
                 error_code="expired",
                 error_message="the job's timeout passed before it ran",
                 finished_at=now,
-            ),
+            )
+            .returning(Job.id),
             execution_options={"synchronize_session": False},
-        ).rowcount
-        lost = session.execute(
+        ).all()
+        lost = session.scalars(
             update(Job)
             .where(
                 Job.status == JobStatus.RUNNING,
@@ -79,9 +86,14 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
                 ),
                 finished_at=now,
                 lease_expires_at=None,
-            ),
+            )
+            .returning(Job.id),
             execution_options={"synchronize_session": False},
-        ).rowcount
+        ).all()
+        record_events(session, [*expired, *lost])
+    due = _take_due_events(settings, sessions)
+    for event_id in due:
+        enqueue_event(celery, event_id)
     resent = 0
     for priority in Priority:
         queue = queue_for(priority)
@@ -90,8 +102,8 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
         for job_id in _take_stale(settings, sessions, priority):
             enqueue_job(celery, job_id, priority)
             resent += 1
-    report = SweepReport(expired=expired, lost=lost, resent=resent)
-    if expired or lost or resent:
+    report = SweepReport(expired=len(expired), lost=len(lost), webhooks=len(due), resent=resent)
+    if report.expired or report.lost or report.webhooks or report.resent:
         log.info("sweep: %s", report)
     return report
 
@@ -105,6 +117,36 @@ def _queue_depth(celery: Celery, queue: str) -> int:
         except conn.channel_errors:
             return 0
         return int(declared.message_count)
+
+
+def _take_due_events(settings: Settings, sessions: sessionmaker[Session]) -> list[str]:
+    """Stamp due pending events with no wake-up outstanding (or one lost: older than an
+    attempt could take) as just enqueued; return their ids, disjoint across sweepers."""
+    now = utcnow()
+    lost_after = now - timedelta(seconds=settings.webhook_timeout_s + LOCK_MARGIN_S)
+    waiting = or_(WebhookEvent.enqueued_at.is_(None), WebhookEvent.enqueued_at < lost_after)
+    free = or_(WebhookEvent.locked_until.is_(None), WebhookEvent.locked_until < now)
+    candidates = (
+        select(WebhookEvent.id)
+        .where(
+            WebhookEvent.status == EventStatus.PENDING,
+            WebhookEvent.next_attempt_at <= now,
+            waiting,
+            free,
+        )
+        .order_by(WebhookEvent.next_attempt_at)
+        .limit(settings.sweep_batch)
+        .with_for_update(skip_locked=True)
+    )
+    with transaction(sessions) as session:
+        stamped = session.scalars(
+            update(WebhookEvent)
+            .where(WebhookEvent.id.in_(candidates.scalar_subquery()), waiting)
+            .values(enqueued_at=now)
+            .returning(WebhookEvent.id),
+            execution_options={"synchronize_session": False},
+        )
+        return list(stamped)
 
 
 def _take_stale(

@@ -121,3 +121,18 @@ def test_database_down_is_a_quick_503_problem(tmp_path: Path) -> None:
         assert response.status_code == 503
         assert response.mimetype == "application/problem+json"
         assert response.get_json()["code"] == "service_unavailable"
+
+
+def test_callback_to_a_name_resolving_to_loopback_is_422(client: FlaskClient, key: str) -> None:
+    response = client.post(
+        "/v1/jobs",
+        data={
+            "prompt": "hi",
+            "callback_url": "http://localhost:9/hook",
+            "image": (io.BytesIO(png()), "a.png"),
+        },
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.status_code == 422
+    assert response.get_json()["code"] == "forbidden_destination"
+    assert "127.0.0.1" in response.get_json()["detail"] or "::1" in response.get_json()["detail"]

@@ -12,15 +12,10 @@ import jsonschema
 import pytest
 from PIL import Image
 
+from shared.json_schema import SchemaError, closing_reserve, min_new_tokens, validate_schema
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
 from worker.model.hf import TransformersBackend
-from worker.model.structured import (
-    SchemaError,
-    closing_reserve,
-    min_new_tokens,
-    split_reasoning,
-    validate_schema,
-)
+from worker.model.structured import split_reasoning
 
 MODERATION = {
     "type": "object",

@@ -1,0 +1,247 @@
+"""The console's HTML pages: sign-in, Ask, Jobs, job detail, Batches, Status.
+
+Errors raised here render a friendly page with the status code (never a traceback); the
+same errors as the API (``NotFound`` for another key's job) give the same statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from api.console.chart import bar_chart
+from api.console.queries import count_by_status, find_job, list_jobs
+from api.console.signin import current_key, sign_in, sign_out, signed_in_key
+from api.console.status import online_workers, queue_depths, recent_throughput
+from api.context import services
+from api.deliveries import job_events, redeliver_events
+from shared.enqueue import enqueue_events
+from shared.errors import BadRequest, NotFound, SightlineError
+from shared.lifecycle import cancel_job
+from shared.models import JobStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+pages = Blueprint("pages", __name__)
+
+# Reachable without signing in.
+_PUBLIC = frozenset({"console.pages.sign_in", "console.pages.unknown"})
+# Images are stored by content hash and never change; the browser may keep them a day.
+_IMAGE_MAX_AGE_S = 86_400
+
+
+@pages.before_request
+def require_sign_in() -> BaseResponse | None:
+    """Send visitors who are not signed in (or whose key was revoked) to the sign-in page,
+    remembering where they were going."""
+    if request.endpoint in _PUBLIC or signed_in_key() is not None:
+        return None
+    target = request.full_path if request.query_string else request.path
+    return redirect(url_for("console.pages.sign_in", next=target))
+
+
+@pages.route("/sign-in", methods=["GET", "POST"], endpoint="sign_in")
+def sign_in_page() -> str | BaseResponse | tuple[str, int]:
+    """The sign-in form; a POST verifies the key and redirects to ``next`` (a console path)
+    or the Ask page. A wrong key re-renders the form with 401 and says so. Someone already
+    signed in goes straight on."""
+    target = _safe_next(request.values.get("next"))
+    if request.method == "GET":
+        if signed_in_key() is not None:
+            return redirect(target)
+        return render_template("console/sign_in.html", next=target)
+    if sign_in(request.form.get("api_key", "")) is None:
+        error = "That API key is unknown or revoked. Check it and try again."
+        return render_template("console/sign_in.html", next=target, error=error), 401
+    return redirect(target)
+
+
+@pages.post("/sign-out")
+def sign_out_page() -> BaseResponse:
+    """End the session and go back to the sign-in page."""
+    sign_out()
+    flash("You are signed out.")
+    return redirect(url_for("console.pages.sign_in"))
+
+
+@pages.get("/")
+def home() -> BaseResponse:
+    return redirect(url_for("console.pages.ask"))
+
+
+@pages.get("/ask")
+def ask() -> str:
+    """Upload an image and a prompt; ``console.js`` submits it and follows the job live."""
+    settings = services().settings
+    return render_template(
+        "console/ask.html",
+        default_max_new_tokens=settings.default_max_new_tokens,
+        max_new_tokens_limit=settings.max_new_tokens_limit,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+
+
+@pages.get("/jobs")
+def jobs() -> str:
+    """The signed-in key's jobs, newest first, filtered by ``status``, ``cursor`` paged."""
+    raw_status = request.args.get("status") or None
+    try:
+        status = JobStatus(raw_status) if raw_status else None
+    except ValueError as exc:
+        raise BadRequest(f"unknown status {raw_status!r}", code="bad_status") from exc
+    with services().sessions() as db:
+        page = list_jobs(db, current_key(), status, request.args.get("cursor") or None)
+        counts = count_by_status(db, current_key())
+    return render_template(
+        "console/jobs.html",
+        page=page,
+        status=status,
+        counts=counts,
+        statuses=list(JobStatus),
+        first_page=request.args.get("cursor") is None,
+    )
+
+
+@pages.get("/jobs/<job_id>")
+def job_detail(job_id: str) -> str:
+    """Everything about one job: image, prompt, result or error, timings, webhook events
+    and their attempts, with cancel/redeliver where they apply."""
+    svc = services()
+    with svc.sessions() as db:
+        job = find_job(db, current_key(), job_id)
+    return render_template("console/job.html", job=job, events=job_events(svc, job.id))
+
+
+@pages.get("/jobs/<job_id>/image")
+def job_image(job_id: str) -> Response:
+    """The job's image as stored (normalised PNG)."""
+    svc = services()
+    with svc.sessions() as db:
+        job = find_job(db, current_key(), job_id)
+    response = Response(svc.blobs.get(job.image_key), mimetype="image/png")
+    response.headers["Cache-Control"] = f"private, max-age={_IMAGE_MAX_AGE_S}, immutable"
+    return response
+
+
+@pages.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str) -> BaseResponse:
+    """Cancel a queued or running job, then show it again with what happened."""
+    svc = services()
+    with svc.sessions() as db:
+        job = find_job(db, current_key(), job_id)
+    with svc.sessions() as db, db.begin():
+        events = cancel_job(db, job.id)
+    if events is None:
+        flash("This job had already finished; nothing was canceled.", "warning")
+    else:
+        enqueue_events(svc.celery, events)
+        flash("Job canceled.")
+    return redirect(url_for("console.pages.job_detail", job_id=job.id))
+
+
+@pages.post("/jobs/<job_id>/redeliver")
+def redeliver(job_id: str) -> BaseResponse:
+    """Send the job's webhook events again now (same ``webhook-id``)."""
+    svc = services()
+    with svc.sessions() as db:
+        job = find_job(db, current_key(), job_id)
+    if redeliver_events(svc, job.id):
+        flash("Webhook redelivery started; attempts appear below as they are made.")
+    else:
+        flash("This job has no webhook event to redeliver.", "warning")
+    return redirect(url_for("console.pages.job_detail", job_id=job.id))
+
+
+@pages.get("/batches")
+def batches() -> str:
+    """Bulk batches do not exist yet: the page explains that instead of showing nothing."""
+    return render_template("console/batches.html")
+
+
+@pages.get("/status")
+def status() -> str:
+    """Workers, queue depths, throughput and batch sizes of the last minutes."""
+    svc = services()
+    with svc.sessions() as db:
+        throughput = recent_throughput(db, utcnow())
+    per_minute = bar_chart(
+        [(start.strftime("%H:%M"), count) for start, count in throughput.per_minute],
+        label_every=5,
+    )
+    # Every size from 1 to the configured maximum, so the axis reads the same each time.
+    seen = dict(throughput.batch_sizes)
+    largest = max([svc.settings.max_batch_size, *seen])
+    sizes = bar_chart([(str(size), seen.get(size, 0)) for size in range(1, largest + 1)])
+    return render_template(
+        "console/status.html",
+        workers=online_workers(svc.celery),
+        queues=queue_depths(svc.celery),
+        throughput=throughput,
+        per_minute=per_minute,
+        sizes=sizes,
+    )
+
+
+@pages.route("/<path:unknown>")
+def unknown(unknown: str) -> str:
+    """Any other path under ``/console`` is a friendly 404, not the API's JSON one."""
+    raise NotFound(f"there is no console page at /console/{unknown}")
+
+
+@pages.errorhandler(SightlineError)
+def _sightline_error(exc: SightlineError) -> tuple[str, int]:
+    return _error_page(exc.status, exc.title, exc.detail)
+
+
+@pages.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[str, int]:
+    return _error_page(exc.code or 500, exc.name, exc.description or "")
+
+
+@pages.errorhandler(DBAPIError)
+def _database_error(exc: DBAPIError) -> tuple[str, int]:
+    log.warning("console: database unavailable: %s", exc.__class__.__name__)
+    return _error_page(503, "Service unavailable", "The database cannot be reached; retry later.")
+
+
+@pages.errorhandler(Exception)
+def _unexpected_error(exc: Exception) -> tuple[str, int]:
+    log.exception("console: unhandled error on %s %s", request.method, request.path)
+    return _error_page(500, "Something went wrong", "An internal error occurred; retry later.")
+
+
+def _error_page(status: int, title: str, detail: str) -> tuple[str, int]:
+    try:
+        signed_in_key()  # the page header names the key; its lookup may be what failed
+    except Exception:
+        g.console_key = None
+    return render_template("console/error.html", status=status, title=title, detail=detail), status
+
+
+def _safe_next(value: str | None) -> str:
+    """``value`` if it is a path inside the console (no open redirect to another site),
+    else the Ask page."""
+    parts = urlsplit(value or "")
+    if (
+        value
+        and not parts.scheme
+        and not parts.netloc
+        and parts.path.startswith("/console/")
+        and "\\" not in value
+    ):
+        return value
+    return url_for("console.pages.ask")

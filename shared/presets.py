@@ -1,0 +1,106 @@
+"""Policy presets: a named prompt + schema + thresholds, loaded from configuration.
+
+Presets live in a JSON file (``SIGHTLINE_PRESETS_PATH``; default: the bundled
+``shared/presets/default.json`` with ``moderation-v1``), not in code. A job submitted with
+``preset`` takes the preset's prompt (unless it brings its own), schema, token budget and
+thinking switch, and keeps a copy of the preset's policy, so editing the file later never
+changes how an accepted job is judged.
+
+The policy maps the model's structured answer to an ``action``: a label in
+``allow_labels`` is ``allow``; otherwise a score at or above ``block_at`` is ``block``, at
+or above ``flag_at`` is ``flag``, and below both ``allow``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.json_schema import SchemaError, min_new_tokens, validate_schema
+
+Action = Literal["allow", "flag", "block"]
+
+
+class Policy(BaseModel):
+    """Thresholds turning ``{label, score}`` into an action (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label_field: str
+    score_field: str
+    allow_labels: list[str] = Field(default_factory=list)
+    flag_at: float = Field(ge=0)
+    block_at: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Policy:
+        if self.flag_at > self.block_at:
+            raise ValueError("flag_at must not exceed block_at")
+        return self
+
+    def decide(self, answer: Any) -> Action | None:
+        """The action for a parsed answer; ``None`` if it lacks the label or score."""
+        if not isinstance(answer, dict):
+            return None
+        label, score = answer.get(self.label_field), answer.get(self.score_field)
+        if label in self.allow_labels:
+            return "allow"
+        if not isinstance(score, int | float) or isinstance(score, bool):
+            return None
+        if score >= self.block_at:
+            return "block"
+        return "flag" if score >= self.flag_at else "allow"
+
+
+class Preset(BaseModel):
+    """One named preset; its schema is checked against the enforceable subset at load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    prompt: str = Field(min_length=1)
+    schema_: dict[str, Any] = Field(alias="schema")
+    max_new_tokens: int = Field(ge=1)
+    thinking: bool = False
+    policy: Policy | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _enforceable(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            validate_schema(schema)
+        except SchemaError as exc:
+            raise ValueError(f"schema: {exc}") from exc
+        return schema
+
+    @model_validator(mode="after")
+    def _budget(self) -> Preset:
+        needed = min_new_tokens(self.schema_, self.thinking)
+        if self.max_new_tokens < needed:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens} is below the {needed} needed")
+        return self
+
+
+class PresetError(ValueError):
+    """The presets file cannot be read or a preset in it is invalid."""
+
+
+def load_presets(path: str = "") -> dict[str, Preset]:
+    """Read presets from ``path`` (the bundled defaults when empty); raises
+    :class:`PresetError` naming the file and the problem."""
+    source = path or "shared/presets/default.json (bundled)"
+    try:
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+        else:
+            text = resources.files("shared").joinpath("presets/default.json").read_text("utf-8")
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise PresetError(f"{source}: expected an object of named presets")
+        return {name: Preset.model_validate(value) for name, value in raw.items()}
+    except (OSError, json.JSONDecodeError, ValidationError) as exc:
+        raise PresetError(f"{source}: {exc}") from exc

@@ -1,0 +1,186 @@
+"""The web console in real headless Chromium against the real API (gunicorn, PostgreSQL,
+Redis, a Celery worker where a job must run), as a person uses it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+import pytest
+import requests
+
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+from playwright.sync_api import FilePayload, Locator, Page, expect
+
+from cli.redis_server import free_port
+from shared.models import JobStatus
+from tests.e2e.browser import PHONE, screenshot, sign_in
+from tests.receiver import Receiver
+from tests.stack import Stack, make_image
+
+NOT_CREATED_BY_THE_PAGE = "window.__sightlineMarker === 1"
+# One webhook attempt, no automatic retry within the test: only Redeliver sends again.
+ONE_ATTEMPT = {
+    "sweep_interval_s": "0.5",
+    "webhook_retry_schedule_s": "0,3600",
+    "webhook_jitter": "0",
+}
+
+
+def test_ask_shows_the_answer_live_then_jobs_detail_and_status(page: Page, pg_stack: Stack) -> None:
+    """Sign in, upload from the file input, watch the job wait in the queue until a worker
+    starts, then see the answer appear without a reload; then the job in the table, its
+    detail page, the Status and Batches pages, and the phone layout."""
+    page.goto("/console/jobs")
+    expect(page).to_have_url(re.compile(r"/console/sign-in\?next=/console/jobs"))
+    expect(page.get_by_label("API key")).to_be_focused()
+    screenshot(page, "sign-in")
+    sign_in(page, pg_stack.key)
+    expect(page).to_have_url(re.compile(r"/console/jobs$"))
+    expect(page.get_by_role("heading", name="No jobs yet")).to_be_visible()
+
+    page.goto("/console/ask")
+    page.keyboard.press("Tab")  # keyboard users get the skip link first
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.get_by_label("Prompt").fill("What colour is the dot?")
+    not_an_image: FilePayload = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}
+    page.set_input_files("#image", files=[not_an_image])
+    page.get_by_role("button", name="Ask").click()
+    expect(page.get_by_role("alert")).to_contain_text("not a recognised image")
+    assert pg_stack.jobs() == []
+
+    picked: FilePayload = {"name": "dot.png", "mimeType": "image/png", "buffer": make_image(3)}
+    page.set_input_files("#image", files=[picked])
+    expect(page.locator("#preview")).to_be_visible()
+    page.get_by_label("Max new tokens").fill("8")
+    page.evaluate("window.__sightlineMarker = 1")
+    page.get_by_role("button", name="Ask").click()
+    expect(page.locator("#result-status")).to_have_text("Queued: waiting for a worker…")
+    expect(page.locator('#steps li[aria-current="step"]')).to_have_text("Queued")
+
+    pg_stack.start_worker()
+    expect(page.locator("#result-status")).to_have_text("Done.", timeout=60_000)
+    assert page.evaluate(NOT_CREATED_BY_THE_PAGE), "the page reloaded"
+    [job] = pg_stack.jobs()
+    assert job.status is JobStatus.SUCCEEDED and job.result
+    expect(page.locator("#result-answer")).to_have_text(job.result)
+    expect(page.locator("#result-batch")).to_have_text(str(job.batch_size))
+    expect(page.locator("#result-inference")).to_contain_text(" ms")
+    expect(page.locator("#result-image")).to_have_js_property("naturalWidth", 96)
+    screenshot(page, "ask")
+
+    # More jobs (one with markup in its prompt) so the table, the filter and the charts
+    # have something to show; the prompt must be displayed as text, never run.
+    client = pg_stack.client()
+    ids = [client.submit(make_image(i), f"Describe picture {i}")["id"] for i in range(4)]
+    ids.append(client.submit(make_image(9), "<script>alert(1)</script> what is this?")["id"])
+    pg_stack.wait_all(ids, timeout_s=120)
+    page.goto("/console/jobs")
+    expect(page.locator("table.jobs tbody tr")).to_have_count(6)
+    expect(page.get_by_role("link", name="<script>alert(1)</script> what is this?")).to_be_visible()
+    page.get_by_label("Status").select_option("queued")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("heading", name="No queued jobs")).to_be_visible()
+    page.get_by_label("Status").select_option("succeeded")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("table.jobs tbody tr")).to_have_count(6)
+    screenshot(page, "jobs")
+
+    page.get_by_role("link", name="What colour is the dot?").click()
+    expect(page).to_have_url(re.compile(f"/console/jobs/{job.id}$"))
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+    expect(page.locator("#job-result")).to_have_text(job.result)
+    expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+    expect(page.locator(".stored-image img")).to_have_js_property("naturalWidth", 96)
+    screenshot(page, "job-detail")
+
+    page.goto("/console/status")
+    expect(page.get_by_role("heading", name="Workers online")).to_be_visible()
+    expect(page.locator(".plain-list")).to_contain_text("cpu0@")
+    expect(page.get_by_text("6 jobs finished")).to_be_visible()
+    expect(page.get_by_role("img", name="Jobs finished per minute")).to_be_visible()
+    screenshot(page, "status")
+
+    page.goto("/console/batches")
+    expect(page.get_by_role("heading", name="Bulk batches are not available yet")).to_be_visible()
+    screenshot(page, "batches")
+
+    page.set_viewport_size(PHONE)
+    for name in ("jobs", "ask"):
+        page.goto(f"/console/{name}")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(page, f"{name}-phone")
+
+
+def test_cancel_a_queued_job_then_redeliver_its_webhook(page: Page, pg_stack: Stack) -> None:
+    """With no worker running a job stays queued; Cancel cancels it. Its ``job.canceled``
+    webhook fails once (503), the attempt is listed, and Redeliver gets it through."""
+    receiver = Receiver(free_port(), script=[503]).start()
+    try:
+        pg_stack.start_ops(**ONE_ATTEMPT)
+        client = pg_stack.client()
+        job_id = client.submit(make_image(1), "never runs", callback_url=receiver.url)["id"]
+        page.goto(f"/console/jobs/{job_id}")
+        sign_in(page, pg_stack.key)
+        expect(page).to_have_url(re.compile(f"/console/jobs/{job_id}$"))
+        expect(page.locator("#job-status")).to_have_text("queued")
+        expect(page.get_by_text("The webhook is sent when the job finishes.")).to_be_visible()
+        page.get_by_role("button", name="Cancel job").click()
+        expect(page.get_by_role("status").filter(has_text="Job canceled.")).to_be_visible()
+        expect(page.locator("#job-status")).to_have_text("canceled")
+        expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+        [job] = pg_stack.jobs([job_id])
+        assert job.status is JobStatus.CANCELED
+
+        receiver.wait_for(1)
+        _reload_until(page, page.locator(".event tbody tr"), 1)
+        expect(page.locator(".event tbody tr")).to_contain_text("503")
+        page.get_by_role("button", name="Redeliver webhook").click()
+        expect(page.get_by_role("status").filter(has_text="redelivery started")).to_be_visible()
+        receiver.wait_for(2)
+        _reload_until(page, page.locator(".event tbody tr"), 2)
+        expect(page.locator(".event .badge")).to_have_text("delivered")
+        screenshot(page, "job-detail-webhooks")
+    finally:
+        receiver.stop()
+    ids = {request.headers["webhook-id"] for request in receiver.requests}
+    assert len(ids) == 1, "a redelivery keeps the webhook-id"
+
+
+def test_another_keys_job_is_not_found(page: Page, pg_stack: Stack) -> None:
+    """Another key's job id answers 404 "not found", exactly as the API does, and its
+    job is not listed."""
+    other = json.loads(pg_stack.cli("keys", "create", f"other-{uuid.uuid4().hex[:6]}", "--json"))
+    theirs = pg_stack.client(other["key"]).submit(make_image(2), "private to the other key")["id"]
+    page.goto("/console/sign-in")
+    sign_in(page, pg_stack.key)
+
+    response = page.goto(f"/console/jobs/{theirs}")
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    expect(page.get_by_text(f"no job {theirs}")).to_be_visible()
+    screenshot(page, "not-found")
+    assert page.request.get(f"/console/jobs/{theirs}/image").status == 404
+    watched = page.request.get(f"/console/api/jobs/{theirs}")
+    assert watched.status == 404 and watched.json()["code"] == "not_found"
+    api = requests.get(
+        f"{pg_stack.url}/v1/jobs/{theirs}",
+        headers={"Authorization": f"Bearer {pg_stack.key}"},
+        timeout=10,
+    )
+    assert api.status_code == 404
+    page.goto("/console/jobs")
+    expect(page.get_by_text("private to the other key")).to_have_count(0)
+
+
+def _reload_until(page: Page, rows: Locator, count: int, timeout_s: float = 20) -> None:
+    """Reload until ``rows`` has ``count`` elements: the detail page is not live, and the
+    webhook sender records attempts in the background."""
+    deadline = time.monotonic() + timeout_s
+    while rows.count() < count:
+        assert time.monotonic() < deadline, f"{rows} never reached {count}"
+        time.sleep(0.3)
+        page.reload()

@@ -1,0 +1,170 @@
+"""Deliver one webhook attempt, record it, and schedule the next.
+
+Runs in ``sightline webhooks`` (no GPU) on the ``webhooks`` queue. An attempt is
+reserved with a conditional UPDATE (the event is pending, due, and not being attempted
+elsewhere), so duplicate wake-ups never send twice at once. Any 2xx is success;
+redirects are not followed (a 3xx is a failed attempt); 410 Gone stops the retries;
+anything else (other status, timeout, refused connection, a destination the SSRF guard
+refuses now) is retried after the next delay of ``webhook_retry_schedule_s`` ± jitter,
+until the schedule is exhausted. Every attempt becomes a ``webhook_deliveries`` row.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import requests
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import transaction
+from shared.models import ApiKey, EventStatus, WebhookDelivery, WebhookEvent, utcnow
+from shared.settings import Settings
+from shared.ssrf import ForbiddenDestination, OutboundPolicy
+from shared.webhooks import signed_headers, signing_secrets
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "sightline-webhooks/0.1"
+# An attempt's reservation outlives its HTTP timeout by this much before another may try.
+LOCK_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """One attempt's outcome: the HTTP status (None if none came) or the error."""
+
+    status_code: int | None
+    error: str | None
+    latency_ms: int | None
+
+
+class WebhookSender:
+    """Sends the attempts of one process, with one HTTP session and one policy."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        http: requests.Session | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._policy = OutboundPolicy.from_setting(settings.outbound_allowlist)
+        self._http = http or requests.Session()
+        self._rng = rng or random.Random()
+
+    def deliver(self, event_id: str) -> str:
+        """Make the due attempt of ``event_id``; returns what happened (``delivered``,
+        ``retry``, ``failed``) or ``skipped`` when nothing was due or it is in progress."""
+        now = utcnow()
+        reserved = self._reserve(event_id, now)
+        if reserved is None:
+            return "skipped"
+        event, key = reserved
+        outcome = self._attempt(event, key, now)
+        return self._record(event, outcome)
+
+    def _reserve(self, event_id: str, now: datetime) -> tuple[WebhookEvent, ApiKey] | None:
+        lock = now + timedelta(seconds=self._settings.webhook_timeout_s + LOCK_MARGIN_S)
+        with transaction(self._sessions) as session:
+            event = session.scalars(
+                update(WebhookEvent)
+                .where(
+                    WebhookEvent.id == event_id,
+                    WebhookEvent.status == EventStatus.PENDING,
+                    WebhookEvent.next_attempt_at <= now,
+                    (WebhookEvent.locked_until.is_(None)) | (WebhookEvent.locked_until < now),
+                )
+                .values(attempts=WebhookEvent.attempts + 1, locked_until=lock)
+                .returning(WebhookEvent),
+                execution_options={"synchronize_session": False},
+            ).one_or_none()
+            if event is None:
+                return None
+            key = session.scalars(select(ApiKey).where(ApiKey.id == event.api_key_id)).one()
+            return event, key
+
+    def _attempt(self, event: WebhookEvent, key: ApiKey, now: datetime) -> AttemptResult:
+        try:
+            self._policy.check(event.url, field="callback_url")
+        except ForbiddenDestination as exc:
+            return AttemptResult(None, f"refused by the SSRF guard: {exc.detail}", None)
+        headers = signed_headers(
+            signing_secrets(key, now), event.id, int(time.time()), event.payload
+        )
+        headers |= {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        started = time.perf_counter()
+        try:
+            response = self._http.post(
+                event.url,
+                data=event.payload.encode(),
+                headers=headers,
+                timeout=self._settings.webhook_timeout_s,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            return AttemptResult(None, f"{type(exc).__name__}: {exc}", _since(started))
+        error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+        return AttemptResult(response.status_code, error, _since(started))
+
+    def _record(self, event: WebhookEvent, outcome: AttemptResult) -> str:
+        now = utcnow()
+        schedule = self._settings.retry_schedule
+        next_at: datetime | None = None
+        if outcome.error is None:
+            status, verdict = EventStatus.DELIVERED, "delivered"
+        elif outcome.status_code == 410 or event.attempts >= len(schedule):
+            status, verdict = EventStatus.FAILED, "failed"
+        else:
+            status, verdict = EventStatus.PENDING, "retry"
+            next_at = now + timedelta(seconds=self._delay(schedule[event.attempts]))
+        with transaction(self._sessions) as session:
+            session.add(
+                WebhookDelivery(
+                    event_id=event.id,
+                    job_id=event.job_id,
+                    url=event.url,
+                    attempt=event.attempts,
+                    status_code=outcome.status_code,
+                    latency_ms=outcome.latency_ms,
+                    error=outcome.error,
+                    attempted_at=now,
+                    next_attempt_at=next_at,
+                )
+            )
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == event.id)
+                .values(
+                    status=status,
+                    next_attempt_at=next_at,
+                    locked_until=None,
+                    enqueued_at=None,
+                    last_error=outcome.error,
+                    delivered_at=now if status is EventStatus.DELIVERED else None,
+                ),
+                execution_options={"synchronize_session": False},
+            )
+        log.info(
+            "webhook %s attempt %d to %s: %s (%s)",
+            event.id,
+            event.attempts,
+            event.url,
+            verdict,
+            outcome.status_code or outcome.error,
+        )
+        return verdict
+
+    def _delay(self, base_s: float) -> float:
+        jitter = self._settings.webhook_jitter
+        return base_s * self._rng.uniform(1 - jitter, 1 + jitter)
+
+
+def _since(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
