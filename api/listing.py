@@ -28,6 +28,7 @@ class JobFilter:
 
     status: JobStatus | None
     action: str | None
+    batch_id: uuid.UUID | None
     created_after: datetime | None
     limit: int
     after: tuple[datetime, uuid.UUID] | None
@@ -35,7 +36,7 @@ class JobFilter:
     @classmethod
     def parse(cls, args: dict[str, str]) -> JobFilter:
         """Parse and check the query arguments; 422 naming the bad one."""
-        unknown = set(args) - {"status", "action", "created_after", "limit", "cursor"}
+        unknown = set(args) - {"status", "action", "batch_id", "created_after", "limit", "cursor"}
         if unknown:
             raise ValidationFailed(
                 f"unknown query parameter(s): {sorted(unknown)}", code="invalid_query"
@@ -52,9 +53,18 @@ class JobFilter:
         action = args.get("action")
         if action is not None and action not in ("allow", "flag", "block"):
             raise ValidationFailed("action must be allow, flag or block", code="invalid_query")
+        batch_id = None
+        if "batch_id" in args:
+            try:
+                batch_id = uuid.UUID(args["batch_id"])
+            except ValueError as exc:
+                raise ValidationFailed(
+                    "batch_id must be a batch's id", code="invalid_query"
+                ) from exc
         return cls(
             status=status,
             action=action,
+            batch_id=batch_id,
             created_after=_timestamp(args["created_after"]) if "created_after" in args else None,
             limit=_limit(args.get("limit")),
             after=decode_cursor(args["cursor"]) if "cursor" in args else None,
@@ -67,6 +77,8 @@ class JobFilter:
             query = query.where(Job.status == self.status)
         if self.action is not None:
             query = query.where(Job.action == self.action)
+        if self.batch_id is not None:
+            query = query.where(Job.batch_id == self.batch_id)
         if self.created_after is not None:
             query = query.where(Job.created_at > self.created_after)
         if self.after is not None:

@@ -40,39 +40,70 @@ def submit_job(
     returned (``created`` False) if the request is the same, and 422 is raised if it is
     not. Field limits raise 422, image problems their 4xx (see ``shared.images``).
     """
+    if idempotency_key is not None:
+        _check_idempotency_key(idempotency_key)
+    job = build_job(svc, key, submitted.fields, submitted.image, Priority.INTERACTIVE)
+    job.idempotency_key = idempotency_key
+    if idempotency_key is not None:
+        earlier = _earlier(svc, key, idempotency_key, job.request_sha256)
+        if earlier is not None:
+            return earlier, False
+    try:
+        with svc.sessions() as session, session.begin():
+            session.add(job)
+    except IntegrityError:
+        # Another request with the same idempotency key committed first.
+        if idempotency_key is None:
+            raise
+        earlier = _earlier(svc, key, idempotency_key, job.request_sha256)
+        if earlier is None:
+            raise
+        return earlier, False
+    try:
+        enqueue_job(svc.celery, job.id, job.priority)
+    except Exception as exc:  # the broker is down: the job is safe in the database
+        log.warning("job %s committed but not enqueued (%s); the sweeper will send it", job.id, exc)
+    return job, True
+
+
+def build_job(
+    svc: Services,
+    key: ApiKey,
+    fields: JobRequest,
+    image_bytes: bytes,
+    priority: Priority,
+    *,
+    durable: bool = True,
+) -> Job:
+    """Validate one submission, store its normalised image, and return the job row to
+    insert (not yet added to any session). Raises the 4xx of the first problem found.
+    With ``durable`` False the caller must ``svc.blobs.sync()`` before committing."""
     settings = svc.settings
-    fields = submitted.fields
     plan = plan_generation(svc, fields)
-    max_new_tokens = plan.max_new_tokens
     timeout_s = fields.timeout_s or settings.default_timeout_s
     if timeout_s > settings.max_timeout_s:
         raise ValidationFailed(
             f"timeout_s is {timeout_s}; the limit is {settings.max_timeout_s}",
             code="timeout_too_large",
         )
-    options = JobOptions(max_new_tokens=max_new_tokens, temperature=fields.temperature)
+    options = JobOptions(max_new_tokens=plan.max_new_tokens, temperature=fields.temperature)
     callback_url = fields.callback_url or key.callback_url
     if callback_url is not None:
         svc.outbound.check(callback_url, field="callback_url")
-    fingerprint = _fingerprint(fields, plan, options, timeout_s, submitted.image)
-    if idempotency_key is not None:
-        _check_idempotency_key(idempotency_key)
-        earlier = _earlier(svc, key, idempotency_key, fingerprint)
-        if earlier is not None:
-            return earlier, False
     image = normalise_image(
-        submitted.image,
+        image_bytes,
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
         max_side=settings.max_image_side,
+        max_frames=settings.max_image_frames,
     )
-    blob_key, sha256 = svc.blobs.put(image.png)
+    blob_key, sha256 = svc.blobs.put(image.png, durable=durable)
     now = utcnow()
-    job = Job(
+    return Job(
         id=uuid.uuid4(),
         api_key_id=key.id,
         status=JobStatus.QUEUED,
-        priority=Priority.INTERACTIVE,
+        priority=priority,
         prompt=plan.prompt,
         image_key=blob_key,
         image_sha256=sha256,
@@ -88,26 +119,28 @@ def submit_job(
         deadline_at=now + timedelta(seconds=timeout_s),
         callback_url=callback_url,
         webhook_events=fields.webhook_events,
-        idempotency_key=idempotency_key,
-        request_sha256=fingerprint,
+        request_sha256=_fingerprint(fields, plan, options, timeout_s, image_bytes),
+        cache_key=_cache_key(plan, options, sha256, fields.preset),
+        use_cache=fields.cache,
         attempts=0,
     )
-    try:
-        with svc.sessions() as session, session.begin():
-            session.add(job)
-    except IntegrityError:
-        # Another request with the same idempotency key committed first.
-        if idempotency_key is None:
-            raise
-        earlier = _earlier(svc, key, idempotency_key, fingerprint)
-        if earlier is None:
-            raise
-        return earlier, False
-    try:
-        enqueue_job(svc.celery, job.id, job.priority)
-    except Exception as exc:  # the broker is down: the job is safe in the database
-        log.warning("job %s committed but not enqueued (%s); the sweeper will send it", job.id, exc)
-    return job, True
+
+
+def _cache_key(
+    plan: GenerationPlan, options: JobOptions, image_sha256: str, preset: str | None
+) -> str:
+    """Identical requests: same stored image, prompt, options, answer format and policy
+    (the model revision is matched by the worker, which knows it)."""
+    summary = {
+        "image": image_sha256,
+        "prompt": plan.prompt,
+        "options": options.model_dump(),
+        "schema": plan.schema,
+        "thinking": plan.thinking,
+        "preset": preset,
+        "policy": plan.policy,
+    }
+    return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -216,7 +249,9 @@ def _check_idempotency_key(value: str) -> None:
         )
 
 
-def _earlier(svc: Services, key: ApiKey, idempotency_key: str, fingerprint: str) -> Job | None:
+def _earlier(
+    svc: Services, key: ApiKey, idempotency_key: str, fingerprint: str | None
+) -> Job | None:
     with svc.sessions() as session:
         job = session.scalars(
             select(Job).where(Job.api_key_id == key.id, Job.idempotency_key == idempotency_key)

@@ -12,7 +12,7 @@ Throughput is jobs per second; system time runs from the first submission to the
 ``finished_at``. Prints the ratios the issue sets targets for:
 system@8 / bare@8 (≥ 0.9) and system@8 / system@1 (≥ 3).
 
-    python bench/batching.py [--jobs 96] [--tokens 16]
+    python bench/batching.py [--jobs 192] [--tokens 16]
 """
 
 from __future__ import annotations
@@ -20,32 +20,18 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import tempfile
 import time
-from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from harness import checkpoint, running_stack
 from PIL import Image
 
-from cli.redis_server import RedisServer, free_port
-from tests.services import postgres_server, scratch_database
 from tests.stack import Stack, make_image
 from worker.model.base import GenerationOptions, GenerationRequest
 from worker.model.hf import TransformersBackend
-from worker.model.tiny import build_tiny_checkpoint
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench"
 PROMPTS = ["Describe this image.", "What colour is the shape?", "Is this safe?", "Caption it."]
-
-
-def medium_checkpoint() -> Path:
-    path = CACHE / "medium-glm4v"
-    if not (path / "config.json").exists():
-        build_tiny_checkpoint(path, size="medium", seed=0)
-    return path
 
 
 def bare_model(model: Path, jobs: int, tokens: int, batch: int) -> float:
@@ -93,28 +79,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=96)
+    parser.add_argument("--jobs", type=int, default=192)
     parser.add_argument("--tokens", type=int, default=16)
     args = parser.parse_args()
-    model = medium_checkpoint()
-    with ExitStack() as cleanup:
-        workdir = Path(
-            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sightline-bench-"))
-        )
-        redis = cleanup.enter_context(RedisServer(free_port()))
-        try:
-            admin = cleanup.enter_context(postgres_server())
-            database = cleanup.enter_context(scratch_database(admin))
-        except Exception as exc:  # no PostgreSQL here: the embedded default still measures
-            print(f"(PostgreSQL unavailable: {exc}; using SQLite)")
-            database = f"sqlite:///{workdir / 'bench.db'}"
-        stack = Stack(database, redis.url, workdir, model).start()
-        cleanup.callback(stack.close)
-
+    model = checkpoint("medium")
+    with running_stack(model) as stack:
         bare_1 = bare_model(model, args.jobs // 4, args.tokens, batch=1)
         bare_8 = bare_model(model, args.jobs, args.tokens, batch=8)
         system_1, sizes_1 = system(stack, args.jobs // 4, args.tokens, batch=1)
         system_8, sizes_8 = system(stack, args.jobs, args.tokens, batch=8)
+        database = stack.settings.database_url
 
     database_kind = database.split(":", 1)[0]
     print(f"\nbatching benchmark: medium GLM-4V, {args.tokens} new tokens, CPU, {database_kind}")

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def _api(args: argparse.Namespace) -> int:
 
         create_app(Settings()).run(host=args.host, port=args.port)
         return 0
+    # gunicorn's workers count requests apart; in this directory, fresh per server, they
+    # share their metrics so that /metrics, whichever worker answers, sums them all.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sightline-api-metrics-")
     command = [
         sys.executable,
         "-m",
@@ -96,6 +100,9 @@ def _api(args: argparse.Namespace) -> int:
         # whole worker process.
         "--threads",
         "4",
+        # A 10,000-item batch is validated and stored within one request.
+        "--timeout",
+        "300",
         "--access-logfile",
         "-",
         "--graceful-timeout",
@@ -121,6 +128,14 @@ def _beat(args: argparse.Namespace) -> int:
     from worker.ops import run_beat
 
     return run_beat(Settings())
+
+
+def _flower(args: argparse.Namespace) -> int:
+    from worker.ops import run_flower
+
+    # Everything after a "--" goes to Flower as is (argparse keeps the separator).
+    options = args.options[1:] if args.options[:1] == ["--"] else args.options
+    return run_flower(Settings(), address=args.address, port=args.port, options=options)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -169,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         "webhooks", help="the no-GPU worker: webhook deliveries and the sweeper"
     ).set_defaults(run=_webhooks)
     commands.add_parser("beat", help="schedule the sweeper (Celery beat)").set_defaults(run=_beat)
+    flower = commands.add_parser("flower", help="Flower, the broker's task monitor")
+    flower.add_argument("--address", default="127.0.0.1", help="0.0.0.0 to listen on all")
+    flower.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5555")))
+    flower.add_argument("options", nargs=argparse.REMAINDER, help="-- then Flower's options")
+    flower.set_defaults(run=_flower)
+
+    from cli.submit import add_parser as add_submit
+
+    add_submit(commands)
 
     demo = commands.add_parser("demo", help="embedded end-to-end run")
     demo.add_argument("--jobs", type=int, default=6, help="sample jobs to submit")

@@ -1,14 +1,19 @@
-"""A small synchronous client: submit jobs, read them, wait for them."""
+"""A small synchronous client: submit jobs and batches, read them, wait for them."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import requests
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+# The server answers a long-poll after at most this long; the client asks again.
+LONG_POLL_S = 20.0
 
 
 class ApiError(Exception):
@@ -21,42 +26,120 @@ class ApiError(Exception):
 
 
 class Client:
-    """``Client("http://host:8000", key)``; every call raises :class:`ApiError` on 4xx/5xx."""
+    """``Client("http://host:8000", key)``; every call raises :class:`ApiError` on 4xx/5xx.
 
-    def __init__(self, url: str, key: str, *, timeout_s: float = 30.0) -> None:
+    Pipelines: :meth:`batch` submits up to 10,000 items in one request (partial
+    acceptance: the answer lists accepted and rejected items by index),
+    :meth:`wait_batch` follows its progress and :meth:`batch_results` streams results.
+    """
+
+    def __init__(self, url: str, key: str, *, timeout_s: float = 60.0) -> None:
         self.url = url.rstrip("/")
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {key}"
         self._timeout_s = timeout_s
 
-    def submit(self, image: bytes | str | Path, prompt: str, **options: Any) -> dict[str, Any]:
-        """Submit one job (image as bytes or a file path); returns the job as accepted."""
+    def submit(
+        self,
+        image: bytes | str | Path,
+        prompt: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Submit one job (image as bytes or a file path). With ``idempotency_key``, a
+        repeated call returns the job created the first time."""
+        return self.submit_once(image, prompt, idempotency_key=idempotency_key, **fields)[0]
+
+    def submit_once(
+        self,
+        image: bytes | str | Path,
+        prompt: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> tuple[dict[str, Any], bool]:
+        """Like :meth:`submit`, also saying whether this call created the job (False: an
+        earlier call with the same ``idempotency_key`` did)."""
         data = Path(image).read_bytes() if isinstance(image, str | Path) else image
-        form = {"prompt": prompt, **{k: str(v) for k, v in options.items()}}
+        form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        if prompt is not None:
+            form["prompt"] = prompt
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         response = self._session.post(
             f"{self.url}/v1/jobs",
             files={"image": ("image", data)},
             data=form,
+            headers=headers,
             timeout=self._timeout_s,
+        )
+        return self._json(response), response.status_code == 202
+
+    def get(self, job_id: str, *, wait_s: float = 0) -> dict[str, Any]:
+        """The job's state; with ``wait_s`` the server answers as soon as it is final."""
+        params = {"wait": f"{wait_s:g}"} if wait_s else None
+        response = self._session.get(
+            f"{self.url}/v1/jobs/{job_id}", params=params, timeout=self._timeout_s + wait_s
         )
         return self._json(response)
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        """The job's current state."""
-        return self._json(
-            self._session.get(f"{self.url}/v1/jobs/{job_id}", timeout=self._timeout_s)
-        )
-
     def wait(self, job_id: str, *, timeout_s: float = 300.0, poll_s: float = 0.2) -> dict[str, Any]:
-        """Poll until the job is final; raises ``TimeoutError`` after ``timeout_s``."""
+        """Until the job is final (long-polling the server); ``TimeoutError`` after
+        ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
-            job = self.get(job_id)
+            left = deadline - time.monotonic()
+            job = self.get(job_id, wait_s=max(0.0, min(LONG_POLL_S, left)))
             if job["status"] in FINAL_STATUSES:
                 return job
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)
+
+    def batch(
+        self, items: Sequence[dict[str, Any]], *, callback_url: str | None = None
+    ) -> dict[str, Any]:
+        """Submit a batch. Items are job fields plus ``image`` (bytes, base64 text or a
+        path) or ``image_url``, optional ``metadata`` and ``idempotency_key``."""
+        body: dict[str, Any] = {"items": [_encode_item(item) for item in items]}
+        if callback_url:
+            body["callback_url"] = callback_url
+        response = self._session.post(
+            f"{self.url}/v1/batches", json=body, timeout=self._timeout_s * 10
+        )
+        return self._json(response)
+
+    def batch_status(self, batch_id: str) -> dict[str, Any]:
+        """Counts by status and progress."""
+        return self._json(
+            self._session.get(f"{self.url}/v1/batches/{batch_id}", timeout=self._timeout_s)
+        )
+
+    def wait_batch(
+        self, batch_id: str, *, timeout_s: float = 3600.0, poll_s: float = 1.0
+    ) -> dict[str, Any]:
+        """Poll until every item ended; ``TimeoutError`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.batch_status(batch_id)
+            if status["completed_at"] is not None:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"batch {batch_id} at {status['progress']:.0%} after {timeout_s} s"
+                )
+            time.sleep(poll_s)
+
+    def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """The finished items, streamed (one dict per NDJSON line, in item order)."""
+        with self._session.get(
+            f"{self.url}/v1/batches/{batch_id}/results", stream=True, timeout=self._timeout_s
+        ) as response:
+            if response.status_code >= 400:
+                self._json(response)
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
 
     @staticmethod
     def _json(response: requests.Response) -> dict[str, Any]:
@@ -68,3 +151,12 @@ class Client:
             raise ApiError(response.status_code, problem)
         body: dict[str, Any] = response.json()
         return body
+
+
+def _encode_item(item: dict[str, Any]) -> dict[str, Any]:
+    image = item.get("image")
+    if isinstance(image, Path):
+        image = image.read_bytes()
+    if isinstance(image, bytes):
+        return {**item, "image": base64.b64encode(image).decode()}
+    return item

@@ -23,4 +23,6 @@ RUN useradd --system --uid 10001 sightline
 USER sightline
 # Mount or bake the checkpoint here (SIGHTLINE_MODEL_PATH), e.g. GLM-4.6V-Flash.
 ENV SIGHTLINE_MODEL_PATH=/models/glm-4.6v-flash
+# The launcher serves its workers' Prometheus metrics here (SIGHTLINE_WORKER_METRICS_PORT).
+EXPOSE 9101
 CMD ["sightline", "worker"]

@@ -6,6 +6,7 @@ import logging
 import uuid
 
 from celery import Celery
+from kombu import Producer
 
 from shared.models import Priority
 from shared.tasks import DELIVER_WEBHOOK_TASK, INFER_TASK, QUEUE_WEBHOOKS, queue_for
@@ -13,7 +14,9 @@ from shared.tasks import DELIVER_WEBHOOK_TASK, INFER_TASK, QUEUE_WEBHOOKS, queue
 log = logging.getLogger(__name__)
 
 
-def enqueue_job(celery: Celery, job_id: uuid.UUID, priority: Priority) -> None:
+def enqueue_job(
+    celery: Celery, job_id: uuid.UUID, priority: Priority, producer: Producer | None = None
+) -> None:
     """Publish ``sightline.infer(job_id)`` on the job's priority queue.
 
     The Celery task id is the job id, so Flower and the logs name jobs the way the API
@@ -25,7 +28,19 @@ def enqueue_job(celery: Celery, job_id: uuid.UUID, priority: Priority) -> None:
         args=[str(job_id)],
         queue=queue_for(priority),
         task_id=str(job_id),
+        producer=producer,
     )
+
+
+def enqueue_wakeups(
+    celery: Celery, job_ids: list[uuid.UUID], priority: Priority, every: int
+) -> None:
+    """Wake workers for a bulk insert: one message per ``every`` jobs (a worker claims up
+    to a whole batch per message, oldest first), over one broker connection. Raises the
+    broker's error like :func:`enqueue_job`; the sweeper covers what was not sent."""
+    with celery.producer_or_acquire() as producer:
+        for job_id in job_ids[::every]:
+            enqueue_job(celery, job_id, priority, producer)
 
 
 def enqueue_event(celery: Celery, event_id: str) -> None:

@@ -7,19 +7,23 @@ place (``api/errors.py``). Workers use the same codes for a job's ``error.code``
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SightlineError(Exception):
     """Base class: ``status`` is the HTTP status, ``code`` a stable snake_case identifier,
     ``title`` a short human summary that does not vary, and the message the precise detail.
+    ``extra`` holds further members of the problem document (e.g. the rejected items).
     """
 
     status: int = 500
     code: str = "internal_error"
     title: str = "Internal error"
 
-    def __init__(self, detail: str, *, code: str | None = None) -> None:
+    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.extra = extra
         if code is not None:
             self.code = code
 

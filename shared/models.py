@@ -116,6 +116,25 @@ class ApiKey(Base):
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class Batch(Base):
+    """A bulk submission: up to thousands of jobs accepted in one request.
+
+    Its items are ordinary jobs (``jobs.batch_id``, ``item_index``, ``item_metadata``)
+    on the ``bulk`` queue. ``completed_at`` is set once, when its last job ends; a
+    ``batch.completed`` webhook goes to ``callback_url`` then.
+    """
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    items_submitted: Mapped[int] = mapped_column(Integer)
+    items_accepted: Mapped[int] = mapped_column(Integer)
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class Job(Base):
     """One inference request: an image (by blob key), a prompt, options, and its outcome.
 
@@ -170,6 +189,15 @@ class Job(Base):
     deadline_at: Mapped[datetime] = mapped_column(UTCDateTime)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("batches.id"), nullable=True
+    )
+    item_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    item_metadata: Mapped[Any] = mapped_column(JSON, nullable=True)
+    cache_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    use_cache: Mapped[bool] = mapped_column(Boolean, default=True)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -184,6 +212,9 @@ class Job(Base):
         Index("ux_jobs_idempotency", "api_key_id", "idempotency_key", unique=True),
         # Listing: newest first per caller, keyset on (created_at, id).
         Index("ix_jobs_listing", "api_key_id", "created_at", "id"),
+        Index("ix_jobs_batch", "batch_id", "item_index"),
+        # The result cache: a finished job with the same request and model revision.
+        Index("ix_jobs_cache", "cache_key", "model_revision", "finished_at"),
     )
 
 
@@ -197,8 +228,9 @@ class EventStatus(enum.StrEnum):
 
 
 class WebhookEvent(Base):
-    """The outbox: one event per job and type, written in the same transaction as the
-    job's final state, so a crash between "result saved" and "webhook sent" loses nothing.
+    """The outbox: one event per job (or batch) and type, written in the same transaction
+    as the job's final state (or the batch's last job's), so a crash between "result
+    saved" and "webhook sent" loses nothing.
 
     ``id`` is the Standard Webhooks ``webhook-id`` (the same on every retry) and
     ``payload`` the exact body, frozen when the event is written. ``next_attempt_at`` is
@@ -209,7 +241,12 @@ class WebhookEvent(Base):
     __tablename__ = "webhook_events"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id"), index=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id"), index=True, nullable=True
+    )
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("batches.id"), index=True, nullable=True
+    )
     api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
     type: Mapped[str] = mapped_column(String(40))
     url: Mapped[str] = mapped_column(Text)
@@ -227,6 +264,7 @@ class WebhookEvent(Base):
 
     __table_args__ = (
         Index("ux_webhook_events_job_type", "job_id", "type", unique=True),
+        Index("ux_webhook_events_batch_type", "batch_id", "type", unique=True),
         Index("ix_webhook_events_due", "status", "next_attempt_at"),
     )
 
@@ -242,7 +280,9 @@ class WebhookDelivery(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(40), ForeignKey("webhook_events.id"), index=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id"), index=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id"), index=True, nullable=True
+    )
     url: Mapped[str] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -82,6 +82,9 @@ class JobRequest(BaseModel):
         default=None,
         description="Event types to send (default all); multipart: comma-separated.",
     )
+    cache: bool = Field(
+        default=True, description="Reuse an identical request's result (false: always run)."
+    )
 
     @field_validator("response_format", mode="before")
     @classmethod
@@ -89,7 +92,7 @@ class JobRequest(BaseModel):
         if isinstance(value, str):
             try:
                 return json.loads(value)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise ValueError(f"not valid JSON: {exc}") from exc
         return value
 
@@ -146,6 +149,10 @@ class JobOut(BaseModel):
     worker: str | None
     attempts: int
     callback_url: str | None
+    cached: bool
+    batch_id: uuid.UUID | None
+    item_index: int | None
+    metadata: Any
 
     @classmethod
     def from_job(cls, job: Job) -> JobOut:
@@ -182,6 +189,10 @@ class JobOut(BaseModel):
             worker=job.worker,
             attempts=job.attempts,
             callback_url=job.callback_url,
+            cached=job.cached,
+            batch_id=job.batch_id,
+            item_index=job.item_index,
+            metadata=job.item_metadata,
         )
 
 
@@ -208,3 +219,24 @@ class EventOut(BaseModel):
     next_attempt_at: datetime | None
     delivered_at: datetime | None
     deliveries: list[DeliveryOut]
+
+
+class BatchItem(JobRequest):
+    """One item of ``POST /v1/batches``: a job's fields plus exactly one of ``image``
+    (base64 or a ``data:`` URL) or ``image_url`` (fetched by the API through the SSRF
+    guard), optional ``metadata`` returned with its result, and an optional per-item
+    ``idempotency_key`` that makes resubmitting the same item return the existing job."""
+
+    image: str | None = None
+    image_url: str | None = Field(default=None, max_length=2048)
+    metadata: Any = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class BatchRequest(BaseModel):
+    """The JSON form of ``POST /v1/batches`` (NDJSON sends one item per line instead)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]]
+    callback_url: str | None = Field(default=None, max_length=2048)

@@ -104,6 +104,24 @@ class Settings(BaseSettings):
     max_schema_bytes: int = Field(
         default=16_384, ge=64, description="Largest JSON schema a job may carry (bytes)."
     )
+    cache_ttl_s: int = Field(
+        default=86_400,
+        ge=0,
+        description="Identical requests within this many seconds reuse a result; 0 disables.",
+    )
+    max_batch_items: int = Field(default=10_000, ge=1, description="Items per POST /v1/batches.")
+    max_batch_body_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="Largest POST /v1/batches body."
+    )
+    max_metadata_bytes: int = Field(
+        default=4096, ge=0, description="Largest JSON metadata of one batch item."
+    )
+    image_fetch_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Timeout of one image_url download."
+    )
+    image_fetch_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Parallel image_url downloads per batch request."
+    )
     fault_injection: bool = Field(
         default=False,
         description="Tests only: [[oom]], [[crash]], [[slow]] prompts misbehave (worker.faults).",
@@ -128,6 +146,16 @@ class Settings(BaseSettings):
         default=1000,
         ge=1,
         description="Most frames an animated GIF/WebP/PNG may have (only the first is used).",
+    )
+
+    worker_metrics_port: int = Field(
+        default=9101,
+        ge=0,
+        le=65535,
+        description=(
+            "Port `sightline worker` serves its children's Prometheus metrics on "
+            "(all interfaces); 0 turns the endpoint off."
+        ),
     )
 
     @model_validator(mode="after")

@@ -37,7 +37,7 @@ from shared.db import transaction
 from shared.models import Job, JobStatus, utcnow
 from shared.presets import Policy
 from shared.settings import Settings
-from worker.claims import Outcome, claim_jobs, finish_jobs, renew_leases
+from worker.claims import Outcome, cached_results, claim_jobs, finish_jobs, renew_leases
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,10 @@ class BatchService:
             _failed(job, "expired", "the job's timeout passed before it ran") for job in expired
         ]
         with self._leases_renewed(token):
-            outcomes += self._infer(fresh)
+            hits = self._from_cache(fresh)
+            outcomes += hits
+            answered = {outcome.job_id for outcome in hits}
+            outcomes += self._infer([job for job in fresh if job.id not in answered])
             self._persist(token, [*expired, *fresh], outcomes)
             for suspect in suspects:
                 log.warning(
@@ -147,6 +150,36 @@ class BatchService:
                 prefer=prefer,
                 with_abandoned=with_abandoned,
             )
+
+    def _from_cache(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """Outcomes for jobs an identical earlier request already answered on this model
+        revision within the cache TTL: no forward pass for them."""
+        wanted = [job for job in jobs if job.use_cache and job.cache_key]
+        if not wanted:
+            return []
+        with self._sessions() as session:
+            earlier = cached_results(
+                session,
+                [job.cache_key for job in wanted if job.cache_key],
+                self._backend.model_revision,
+                self._settings.cache_ttl_s,
+            )
+        return [
+            Outcome(
+                job_id=job.id,
+                status=JobStatus.SUCCEEDED,
+                result=hit.result,
+                result_json=hit.result_json,
+                reasoning=hit.reasoning,
+                action=hit.action,
+                output_tokens=hit.output_tokens,
+                queue_ms=_queue_ms(job),
+                cached=True,
+                model_revision=hit.model_revision,
+            )
+            for job in wanted
+            if job.cache_key and (hit := earlier.get(job.cache_key)) is not None
+        ]
 
     def _persist(self, token: uuid.UUID, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:
         with transaction(self._sessions) as session:
@@ -232,6 +265,7 @@ class BatchService:
                 if item.job.policy
                 else None,
                 output_tokens=result.tokens,
+                model_revision=self._backend.model_revision,
                 batch_size=len(items),
                 inference_ms=elapsed_ms,
                 queue_ms=_queue_ms(item.job),

@@ -40,6 +40,8 @@ class Outcome:
     batch_size: int = 0
     inference_ms: int = 0
     queue_ms: int | None = None
+    cached: bool = False
+    model_revision: str | None = None
 
 
 def claimable(max_attempts: int) -> ColumnElement[bool]:
@@ -162,6 +164,8 @@ def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcom
             batch_size=bindparam("b_batch_size"),
             inference_ms=bindparam("b_inference_ms"),
             queue_ms=bindparam("b_queue_ms"),
+            cached=bindparam("b_cached"),
+            model_revision=bindparam("b_model_revision"),
             finished_at=utcnow(),
             lease_expires_at=None,
         )
@@ -182,6 +186,8 @@ def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcom
                 "b_batch_size": outcome.batch_size or None,
                 "b_inference_ms": outcome.inference_ms if outcome.batch_size else None,
                 "b_queue_ms": outcome.queue_ms,
+                "b_cached": outcome.cached,
+                "b_model_revision": outcome.model_revision,
             }
             for outcome in outcomes
         ],
@@ -194,3 +200,29 @@ def finish_jobs(session: Session, *, token: uuid.UUID, outcomes: Sequence[Outcom
         )
     )
     return record_events(session, list(settled))
+
+
+def cached_results(
+    session: Session, keys: Sequence[str], revision: str, ttl_s: int
+) -> dict[str, Job]:
+    """For each cache key, a job that succeeded with it on model ``revision`` within the
+    last ``ttl_s`` seconds (and was not itself opted out of the cache)."""
+    if not keys or ttl_s <= 0:
+        return {}
+    since = utcnow() - timedelta(seconds=ttl_s)
+    rows = session.scalars(
+        select(Job)
+        .where(
+            Job.cache_key.in_(set(keys)),
+            Job.model_revision == revision,
+            Job.status == JobStatus.SUCCEEDED,
+            Job.use_cache.is_(True),
+            Job.finished_at > since,
+        )
+        .order_by(Job.finished_at.desc())
+    )
+    found: dict[str, Job] = {}
+    for job in rows:
+        if job.cache_key is not None:
+            found.setdefault(job.cache_key, job)
+    return found

@@ -32,6 +32,10 @@ class FaultInjectingBackend:
     def __init__(self, backend: ModelBackend) -> None:
         self._backend = backend
 
+    @property
+    def model_revision(self) -> str:
+        return self._backend.model_revision
+
     def load(self, device: str) -> None:
         self._backend.load(device)
 

@@ -12,6 +12,11 @@ A configuration that cannot work (no such model path, a malformed device list) i
 refused before any child starts, with exit status 2. SIGTERM and SIGINT are forwarded as
 SIGTERM, a Celery warm shutdown: every child finishes its batch first.
 
+Metrics: the children write Prometheus values into a directory private to this launcher
+(prometheus_client's multiprocess mode), and the launcher serves their sum, with its own
+``sightline_worker_up`` and ``sightline_worker_restarts_total``, on
+``SIGHTLINE_WORKER_METRICS_PORT`` (see :mod:`worker.metrics`).
+
 The launcher itself never imports torch or touches CUDA: a process that initialised CUDA
 cannot hand a card to a child, and it would hold memory on every card for nothing.
 """
@@ -28,12 +33,18 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import mark_process_dead
+
+from shared.logs import configure_logging
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,16 +170,19 @@ class _Child:
     ready: bool = False
     startup_failures: int = 0
     restart_at: float | None = None
+    restarts: int = 0
 
 
 class Launcher:
     """Starts, watches, restarts and stops one worker child per device."""
 
-    def __init__(self, devices: list[str]) -> None:
+    def __init__(self, devices: list[str], metrics_port: int = 0) -> None:
         self._children = [
             _Child(device=d, node=n) for d, n in zip(devices, node_names(devices), strict=True)
         ]
         self._stopping = threading.Event()
+        self._metrics_port = metrics_port
+        self._metrics_dir = Path()  # made by run(): one per run, removed when it ends
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT, then stop the children and return 0 if each exited
@@ -177,14 +191,48 @@ class Launcher:
         ``MAX_STARTUP_FAILURES`` times in a row."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        for child in self._children:
-            self._start(child)
-        while not self._stopping.is_set():
-            if not self._watch():
-                self._stop_all()
-                return EXIT_GAVE_UP
-            self._stopping.wait(POLL_S)
-        return self._stop_all()
+        # Fresh for every launcher: files left by an earlier run would be summed in.
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="sightline-worker-metrics-"))
+        stop_serving = self._serve_metrics()
+        try:
+            for child in self._children:
+                self._start(child)
+            while not self._stopping.is_set():
+                if not self._watch():
+                    self._stop_all()
+                    return EXIT_GAVE_UP
+                self._stopping.wait(POLL_S)
+            return self._stop_all()
+        finally:
+            stop_serving()
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _serve_metrics(self) -> Callable[[], None]:
+        """Start the metrics endpoint; returns its stop function. A port that cannot be
+        bound is logged and skipped: metrics must never keep the workers from running."""
+        if not self._metrics_port:
+            return lambda: None
+        from worker.metrics import serve
+
+        try:
+            stop = serve(self._metrics_port, self._metrics_dir, _LauncherCollector(self))
+        except OSError as exc:
+            log.error("worker metrics not served: port %d: %s", self._metrics_port, exc)
+            return lambda: None
+        log.info("serving worker metrics on :%d/metrics", self._metrics_port)
+        return stop
+
+    def children(self) -> list[tuple[str, str, bool, int]]:
+        """``(node, device, running and ready, restarts)`` per child, for the metrics."""
+        return [
+            (
+                c.node,
+                c.device,
+                c.ready and c.process is not None and c.process.poll() is None,
+                c.restarts,
+            )
+            for c in self._children
+        ]
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info(
@@ -200,6 +248,7 @@ class Launcher:
         # CUDA numbers cards fastest-first by default, nvidia-smi (and operators) by PCI
         # bus; without this "gpu1" could be a different card than nvidia-smi's GPU 1.
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
         command = [
@@ -221,6 +270,8 @@ class Launcher:
         )
         os.close(write_end)
         self._close_pipe(child)
+        if child.restart_at is not None:
+            child.restarts += 1
         child.ready_pipe = read_end
         child.ready = False
         child.restart_at = None
@@ -250,6 +301,8 @@ class Launcher:
             if code is None:
                 continue
             self._note_ready(child)  # it may have got ready just before dying
+            # Its live gauges (GPU memory, load time) must not outlive it in the sums.
+            mark_process_dead(child.process.pid, str(self._metrics_dir))
             if child.ready:
                 child.startup_failures = 0
             else:
@@ -325,6 +378,7 @@ def _die_with_parent() -> None:
 def main(settings: Settings) -> int:
     """Entry point of ``sightline worker``: 0 after a requested stop, 1 when a child kept
     failing at start-up, 2 when the configuration was refused before starting."""
+    configure_logging(settings.log_level, "launcher")
     try:
         devices = plan_devices(settings)
         check_model(settings.model_path)
@@ -337,4 +391,28 @@ def main(settings: Settings) -> int:
         ", ".join(devices),
         settings.model_path,
     )
-    return Launcher(devices).run()
+    return Launcher(devices, settings.worker_metrics_port).run()
+
+
+class _LauncherCollector:
+    """The launcher's own series, computed from its children at scrape time."""
+
+    def __init__(self, launcher: Launcher) -> None:
+        self._launcher = launcher
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "sightline_worker_up",
+            "1 while the worker child runs and has reported ready (model loaded, consuming).",
+            labels=["worker", "device"],
+        )
+        restarts = CounterMetricFamily(
+            "sightline_worker_restarts",
+            "Times the launcher restarted a worker child after it died.",
+            labels=["worker", "device"],
+        )
+        for node, device, ready, count in self._launcher.children():
+            up.add_metric([node, device], 1.0 if ready else 0.0)
+            restarts.add_metric([node, device], count)
+        yield up
+        yield restarts

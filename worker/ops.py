@@ -1,12 +1,14 @@
-"""``sightline webhooks`` and ``sightline beat``: the processes that need no GPU.
+"""``sightline webhooks``, ``sightline beat`` and ``sightline flower``: no GPU needed.
 
 The ops worker consumes ``webhooks`` (one delivery attempt per message) and
 ``maintenance`` (the sweeper) with a small thread pool, so a slow receiver does not hold
-up the others; beat schedules the sweep. Neither loads a model.
+up the others; beat schedules the sweep; Flower watches the broker's task events. None
+loads a model.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from celery import Celery
 
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
+from shared.logs import configure_logging
 from shared.settings import Settings
 from shared.tasks import DELIVER_WEBHOOK_TASK, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS, SWEEP_TASK
 from worker.sweeper import sweep
@@ -45,6 +48,7 @@ def create_ops_app(settings: Settings) -> Celery:
 
 def run_ops_worker(settings: Settings) -> int:
     """Consume ``webhooks`` and ``maintenance`` until shut down; returns the exit code."""
+    configure_logging(settings.log_level, "webhooks")
     app = create_ops_app(settings)
     worker = app.Worker(
         hostname=f"ops@{socket.gethostname()}",
@@ -54,6 +58,7 @@ def run_ops_worker(settings: Settings) -> int:
         loglevel=settings.log_level,
         without_mingle=True,
         without_gossip=True,
+        quiet=True,  # no banner: stdout and stderr carry JSON log lines only
     )
     worker.start()
     return int(worker.exitcode or 0)
@@ -65,6 +70,7 @@ def run_beat(settings: Settings) -> int:
     Each message expires after one interval: a sweep nobody ran in time is superseded
     by the next one rather than piling up.
     """
+    configure_logging(settings.log_level, "beat")
     app = create_celery(settings)
     app.conf.beat_schedule = {
         "sweep": {
@@ -75,5 +81,35 @@ def run_beat(settings: Settings) -> int:
     }
     schedule = Path(settings.data_dir) / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
-    app.Beat(schedule=str(schedule), loglevel=settings.log_level).run()
+    app.Beat(schedule=str(schedule), loglevel=settings.log_level, quiet=True).run()
     return 0
+
+
+def run_flower(settings: Settings, *, address: str, port: int, options: list[str]) -> int:
+    """Run Flower (``celery flower``) on ``address:port`` against the broker until shut
+    down; returns the exit code.
+
+    ``options`` are passed to Flower as given (``--basic_auth=user:pass``, ``--auth=…``,
+    ``--url_prefix=…``), after ours, so they win; ``FLOWER_*`` environment variables work
+    too. Unless set otherwise, Flower keeps its task history in
+    ``<data_dir>/flower.db`` (saved every minute and on shutdown), so a restart does not
+    forget every job it has seen.
+    """
+    configure_logging(settings.log_level, "flower")
+    db = Path(settings.data_dir).resolve() / "flower.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # Defaults through Flower's own environment variables: an operator's FLOWER_* (or a
+    # command-line option) still overrides them.
+    os.environ.setdefault("FLOWER_PERSISTENT", "true")
+    os.environ.setdefault("FLOWER_DB", str(db))
+    os.environ.setdefault("FLOWER_STATE_SAVE_INTERVAL", "60000")  # milliseconds
+    argv = [
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        # Tornado sets the root logger's level from this; keep ours.
+        f"--logging={settings.log_level.lower()}",
+        *options,
+    ]
+    result = create_celery(settings).start(argv)
+    return int(result or 0)

@@ -14,11 +14,13 @@ from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
 from shared.enqueue import enqueue_events
+from shared.logs import configure_logging
 from shared.models import Job
 from shared.settings import Settings
 from shared.tasks import GPU_QUEUES
 from worker.batching import BatchService
 from worker.faults import FaultInjectingBackend, crash_after_commit
+from worker.metrics import InstrumentedBackend, WorkerMetrics
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
 from worker.tasks import register_tasks
 
@@ -47,11 +49,13 @@ def load_backend(settings: Settings, device: str) -> ModelBackend:
         options=GenerationOptions(max_new_tokens=1),
     )
     backend.generate([warm])
+    elapsed = time.monotonic() - started
     log.info(
         "model %s loaded on %s in %.1f s",
         settings.model_path,
         device,
-        time.monotonic() - started,
+        elapsed,
+        extra={"model_path": settings.model_path, "load_s": round(elapsed, 3)},
     )
     return backend
 
@@ -65,22 +69,32 @@ def run_worker(
     child, and one model per card is the point. Once Celery consumes, one byte is written
     to ``ready_fd`` (the launcher's readiness pipe) if given. Returns the exit code.
     """
-    backend = load_backend(settings, device)
+    configure_logging(settings.log_level, "worker", worker=node_name, device=device)
+    # transformers draws progress bars straight onto stderr, between the JSON lines.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    metrics = WorkerMetrics(node_name, device)
+    started = time.monotonic()
+    loaded = load_backend(settings, device)
+    metrics.observe_load(time.monotonic() - started)
+    metrics.sample_gpu_memory()
+    # Wrapped after the warm-up pass, which is not work and must not count as such.
+    backend = InstrumentedBackend(loaded, metrics)
     engine = create_engine_for(settings)
     app = create_celery(settings)
 
     def wake_sender(_jobs: Sequence[Job], events: list[str]) -> None:
         enqueue_events(app, events)
 
+    sessions = session_factory(engine)
     service = BatchService(
         settings=settings,
-        sessions=session_factory(engine),
+        sessions=sessions,
         blobs=BlobStore(settings.blob_url),
         backend=backend,
         worker_name=node_name,
         after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
     )
-    register_tasks(app, service)
+    register_tasks(app, service, metrics, sessions)
     if ready_fd is not None:
 
         def report_ready(**_: object) -> None:
@@ -96,6 +110,8 @@ def run_worker(
         loglevel=settings.log_level,
         without_mingle=True,
         without_gossip=True,
+        # No banner on stdout: every line a worker writes is a JSON log line.
+        quiet=True,
     )
     worker.start()
     engine.dispose()

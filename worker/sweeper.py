@@ -31,8 +31,9 @@ from celery import Celery
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.batches import complete_batches
 from shared.db import transaction
-from shared.enqueue import enqueue_event, enqueue_job
+from shared.enqueue import enqueue_event, enqueue_events, enqueue_job
 from shared.models import EventStatus, Job, JobStatus, Priority, WebhookEvent, utcnow
 from shared.settings import Settings
 from shared.tasks import queue_for
@@ -90,7 +91,10 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
             .returning(Job.id),
             execution_options={"synchronize_session": False},
         ).all()
-        record_events(session, [*expired, *lost])
+        events = record_events(session, [*expired, *lost])
+        # Catches batches whose last two jobs ended in concurrent transactions.
+        events += complete_batches(session, None)
+    enqueue_events(celery, events)
     due = _take_due_events(settings, sessions)
     for event_id in due:
         enqueue_event(celery, event_id)

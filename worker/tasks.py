@@ -1,36 +1,152 @@
-"""Celery tasks: thin wrappers that hand a message to the batch service."""
+"""Celery tasks: thin wrappers that hand a message to the batch service.
+
+A message wakes a batch that settles its own job and up to ``max_batch_size - 1`` others,
+whose messages are processed later (and then find nothing to do) or never. So that
+monitors following task events (Flower) show every job with its real final state, the
+task that ran the batch sends ``task-succeeded`` / ``task-failed`` for each of those
+other jobs itself (the task id is the job id), and every task reports its own job's
+final state as its outcome, wherever that job ran:
+
+* succeeded → the task returns (SUCCESS);
+* failed → the task raises :class:`JobFailed` (FAILURE, logged without a traceback);
+* canceled → a ``task-revoked`` event (REVOKED), and the task is ignored;
+* still running in another worker's batch → the task is ignored: no final event, the
+  batch that settles the job sends it.
+
+Raising or ignoring still acknowledges the message (``acks_late`` acks failures too), so
+no outcome here ever makes the broker deliver a message again.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Ignore
+from celery.utils.saferepr import saferepr
+from sqlalchemy.orm import Session, sessionmaker
 
+from shared.logs import log_context
+from shared.models import Job, JobStatus
 from shared.tasks import INFER_TASK
-from worker.batching import BatchService
+from worker.batching import BatchReport, BatchService
+from worker.claims import Outcome
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 
-def register_tasks(app: Celery, service: BatchService) -> None:
-    """Register ``sightline.infer`` on ``app``, bound to this process's batch service."""
+class JobFailed(Exception):
+    """The job a message named ended ``failed``: its task's outcome is FAILURE."""
 
-    @app.task(name=INFER_TASK, bind=True)
+    def __init__(self, code: str | None, message: str | None) -> None:
+        super().__init__(f"{code or 'failed'}: {message or ''}")
+
+
+def register_tasks(
+    app: Celery, service: BatchService, metrics: WorkerMetrics, sessions: sessionmaker[Session]
+) -> None:
+    """Register ``sightline.infer`` on ``app``, bound to this process's batch service,
+    metrics and database."""
+
+    @app.task(name=INFER_TASK, bind=True, throws=(JobFailed,))
     def infer(self: Task, job_id: str) -> dict[str, Any]:
         """Wake-up for ``job_id``: run a batch starting with it (or with whatever is queued
-        if it already ran). Returns after the results are committed; the message is acked
-        only then (``acks_late``)."""
+        if it already ran), then report the job's final state (see the module docstring).
+        Returns or raises only after the results are committed; the message is acked only
+        then (``acks_late``)."""
         try:
             wanted = uuid.UUID(job_id)
         except ValueError:
             log.error("dropping message with malformed job id %r", job_id)
             return {"job_id": job_id, "status": "malformed"}
-        report = service.run(wanted)
-        status = report.status_of(wanted)
-        return {
-            "job_id": job_id,
-            "status": status.value if status else "not_run_here",
-            "batch_jobs": len(report.outcomes),
-        }
+        with log_context(batch_id=uuid.uuid4().hex):
+            started = time.monotonic()
+            report = service.run(wanted)
+            metrics.observe_batch(report)
+            _log_batch(report, time.monotonic() - started)
+            _announce(self, report, skip=wanted)
+        outcome = next((o for o in report.outcomes if o.job_id == wanted), None)
+        if outcome is not None:
+            return _settled(self, wanted, outcome.status, outcome.error_code, outcome.error_message)
+        with sessions() as session:
+            row = session.get(Job, wanted)
+            if row is None:  # deleted, or never committed: nothing to report
+                raise Ignore()
+            return _settled(self, wanted, row.status, row.error_code, row.error_message)
+
+
+def _settled(
+    task: Task, job_id: uuid.UUID, status: JobStatus, code: str | None, message: str | None
+) -> dict[str, Any]:
+    """The task outcome for a job in ``status``: return, raise or ignore (module docstring)."""
+    if status is JobStatus.SUCCEEDED:
+        return {"job_id": str(job_id), "status": status.value}
+    if status is JobStatus.FAILED:
+        raise JobFailed(code, message)
+    if status is JobStatus.CANCELED and task.app.conf.worker_send_task_events:
+        task.send_event("task-revoked", terminated=False, expired=False, signum=None)
+    raise Ignore()
+
+
+def _announce(task: Task, report: BatchReport, *, skip: uuid.UUID) -> None:
+    """Send the final task event of every job the batch settled except ``skip`` (whose
+    own task reports it). Best effort: a lost event costs a monitor's view, never a job."""
+    others = [o for o in report.outcomes if o.job_id != skip]
+    if not others or not task.app.conf.worker_send_task_events:
+        return
+    try:
+        with task.app.events.default_dispatcher(hostname=task.request.hostname) as events:
+            for outcome in others:
+                # name and args too: a monitor that missed the task-sent event still
+                # shows which task this is.
+                fields: dict[str, Any] = {
+                    "uuid": str(outcome.job_id),
+                    "name": INFER_TASK,
+                    "args": saferepr([str(outcome.job_id)]),
+                    "kwargs": "{}",
+                }
+                if outcome.status is JobStatus.SUCCEEDED:
+                    summary = {"job_id": str(outcome.job_id), "status": outcome.status.value}
+                    events.send(
+                        "task-succeeded",
+                        result=saferepr(summary),
+                        runtime=outcome.inference_ms / 1000,
+                        **fields,
+                    )
+                else:
+                    error = JobFailed(outcome.error_code, outcome.error_message)
+                    events.send("task-failed", exception=saferepr(error), traceback="", **fields)
+    except Exception:
+        log.warning("could not send task events for %d batched jobs", len(others), exc_info=True)
+
+
+def _log_batch(report: BatchReport, elapsed_s: float) -> None:
+    """One line per settled job, then one for the batch (nothing for an empty wake-up)."""
+    if not report.outcomes:
+        return
+    for outcome in report.outcomes:
+        log.info("job %s %s", outcome.job_id, outcome.status.value, extra=_job_fields(outcome))
+    failed = sum(1 for o in report.outcomes if o.status is not JobStatus.SUCCEEDED)
+    log.info(
+        "batch of %d settled in %.3f s (%d failed)",
+        len(report.outcomes),
+        elapsed_s,
+        failed,
+        extra={"jobs": len(report.outcomes), "failed": failed, "duration_s": round(elapsed_s, 3)},
+    )
+
+
+def _job_fields(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "job_id": str(outcome.job_id),
+        "status": outcome.status.value,
+        "error_code": outcome.error_code,
+        "forward_batch_size": outcome.batch_size or None,
+        "queue_ms": outcome.queue_ms,
+        "inference_ms": outcome.inference_ms or None,
+        "output_tokens": outcome.output_tokens,
+    }

@@ -81,7 +81,11 @@ def test_sixteen_queued_jobs_run_as_two_batches_of_eight(
         image = Image.open(io.BytesIO(blobs.get(row.image_key))).convert("RGB")
         options = GenerationOptions(max_new_tokens=6)
         alone = backend.generate(
-            [GenerationRequest(image=image, prompt=row.prompt, options=options)]
+            [
+                GenerationRequest(
+                    image=image, prompt=row.prompt, options=options, thinking=row.thinking
+                )
+            ]
         )
         assert alone[0].text == row.result
         assert alone[0].tokens == row.output_tokens

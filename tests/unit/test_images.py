@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from shared.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from shared.images import normalise_image
+from shared.images import count_gif_frames, normalise_image
 from tests.integration.test_bad_input import SVG, png_bomb
 
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 5_000_000, "max_side": 256}
@@ -86,3 +86,78 @@ def test_truncated_image_is_undecodable() -> None:
         normalise_image(full[: len(full) // 2], **LIMITS)
     assert raised.value.code == "image_undecodable"
     assert "JPEG" in raised.value.detail
+
+
+def pixel(result_png: bytes, xy: tuple[int, int] = (2, 2)) -> object:
+    return Image.open(io.BytesIO(result_png)).getpixel(xy)
+
+
+def test_16_bit_grey_is_scaled_not_clipped() -> None:
+    result = normalise_image(encode(Image.new("I;16", (8, 8), 40000), "PNG"), **LIMITS)
+    assert pixel(result.png) == (155, 155, 155)  # 40000 / 257, not 255
+
+
+def test_colour_key_transparency_is_flattened_onto_white() -> None:
+    data = encode(Image.new("RGB", (8, 8), (10, 20, 30)), "PNG", transparency=(10, 20, 30))
+    assert pixel(normalise_image(data, **LIMITS).png) == (255, 255, 255)
+
+
+def test_cmyk_and_bilevel_become_rgb() -> None:
+    for image in (Image.new("CMYK", (8, 8), (0, 255, 255, 0)), Image.new("1", (8, 8), 1)):
+        result = normalise_image(encode(image, "JPEG" if image.mode == "CMYK" else "PNG"), **LIMITS)
+        assert Image.open(io.BytesIO(result.png)).mode == "RGB"
+
+
+def test_icc_profile_and_trailing_bytes_are_not_kept() -> None:
+    data = encode(Image.new("RGB", (8, 8)), "JPEG", icc_profile=b"private profile text" * 8)
+    result = normalise_image(data + b"PK\x03\x04 trailing zip", **LIMITS)
+    assert b"private profile" not in result.png and b"PK\x03\x04" not in result.png
+    assert "icc_profile" not in Image.open(io.BytesIO(result.png)).info
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_to_the_right_size() -> None:
+    data = encode(Image.new("RGB", (4000, 1000), "green"), "JPEG")
+    result = normalise_image(data, **LIMITS)
+    assert (result.width, result.height) == (256, 64)
+
+
+def animation(fmt: str, frames: int) -> bytes:
+    images = [Image.new("RGB", (6, 6), (i * 40 % 256, 0, 0)) for i in range(frames)]
+    return encode(images[0], fmt, save_all=True, append_images=images[1:])
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_frame_count_is_limited(fmt: str) -> None:
+    assert normalise_image(animation(fmt, 5), **LIMITS, max_frames=5).width == 6
+    with pytest.raises(ValidationFailed) as raised:
+        normalise_image(animation(fmt, 6), **LIMITS, max_frames=5)
+    assert raised.value.code == "image_too_many_frames"
+
+
+def test_gif_frames_are_counted_like_pillow_and_counting_stops_early() -> None:
+    data = animation("GIF", 9)
+    assert count_gif_frames(data, stop_after=100) == Image.open(io.BytesIO(data)).n_frames == 9
+    assert count_gif_frames(data, stop_after=3) == 3
+    assert count_gif_frames(data[:20], stop_after=100) == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (encode(Image.new("RGB", (4, 4)), "TIFF"), "TIFF"),
+        (b"\x00\x00\x00\x18ftypheic" + bytes(16), "HEIF"),
+        (b"  <!DOCTYPE html><p>hi", "HTML"),
+        (SVG, "SVG"),
+    ],
+    ids=["tiff", "heic", "html", "svg"],
+)
+def test_refused_formats_are_named(data: bytes, named: str) -> None:
+    with pytest.raises(UnsupportedMediaType) as raised:
+        normalise_image(data, **LIMITS)
+    assert named in raised.value.detail
+
+
+def test_a_corrupt_header_of_an_accepted_format_is_undecodable_not_unsupported() -> None:
+    with pytest.raises(ValidationFailed) as raised:
+        normalise_image(b"\x89PNG\r\n\x1a\n" + bytes(40), **LIMITS)
+    assert raised.value.code == "image_undecodable" and "PNG" in raised.value.detail

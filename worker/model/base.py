@@ -73,6 +73,11 @@ class ModelBackend(Protocol):
     forward pass failed; the caller decides how to isolate the culprit.
     """
 
+    @property
+    def model_revision(self) -> str:
+        """A short stable id of the loaded weights (part of the result cache's key)."""
+        ...
+
     def load(self, device: str) -> None: ...
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]: ...

@@ -1,0 +1,327 @@
+"""``/v1/batches``: bulk submission, progress, streamed results, cancellation.
+
+Partial acceptance: every item is validated like a single job; valid items become jobs
+(``bulk`` priority), invalid ones are reported with their index and a problem (``code``,
+``detail``) and create nothing. The answer lists both, so a pipeline knows exactly which
+items were taken. Only when no item is valid is the request refused (422). Items with an
+``idempotency_key`` already used by this API key are reported as accepted with the
+existing job's id (``"existing": true``), so a pipeline can resubmit after a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+from flask import Blueprint, Response, request, stream_with_context, url_for
+from pydantic import ValidationError
+from sqlalchemy import insert, select, update
+
+from api.auth import authenticate, current_key
+from api.context import Services, services
+from api.submission import build_job
+from shared.batches import batch_summary
+from shared.enqueue import enqueue_events, enqueue_wakeups
+from shared.errors import (
+    BadRequest,
+    NotFound,
+    SightlineError,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from shared.fetch import fetch_image
+from shared.models import ApiKey, Batch, Job, JobStatus, Priority, utcnow
+from shared.schemas import BatchItem, BatchRequest
+from shared.webhooks import record_events
+
+log = logging.getLogger(__name__)
+
+batches = Blueprint("batches", __name__, url_prefix="/v1/batches")
+batches.before_request(authenticate)
+
+# Rows per INSERT round trip.
+INSERT_CHUNK = 2000
+Body = dict[str, Any]
+
+
+@batches.post("")
+def create_batch() -> tuple[Body, int, dict[str, str]]:
+    """Accept a batch: JSON ``{"items": [...], "callback_url"}`` or NDJSON (one item per
+    line; ``?callback_url=``). 202 with accepted and rejected items by index."""
+    svc = services()
+    request.max_content_length = svc.settings.max_batch_body_bytes
+    raw_items, callback_url = _read_items(svc)
+    if callback_url is not None:
+        svc.outbound.check(callback_url, field="callback_url")
+    key = current_key()
+    with (
+        ThreadPoolExecutor(max_workers=svc.settings.image_fetch_concurrency) as pool,
+        requests.Session() as http,
+    ):
+        built = list(
+            pool.map(lambda pair: _build(svc, key, pair[0], pair[1], http), enumerate(raw_items))
+        )
+    rejected = [
+        {"index": i, **outcome} for i, outcome in enumerate(built) if isinstance(outcome, dict)
+    ]
+    jobs = [(i, outcome) for i, outcome in enumerate(built) if isinstance(outcome, Job)]
+    existing = _existing(svc, key, jobs)
+    new_jobs = [job for _, job in jobs if job.idempotency_key not in existing]
+    if not jobs:
+        raise ValidationFailed(
+            f"none of the {len(raw_items)} items is valid",
+            code="no_valid_items",
+            rejected=rejected[:100],
+        )
+    batch = Batch(
+        id=uuid.uuid4(),
+        api_key_id=key.id,
+        created_at=utcnow(),
+        items_submitted=len(raw_items),
+        items_accepted=len(jobs),
+        callback_url=callback_url,
+    )
+    for job in new_jobs:
+        job.batch_id = batch.id
+    svc.blobs.sync()
+    with svc.sessions() as session, session.begin():
+        session.add(batch)
+        session.flush()
+        for start in range(0, len(new_jobs), INSERT_CHUNK):
+            session.execute(
+                insert(Job), [_row(job) for job in new_jobs[start : start + INSERT_CHUNK]]
+            )
+    try:
+        enqueue_wakeups(
+            svc.celery, [job.id for job in new_jobs], Priority.BULK, svc.settings.max_batch_size
+        )
+    except Exception as exc:  # the jobs are committed; the sweeper wakes workers later
+        log.warning(
+            "batch %s committed but not enqueued (%s); the sweeper will send it", batch.id, exc
+        )
+    accepted = [
+        {"index": i, "id": str(existing.get(job.idempotency_key, job.id))}
+        | ({"existing": True} if job.idempotency_key in existing else {})
+        for i, job in jobs
+    ]
+    body = {
+        "id": str(batch.id),
+        "items_submitted": len(raw_items),
+        "items_accepted": len(jobs),
+        "items_rejected": len(rejected),
+        "accepted": accepted,
+        "rejected": rejected,
+    }
+    return body, 202, {"Location": url_for("batches.get_batch", batch_id=batch.id)}
+
+
+@batches.get("/<batch_id>")
+def get_batch(batch_id: str) -> Body:
+    """Counts by status and progress (finished / accepted)."""
+    batch = _load(batch_id)
+    with services().sessions() as session:
+        return batch_summary(session, batch)
+
+
+@batches.get("/<batch_id>/results")
+def batch_results(batch_id: str) -> Response:
+    """NDJSON, one line per finished item in item order: ``index``, ``id``, ``metadata``,
+    ``status``, ``result``, ``result_json``, ``action``, ``error``. Streamed from the
+    database in chunks, so 50,000 results never sit in memory at once."""
+    batch = _load(batch_id)
+    sessions = services().sessions
+
+    def lines() -> Iterator[str]:
+        with sessions() as session:
+            rows = session.scalars(
+                select(Job)
+                .where(
+                    Job.batch_id == batch.id,
+                    Job.status.not_in([JobStatus.QUEUED, JobStatus.RUNNING]),
+                )
+                .order_by(Job.item_index)
+                .execution_options(yield_per=1000)
+            )
+            for job in rows:
+                error = (
+                    {"code": job.error_code, "message": job.error_message}
+                    if job.error_code
+                    else None
+                )
+                yield (
+                    json.dumps(
+                        {
+                            "index": job.item_index,
+                            "id": str(job.id),
+                            "metadata": job.item_metadata,
+                            "status": job.status.value,
+                            "result": job.result,
+                            "result_json": job.result_json,
+                            "action": job.action,
+                            "cached": job.cached,
+                            "error": error,
+                        }
+                    )
+                    + "\n"
+                )
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+
+
+@batches.delete("/<batch_id>")
+def cancel_batch(batch_id: str) -> Body:
+    """Cancel every item still queued (running ones finish); 200 with the batch."""
+    batch = _load(batch_id)
+    svc = services()
+    with svc.sessions() as session, session.begin():
+        canceled = list(
+            session.scalars(
+                update(Job)
+                .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELED, finished_at=utcnow())
+                .returning(Job.id),
+                execution_options={"synchronize_session": False},
+            )
+        )
+        events = record_events(session, canceled)
+    enqueue_events(svc.celery, events)
+    with svc.sessions() as session:
+        return batch_summary(session, session.get(Batch, batch.id) or batch) | {
+            "canceled": len(canceled)
+        }
+
+
+def _load(raw_id: str) -> Batch:
+    try:
+        batch_id = uuid.UUID(raw_id)
+    except ValueError as exc:
+        raise NotFound(f"no batch {raw_id!r}") from exc
+    with services().sessions() as session:
+        batch = session.get(Batch, batch_id)
+    if batch is None or batch.api_key_id != current_key().id:
+        raise NotFound(f"no batch {raw_id}")
+    return batch
+
+
+def _read_items(svc: Services) -> tuple[list[Any], str | None]:
+    limit = svc.settings.max_batch_items
+    if request.mimetype == "application/json":
+        try:
+            body = json.loads(request.get_data())
+            parsed = BatchRequest.model_validate(body)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"the body is not a valid batch: {exc}", code="invalid_json") from exc
+        items, callback = parsed.items, parsed.callback_url
+    elif request.mimetype in ("application/x-ndjson", "application/jsonl"):
+        items = []
+        for number, line in enumerate(request.stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except (ValueError, RecursionError) as exc:
+                raise BadRequest(
+                    f"NDJSON line {number} is not valid JSON: {exc}", code="invalid_json"
+                ) from exc
+            if len(items) > limit:
+                break
+        callback = request.args.get("callback_url")
+    else:
+        raise UnsupportedMediaType(
+            f"content type {request.mimetype or '(none)'!r} is not accepted; send "
+            "application/json or application/x-ndjson",
+            code="unsupported_content_type",
+        )
+    if not items:
+        raise ValidationFailed("the batch has no items", code="empty_batch")
+    if len(items) > limit:
+        raise ValidationFailed(f"a batch holds at most {limit} items", code="too_many_items")
+    return items, callback
+
+
+def _build(
+    svc: Services, key: ApiKey, index: int, raw: Any, http: requests.Session
+) -> Job | dict[str, str]:
+    """The job for one item, or its problem (``code``, ``detail``)."""
+    try:
+        if not isinstance(raw, dict):
+            raise ValidationFailed("an item must be a JSON object", code="invalid_fields")
+        try:
+            item = BatchItem.model_validate(raw)
+        except ValidationError as exc:
+            detail = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+            )
+            raise ValidationFailed(detail, code="invalid_fields") from exc
+        metadata_bytes = len(json.dumps(item.metadata))
+        if metadata_bytes > svc.settings.max_metadata_bytes:
+            limit = svc.settings.max_metadata_bytes
+            raise ValidationFailed(
+                f"metadata is {metadata_bytes} bytes; the limit is {limit}",
+                code="metadata_too_large",
+            )
+        job = build_job(svc, key, item, _image_of(svc, item, http), Priority.BULK, durable=False)
+    except SightlineError as exc:
+        return {"code": exc.code, "detail": exc.detail}
+    job.item_index = index
+    job.item_metadata = item.metadata
+    job.idempotency_key = item.idempotency_key
+    return job
+
+
+def _image_of(svc: Services, item: BatchItem, http: requests.Session) -> bytes:
+    if (item.image is None) == (item.image_url is None):
+        raise ValidationFailed("give exactly one of image and image_url", code="invalid_fields")
+    if item.image_url is not None:
+        return fetch_image(
+            item.image_url,
+            svc.outbound,
+            max_bytes=svc.settings.max_image_bytes,
+            timeout_s=svc.settings.image_fetch_timeout_s,
+            session=http,
+        )
+    encoded = item.image or ""
+    if encoded.startswith("data:"):
+        encoded = encoded.partition(",")[2]
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"'image' is not valid base64: {exc}", code="invalid_base64") from exc
+
+
+def _existing(
+    svc: Services, key: ApiKey, jobs: list[tuple[int, Job]]
+) -> dict[str | None, uuid.UUID]:
+    """Jobs this key already has under the items' idempotency keys."""
+    wanted = [job.idempotency_key for _, job in jobs if job.idempotency_key is not None]
+    found: dict[str | None, uuid.UUID] = {}
+    with svc.sessions() as session:
+        for start in range(0, len(wanted), INSERT_CHUNK):
+            rows = session.execute(
+                select(Job.idempotency_key, Job.id).where(
+                    Job.api_key_id == key.id,
+                    Job.idempotency_key.in_(wanted[start : start + INSERT_CHUNK]),
+                )
+            ).tuples()
+            found.update({key: job_id for key, job_id in rows})
+    return found
+
+
+def _row(job: Job) -> dict[str, Any]:
+    """The job as an INSERT parameter set; every column present, defaults applied, so one
+    executemany takes a whole chunk."""
+    row = {}
+    state = vars(job)  # plain dict reads: ORM descriptors cost more than the rest here
+    for column in Job.__table__.columns:
+        value = state.get(column.key)
+        if value is None and column.default is not None and column.default.is_scalar:
+            value = column.default.arg
+        row[column.key] = value
+    return row

@@ -1,0 +1,167 @@
+"""``GET /metrics``: the API's Prometheus metrics, and the state of the service as a whole.
+
+Per request: ``sightline_http_requests_total`` and
+``sightline_http_request_duration_seconds`` by method and route *template*
+(``/v1/jobs/<job_id>``, never a raw path: one series per route, not per job), and
+``sightline_api_jobs_accepted_total`` by priority. Computed at each scrape, from the
+broker and the database: ``sightline_queue_depth`` per broker queue,
+``sightline_jobs`` per job status, and ``sightline_broker_up`` / ``sightline_database_up``
+(1 when the scrape could read them).
+
+Under gunicorn each worker process counts its own requests; ``sightline api`` points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory shared by its workers, and a scrape,
+whichever process answers it, sums them all (prometheus_client's multiprocess mode).
+Without that variable (``--dev``, tests) the values live in the app's own registry.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import func, select
+
+from api.context import Services
+from api.health import broker_queue_depths
+from shared.logs import configure_logging
+from shared.models import Job, JobStatus
+from shared.tasks import QUEUE_BULK, QUEUE_INTERACTIVE, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS
+
+metrics = Blueprint("metrics", __name__)
+
+_QUEUES = (QUEUE_INTERACTIVE, QUEUE_BULK, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Endpoints that accept jobs, and how to count the jobs in a 202 answer's body.
+_SINGLE_SUBMISSION = "jobs.create_job"
+_BATCH_SUBMISSION = "batches.create_batch"
+
+
+class ApiMetrics:
+    """The request metrics of one app, and the registry a scrape reads."""
+
+    def __init__(self, services: Services) -> None:
+        multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        # In multiprocess mode the values go to files, read back by MultiProcessCollector
+        # at scrape time; registering the metrics themselves as well would count twice.
+        own = None if multiprocess else CollectorRegistry()
+        self.requests = Counter(
+            "sightline_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=own,
+        )
+        self.latency = PromHistogram(
+            "sightline_http_request_duration_seconds",
+            "Time to build the response (to the first byte of a streamed one).",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.accepted = Counter(
+            "sightline_api_jobs_accepted",
+            "Jobs accepted (stored and enqueued), by priority.",
+            ["priority"],
+            registry=own,
+        )
+        self.registry = own or CollectorRegistry()
+        if multiprocess:
+            MultiProcessCollector(self.registry)
+        self.registry.register(_StateCollector(services))
+
+
+def instrument(app: Flask) -> None:
+    """Make ``app`` observable: JSON log lines (:mod:`shared.logs`) at the configured
+    level, every request counted and timed, and ``/metrics`` served (no authentication:
+    expose it to Prometheus only, e.g. by network policy; it holds counts, never job
+    data). Call once the app's services exist."""
+    svc: Services = app.extensions["sightline"]
+    configure_logging(svc.settings.log_level, "api")
+    app.extensions["sightline_metrics"] = ApiMetrics(svc)
+    app.before_request(_start_timer)
+    app.after_request(_observe)
+    app.register_blueprint(metrics)
+
+
+@metrics.get("/metrics")
+def scrape() -> Response:
+    """The metrics in Prometheus' text format."""
+    registry = current_app.extensions["sightline_metrics"].registry
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    found: ApiMetrics = current_app.extensions["sightline_metrics"]
+    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    status = response.status_code
+    found.requests.labels(request.method, route, str(status)).inc()
+    started = g.get("metrics_started")
+    if started is not None:
+        found.latency.labels(request.method, route).observe(time.perf_counter() - started)
+    if status == 202 and request.endpoint in (_SINGLE_SUBMISSION, _BATCH_SUBMISSION):
+        _count_accepted(found, response)
+    return response
+
+
+def _count_accepted(found: ApiMetrics, response: Response) -> None:
+    """Count the jobs a 202 submission answer created: one for a single job, the new
+    (not ``existing``) accepted items of a batch, which are all bulk."""
+    body = response.get_json(silent=True) or {}
+    if request.endpoint == _SINGLE_SUBMISSION:
+        found.accepted.labels(str(body.get("priority", "unknown"))).inc()
+        return
+    created = [item for item in body.get("accepted", []) if not item.get("existing")]
+    if created:
+        found.accepted.labels("bulk").inc(len(created))
+
+
+class _StateCollector:
+    """Gauges read from the broker and the database at scrape time, so they are right
+    whichever process answers and however many API replicas run (each reports the same
+    service-wide values; aggregate them with ``max``, not ``sum``)."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def collect(self) -> Iterator[Metric]:
+        depths = broker_queue_depths(self._services.celery, _QUEUES)
+        broker_up = GaugeMetricFamily(
+            "sightline_broker_up", "1 when this scrape could read the broker's queues."
+        )
+        broker_up.add_metric([], 0.0 if depths is None else 1.0)
+        yield broker_up
+        queue = GaugeMetricFamily(
+            "sightline_queue_depth", "Messages waiting in a broker queue.", labels=["queue"]
+        )
+        for name, depth in (depths or {}).items():
+            queue.add_metric([name], depth)
+        yield queue
+
+        counts: dict[str, int] | None
+        try:
+            with self._services.sessions() as session:
+                rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+                counts = {JobStatus(status).value: int(n) for status, n in rows}
+        except Exception:
+            counts = None
+        database_up = GaugeMetricFamily(
+            "sightline_database_up", "1 when this scrape could count jobs in the database."
+        )
+        database_up.add_metric([], 0.0 if counts is None else 1.0)
+        yield database_up
+        jobs = GaugeMetricFamily(
+            "sightline_jobs", "Jobs in the database by status.", labels=["status"]
+        )
+        if counts is not None:
+            for status in JobStatus:
+                jobs.add_metric([status.value], counts.get(status.value, 0))
+        yield jobs

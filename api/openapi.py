@@ -1,0 +1,497 @@
+"""The OpenAPI 3.1 document (served at ``GET /openapi.json``), generated, never by hand.
+
+Request and response bodies come from the pydantic models that validate and render them
+(``shared.schemas``), through ``model_json_schema``; the limits enforced outside the
+models (prompt length, ``max_new_tokens`` and ``timeout_s`` ceilings, image bytes) come
+from the running process's :class:`Settings`, so the document describes this server, not
+a default one. The multipart form is derived from the JSON body's model: a form field
+is text, so arrays become comma-separated strings and objects JSON strings (both are
+parsed back by the model's own validators).
+
+Every error is documented as ``application/problem+json`` with the :class:`Problem`
+schema and, per status, the stable ``code`` values that route can answer.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from api.errors import PROBLEM_MIMETYPE
+from api.listing import MAX_PAGE
+from shared.images import ACCEPTED_FORMATS
+from shared.models import JobStatus
+from shared.schemas import BatchItem, BatchRequest, EventOut, JobOut, JobRequest
+from shared.settings import Settings
+
+REF = "#/components/schemas/{model}"
+# An 8x8 PNG, so that the examples in the document (and in the docs page) are accepted.
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGOsWHCCARtgwio6aCUAegcB8I7IDX"
+    "wAAAAASUVORK5CYII="
+)
+_IMAGE_TYPES = ", ".join(f"image/{fmt.lower()}" for fmt in ACCEPTED_FORMATS)
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document: every error sightline answers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="``urn:sightline:problem:<code>``.")
+    title: str = Field(description="Short summary; the same for every occurrence of a status.")
+    status: int = Field(description="The HTTP status, repeated.")
+    detail: str = Field(description="What exactly is wrong, for a human.")
+    code: str = Field(description="Stable snake_case identifier, for programs.")
+    instance: str = Field(description="The request path.")
+
+
+class JobSubmission(JobRequest):
+    """``POST /v1/jobs`` as JSON: the job's fields and the image as base64."""
+
+    image: str = Field(
+        min_length=1,
+        description=(
+            f"The image ({', '.join(ACCEPTED_FORMATS)}), base64-encoded, or a "
+            "``data:image/...;base64,`` URL."
+        ),
+        json_schema_extra={"contentEncoding": "base64"},
+        examples=[EXAMPLE_PNG_BASE64],
+    )
+
+
+# Bodies the routes build as dicts; documented here until shared.schemas has them.
+class JobList(BaseModel):
+    """One page of the caller's jobs, newest first."""
+
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as ``cursor`` for the next page.")
+
+
+class Deliveries(BaseModel):
+    """A job's webhook events, each with every delivery attempt."""
+
+    job_id: uuid.UUID
+    events: list[EventOut]
+
+
+class Redelivery(BaseModel):
+    """The events sent again (ids are the ``webhook-id`` consumers de-duplicate on)."""
+
+    job_id: uuid.UUID
+    redelivering: list[str]
+
+
+class Health(BaseModel):
+    """The process is up."""
+
+    status: str
+
+
+class Readiness(BaseModel):
+    """Every dependency answered."""
+
+    status: str
+    checks: dict[str, str]
+
+
+_MODELS: list[type[BaseModel]] = [
+    Problem,
+    JobSubmission,
+    BatchRequest,
+    BatchItem,
+    JobOut,
+    JobList,
+    Deliveries,
+    Redelivery,
+    Health,
+    Readiness,
+]
+
+# Per status, the codes any route may answer; each operation picks the statuses it has.
+_ERROR_CODES = {
+    400: ["invalid_json", "json_too_deep", "json_too_complex", "invalid_multipart",
+          "invalid_base64", "image_missing", "invalid_idempotency_key"],
+    401: ["unauthorized"],
+    404: ["not_found"],
+    409: ["job_finished", "no_webhook_event"],
+    413: ["body_too_large", "image_too_large"],
+    415: ["unsupported_content_type", "unsupported_image_format"],
+    422: ["invalid_fields", "invalid_text", "prompt_too_long", "max_new_tokens_too_large",
+          "max_new_tokens_too_small", "timeout_too_large", "unknown_preset",
+          "schema_too_large", "unsupported_schema", "idempotency_key_reused",
+          "forbidden_destination", "image_empty", "image_undecodable",
+          "image_too_many_pixels", "image_too_many_frames", "invalid_query",
+          "empty_batch", "too_many_items", "no_valid_items", "metadata_too_large",
+          "image_fetch_failed"],
+    503: ["service_unavailable"],
+}  # fmt: skip
+
+
+def build_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a server running with ``settings``."""
+    _, top = models_json_schema([(model, _mode(model)) for model in _MODELS], ref_template=REF)
+    schemas: dict[str, Any] = top["$defs"]
+    _apply_limits(schemas["JobSubmission"], settings)
+    schemas["JobSubmissionForm"] = _form_schema(schemas["JobSubmission"], settings)
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "description": "A job id as returned by ``POST /v1/jobs``; any other value is 404.",
+        "schema": {"type": "string", "format": "uuid"},
+    }
+    batch_id = {
+        "name": "batch_id",
+        "in": "path",
+        "required": True,
+        "description": "A batch id as returned by ``POST /v1/batches``; any other value is 404.",
+        "schema": {"type": "string", "format": "uuid"},
+    }
+    jobs_v1 = "Jobs"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sightline",
+            "version": "1",
+            "summary": "Asynchronous vision-language inference jobs.",
+            "description": (
+                "Submit an image and a prompt; a GPU worker answers. Every error is "
+                "`application/problem+json` (RFC 9457) with a stable `code`."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from ``sightline keys create NAME``.",
+                }
+            },
+        },
+        "paths": {
+            "/v1/jobs": {
+                "post": _operation(
+                    "createJob",
+                    jobs_v1,
+                    "Submit a job",
+                    ok={
+                        202: ("Accepted: the job is queued.", "JobOut", _LOCATION),
+                        200: ("The original job of a repeated Idempotency-Key.", "JobOut", None),
+                    },
+                    errors=[400, 401, 413, 415, 422, 503],
+                    parameters=[_IDEMPOTENCY_KEY],
+                    body=_submission_body(),
+                ),
+                "get": _operation(
+                    "listJobs",
+                    jobs_v1,
+                    "List the caller's jobs, newest first",
+                    ok={200: ("One page of jobs.", "JobList", None)},
+                    errors=[401, 422, 503],
+                    parameters=_list_parameters(),
+                ),
+            },
+            "/v1/jobs/{job_id}": {
+                "parameters": [job_id],
+                "get": _operation(
+                    "getJob",
+                    jobs_v1,
+                    "Read a job",
+                    ok={200: ("The job.", "JobOut", None)},
+                    errors=[401, 404, 503],
+                ),
+                "delete": _operation(
+                    "cancelJob",
+                    jobs_v1,
+                    "Cancel a queued or running job",
+                    ok={200: ("The job, now canceled.", "JobOut", None)},
+                    errors=[401, 404, 409, 503],
+                ),
+            },
+            "/v1/jobs/{job_id}/deliveries": {
+                "parameters": [job_id],
+                "get": _operation(
+                    "listDeliveries",
+                    "Webhooks",
+                    "A job's webhook events and delivery attempts",
+                    ok={200: ("Events, oldest first.", "Deliveries", None)},
+                    errors=[401, 404, 503],
+                ),
+            },
+            "/v1/jobs/{job_id}/deliveries/redeliver": {
+                "parameters": [job_id],
+                "post": _operation(
+                    "redeliver",
+                    "Webhooks",
+                    "Send a job's webhook events again, with the same webhook-id",
+                    ok={202: ("Redelivery queued.", "Redelivery", None)},
+                    errors=[401, 404, 409, 503],
+                ),
+            },
+            "/v1/batches": {
+                "post": _operation(
+                    "createBatch",
+                    "Batches",
+                    "Submit many jobs at once (bulk priority); invalid items are reported",
+                    ok={202: ("Accepted and rejected items, by index.", None, _LOCATION)},
+                    errors=[400, 401, 413, 415, 422, 503],
+                    body=_batch_body(),
+                ),
+            },
+            "/v1/batches/{batch_id}": {
+                "parameters": [batch_id],
+                "get": _operation(
+                    "getBatch",
+                    "Batches",
+                    "A batch's progress and counts by status",
+                    ok={200: ("The batch.", None, None)},
+                    errors=[401, 404, 503],
+                ),
+                "delete": _operation(
+                    "cancelBatch",
+                    "Batches",
+                    "Cancel every unfinished job of a batch",
+                    ok={200: ("The batch, with what was canceled.", None, None)},
+                    errors=[401, 404, 503],
+                ),
+            },
+            "/v1/batches/{batch_id}/results": {
+                "parameters": [batch_id],
+                "get": _operation(
+                    "batchResults",
+                    "Batches",
+                    "Finished items as NDJSON, one line per item in item order",
+                    ok={200: ("Streamed results.", None, None)},
+                    errors=[401, 404, 503],
+                    media_type="application/x-ndjson",
+                ),
+            },
+            "/healthz": {
+                "get": _operation(
+                    "healthz",
+                    "Health",
+                    "Liveness",
+                    ok={200: ("The process is up.", "Health", None)},
+                    errors=[],
+                    public=True,
+                )
+            },
+            "/readyz": {
+                "get": _operation(
+                    "readyz",
+                    "Health",
+                    "Readiness: the database and the broker answer",
+                    ok={200: ("Ready.", "Readiness", None)},
+                    errors=[503],
+                    public=True,
+                )
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "tags": ["Meta"],
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }
+
+
+def _mode(model: type[BaseModel]) -> Any:
+    """Request bodies are documented as validated, responses as serialised."""
+    return "validation" if model in (JobSubmission, BatchRequest, BatchItem) else "serialization"
+
+
+def _apply_limits(schema: dict[str, Any], settings: Settings) -> None:
+    """Write the settings-enforced ceilings into the JSON body's field schemas."""
+    props = schema["properties"]
+    _non_null(props["prompt"])["maxLength"] = settings.max_prompt_chars
+    _non_null(props["max_new_tokens"])["maximum"] = settings.max_new_tokens_limit
+    _non_null(props["timeout_s"])["maximum"] = settings.max_timeout_s
+    props["image"]["description"] += _image_limits(settings)
+
+
+def _image_limits(settings: Settings) -> str:
+    return (
+        f" At most {settings.max_image_bytes} bytes (decoded), "
+        f"{settings.max_image_pixels} pixels and {settings.max_image_frames} frames; "
+        "only the first frame is used."
+    )
+
+
+def _non_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """The non-null branch of an ``X | None`` field's schema (or the schema itself)."""
+    branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+    return branches[0] if len(branches) == 1 else prop
+
+
+def _form_schema(json_body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The multipart form equivalent of the JSON body's schema: a form has no null (a
+    field is left out instead), arrays are comma-separated, objects are JSON text."""
+    form = copy.deepcopy(json_body)
+    form["title"] = "JobSubmissionForm"
+    form["description"] = "``POST /v1/jobs`` as multipart/form-data: an image part and fields."
+    properties: dict[str, Any] = {}
+    for name, prop in form["properties"].items():
+        if name == "image":
+            properties[name] = {
+                "type": "string",
+                "contentMediaType": "application/octet-stream",
+                "format": "binary",  # what Swagger UI turns into a file picker
+                "description": (
+                    f"The image file ({', '.join(ACCEPTED_FORMATS)}); its name and content "
+                    "type are ignored, the bytes decide." + _image_limits(settings)
+                ),
+            }
+            continue
+        value = _non_null(prop)
+        field = {key: prop[key] for key in ("title", "description") if key in prop}
+        if prop.get("default") is not None:
+            field["default"] = prop["default"]
+        if value.get("type") == "array":  # the model's validator splits on commas
+            field["type"] = "string"
+        elif value.get("type") in ("string", "integer", "number", "boolean"):
+            field = {**value, **field}
+        else:  # an object or a union of objects
+            field |= {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": value,
+            }
+        properties[name] = field
+    form["properties"] = properties
+    return form
+
+
+def _submission_body() -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"$ref": REF.format(model="JobSubmissionForm")},
+                "encoding": {"image": {"contentType": _IMAGE_TYPES}},
+            },
+            "application/json": {
+                "schema": {"$ref": REF.format(model="JobSubmission")},
+                "example": {"prompt": "What is in this picture?", "image": EXAMPLE_PNG_BASE64},
+            },
+        },
+    }
+
+
+# Bodies built as dicts without a response model yet (batches): their media type only.
+_UNMODELLED = {
+    "application/json": {"type": "object"},
+    "application/x-ndjson": {"type": "string"},
+}
+
+
+def _batch_body() -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": REF.format(model="BatchRequest")}},
+            "application/x-ndjson": {
+                "schema": {
+                    "type": "string",
+                    "description": (
+                        "One BatchItem (a JSON object) per line; the callback URL goes in "
+                        "the ``callback_url`` query parameter."
+                    ),
+                },
+            },
+        },
+    }
+
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retried submission return the original job (200) instead of a new one; "
+        "1 to 255 printable characters, scoped to the API key."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+_LOCATION = {
+    "Location": {
+        "description": "The job's URL.",
+        "schema": {"type": "string", "format": "uri-reference"},
+    }
+}
+
+
+def _list_parameters() -> list[dict[str, Any]]:
+    def query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "in": "query", "description": description, "schema": schema}
+
+    return [
+        query("status", "Only jobs in this status.", {"enum": [s.value for s in JobStatus]}),
+        query("action", "Only jobs whose preset decided this action.", {"type": "string"}),
+        query(
+            "created_after",
+            "Only jobs created after this ISO 8601 time (with a time zone).",
+            {"type": "string", "format": "date-time"},
+        ),
+        query("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
+        query("cursor", "``next_cursor`` of the previous page.", {"type": "string"}),
+    ]
+
+
+def _operation(
+    operation_id: str,
+    tag: str,
+    summary: str,
+    *,
+    ok: dict[int, tuple[str, str | None, dict[str, Any] | None]],
+    errors: list[int],
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    public: bool = False,
+    media_type: str = "application/json",
+) -> dict[str, Any]:
+    """One operation; ``ok`` maps a success status to (description, response model or
+    None for a body without a model yet, headers)."""
+    responses: dict[str, Any] = {}
+    for status, (description, model, headers) in ok.items():
+        schema = {"$ref": REF.format(model=model)} if model else _UNMODELLED[media_type]
+        response: dict[str, Any] = {
+            "description": description,
+            "content": {media_type: {"schema": schema}},
+        }
+        if headers:
+            response["headers"] = headers
+        responses[str(status)] = response
+    for status in errors:
+        codes = ", ".join(f"`{code}`" for code in _ERROR_CODES[status])
+        responses[str(status)] = {
+            "description": f"Problem; `code` is one of {codes}.",
+            "content": {PROBLEM_MIMETYPE: {"schema": {"$ref": REF.format(model="Problem")}}},
+        }
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [tag],
+        "summary": summary,
+        "security": [] if public else [{"bearerAuth": []}],
+        "responses": responses,
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if body:
+        operation["requestBody"] = body
+    return operation

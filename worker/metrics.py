@@ -1,0 +1,194 @@
+"""Prometheus metrics of the GPU workers, safe across the launcher's child processes.
+
+Each child records into its own :class:`WorkerMetrics`. Under ``sightline worker`` the
+launcher gives its children a fresh ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
+multiprocess mode: every process writes its values to memory-mapped files there) and
+serves the sum over all of them, including children that died and were restarted, on
+``SIGHTLINE_WORKER_METRICS_PORT`` (see :func:`serve`). A child started by hand without
+that directory keeps its values in process memory, unserved.
+
+Every series carries the Celery node name as ``worker`` (``gpu0@host``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from worker.model.base import GenerationRequest, GenerationResult, ModelBackend
+
+if TYPE_CHECKING:
+    from worker.batching import BatchReport
+
+log = logging.getLogger(__name__)
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+
+
+class WorkerMetrics:
+    """The metrics of one worker process (one device, one Celery node).
+
+    Counters and histograms are summed over processes by the launcher; gauges use
+    ``livemostrecent``, so a dead child's values vanish once the launcher marks it dead.
+    """
+
+    def __init__(self, worker: str, device: str) -> None:
+        self.worker = worker
+        self.device = device
+        # Private registry: in multiprocess mode the values live in files the launcher
+        # reads; registering them in the global registry too would only duplicate them.
+        registry = CollectorRegistry()
+        self.jobs_finished = Counter(
+            "sightline_worker_jobs_finished",
+            "Jobs a worker settled, by final status and error code ('' when succeeded).",
+            ["worker", "status", "code"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "sightline_worker_batch_size",
+            "Jobs claimed per batch (one batch per wake-up message that found work).",
+            ["worker"],
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.forward_batch_size = Histogram(
+            "sightline_worker_forward_batch_size",
+            "Requests per forward pass (a batch splits by generation options and on errors).",
+            ["worker"],
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "sightline_worker_queue_wait_seconds",
+            "Time from a job's submission to its claim by a worker.",
+            ["worker"],
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.inference = Histogram(
+            "sightline_worker_inference_seconds",
+            "Duration of one forward pass (generate call); outcome is ok or error.",
+            ["worker", "outcome"],
+            buckets=_INFERENCE_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "sightline_worker_tokens_generated",
+            "New tokens the model generated (reasoning included).",
+            ["worker"],
+            registry=registry,
+        )
+        self.model_load = Gauge(
+            "sightline_worker_model_load_seconds",
+            "How long loading the model and its warm-up pass took at start-up.",
+            ["worker", "device"],
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+        self.gpu_memory = Gauge(
+            "sightline_worker_gpu_memory_bytes",
+            "CUDA memory held by the worker after its last forward pass (kind: "
+            "allocated by tensors, reserved by the caching allocator, peak allocated).",
+            ["worker", "device", "kind"],
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+
+    def observe_batch(self, report: BatchReport) -> None:
+        """Record one batch: its size, each job's wait and final status. A report with no
+        outcomes (a wake-up that found nothing claimable) is not a batch."""
+        if not report.outcomes:
+            return
+        self.batch_size.labels(self.worker).observe(len(report.outcomes))
+        for outcome in report.outcomes:
+            self.jobs_finished.labels(
+                self.worker, outcome.status.value, outcome.error_code or ""
+            ).inc()
+            if outcome.queue_ms is not None:
+                self.queue_wait.labels(self.worker).observe(outcome.queue_ms / 1000)
+
+    def observe_load(self, seconds: float) -> None:
+        self.model_load.labels(self.worker, self.device).set(seconds)
+
+    def observe_pass(
+        self, size: int, seconds: float, results: Sequence[GenerationResult] | None
+    ) -> None:
+        """Record one forward pass of ``size`` requests; ``results`` is ``None`` if it
+        raised."""
+        self.forward_batch_size.labels(self.worker).observe(size)
+        self.inference.labels(self.worker, "error" if results is None else "ok").observe(seconds)
+        if results:
+            self.tokens.labels(self.worker).inc(sum(result.tokens for result in results))
+
+    def sample_gpu_memory(self) -> None:
+        """Read torch's CUDA memory counters for this process's card; nothing on CPU."""
+        if self.device == "cpu":
+            return
+        import torch  # the worker has it loaded already; the launcher must never import it
+
+        if not torch.cuda.is_available():
+            return
+        for kind, value in (
+            ("allocated", torch.cuda.memory_allocated()),
+            ("reserved", torch.cuda.memory_reserved()),
+            ("peak_allocated", torch.cuda.max_memory_allocated()),
+        ):
+            self.gpu_memory.labels(self.worker, self.device, kind).set(value)
+
+
+class InstrumentedBackend:
+    """A :class:`ModelBackend` that times every forward pass into :class:`WorkerMetrics`
+    and samples GPU memory after it; it changes nothing about the pass itself, and a pass
+    that raises is recorded and re-raised."""
+
+    def __init__(self, backend: ModelBackend, metrics: WorkerMetrics) -> None:
+        self._backend = backend
+        self._metrics = metrics
+
+    @property
+    def model_revision(self) -> str:
+        return self._backend.model_revision
+
+    def load(self, device: str) -> None:
+        self._backend.load(device)
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        started = time.monotonic()
+        results: list[GenerationResult] | None = None
+        try:
+            results = self._backend.generate(batch)
+            return results
+        finally:
+            self._metrics.observe_pass(len(batch), time.monotonic() - started, results)
+            try:
+                self._metrics.sample_gpu_memory()
+            except Exception:  # a metric must never fail a batch
+                log.exception("could not read CUDA memory counters")
+
+
+def serve(port: int, directory: Path, *extra: Collector) -> Callable[[], None]:
+    """Serve the sum of every process's metrics in ``directory``, plus the ``extra``
+    collectors (the launcher's own), on ``0.0.0.0:port`` at ``/metrics`` from a daemon
+    thread. Returns a function that stops the server. Raises ``OSError`` if the port is
+    taken."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    for collector in extra:
+        registry.register(collector)
+    server, thread = start_http_server(port, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop
