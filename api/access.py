@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import uuid
+from typing import TypeVar
 
 from api.auth import current_key
 from api.context import services
 from shared.errors import NotFound
-from shared.models import Job
+from shared.models import Batch, Job
+
+Owned = TypeVar("Owned", Job, Batch)
+
+
+def load_owned(model: type[Owned], raw_id: str, noun: str) -> Owned:
+    """The caller's ``model`` row ``raw_id``; :class:`NotFound` for a malformed or unknown
+    id, or a row another key created (its existence is not revealed)."""
+    try:
+        row_id = uuid.UUID(raw_id)
+    except ValueError as exc:
+        raise NotFound(f"no {noun} {raw_id!r}") from exc
+    with services().sessions() as session:
+        row = session.get(model, row_id)
+    if row is None or row.api_key_id != current_key().id:
+        raise NotFound(f"no {noun} {raw_id}")
+    return row
 
 
 def load_job(raw_id: str) -> Job:
-    """The caller's job ``raw_id``; :class:`NotFound` for a malformed or unknown id, or a
-    job another key submitted (its existence is not revealed)."""
-    try:
-        job_id = uuid.UUID(raw_id)
-    except ValueError as exc:
-        raise NotFound(f"no job {raw_id!r}") from exc
-    with services().sessions() as session:
-        job = session.get(Job, job_id)
-    if job is None or job.api_key_id != current_key().id:
-        raise NotFound(f"no job {raw_id}")
-    return job
+    """The caller's job ``raw_id`` (see :func:`load_owned`)."""
+    return load_owned(Job, raw_id, "job")

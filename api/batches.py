@@ -24,6 +24,7 @@ from flask import Blueprint, Response, request, stream_with_context, url_for
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 
+from api.access import load_owned
 from api.auth import authenticate, current_key
 from api.context import Services, services
 from api.submission import build_job
@@ -31,7 +32,6 @@ from shared.batches import batch_summary
 from shared.enqueue import enqueue_events, enqueue_wakeups
 from shared.errors import (
     BadRequest,
-    NotFound,
     SightlineError,
     UnsupportedMediaType,
     ValidationFailed,
@@ -199,15 +199,7 @@ def cancel_batch(batch_id: str) -> Body:
 
 
 def _load(raw_id: str) -> Batch:
-    try:
-        batch_id = uuid.UUID(raw_id)
-    except ValueError as exc:
-        raise NotFound(f"no batch {raw_id!r}") from exc
-    with services().sessions() as session:
-        batch = session.get(Batch, batch_id)
-    if batch is None or batch.api_key_id != current_key().id:
-        raise NotFound(f"no batch {raw_id}")
-    return batch
+    return load_owned(Batch, raw_id, "batch")
 
 
 def _read_items(svc: Services) -> tuple[list[Any], str | None]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from celery import Celery
 from flask import Blueprint
-from kombu.exceptions import ChannelError
 from sqlalchemy import Engine, select, text
 
 from api.context import services
+from shared.broker import queue_depths
 from shared.errors import ServiceUnavailable
 from shared.models import Job, JobStatus, utcnow
 from shared.tasks import GPU_QUEUES
@@ -62,7 +60,7 @@ def readyz() -> dict[str, object]:
         "status": "ready",
         "checks": checks,
         "workers": worker_status(svc.celery, svc.engine),
-        "queues": broker_queue_depths(svc.celery, GPU_QUEUES),
+        "queues": queue_depths(svc.celery, GPU_QUEUES),
     }
 
 
@@ -92,21 +90,3 @@ def worker_status(celery: Celery, engine: Engine) -> dict[str, object]:
             )
         )
     return {"alive": bool(answering or busy), "answering": answering, "busy": busy}
-
-
-def broker_queue_depths(celery: Celery, queues: Iterable[str]) -> dict[str, int] | None:
-    """Messages waiting in each of ``queues`` (a queue the broker has no key for, never
-    used or drained, is 0); ``None`` when the broker cannot be reached."""
-    depths: dict[str, int] = {}
-    try:
-        with celery.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-            for name in queues:
-                with conn.channel() as channel:
-                    try:
-                        depths[name] = channel.queue_declare(queue=name, passive=True).message_count
-                    except ChannelError:
-                        depths[name] = 0
-    except Exception:
-        return None
-    return depths

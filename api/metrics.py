@@ -28,7 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
 from api.context import Services
-from api.health import broker_queue_depths
+from shared.broker import queue_depths
 from shared.logs import configure_logging
 from shared.models import Job, JobStatus
 from shared.tasks import QUEUE_BULK, QUEUE_INTERACTIVE, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS
@@ -133,7 +133,7 @@ class _StateCollector:
         self._services = services
 
     def collect(self) -> Iterator[Metric]:
-        depths = broker_queue_depths(self._services.celery, _QUEUES)
+        depths = queue_depths(self._services.celery, _QUEUES)
         broker_up = GaugeMetricFamily(
             "sightline_broker_up", "1 when this scrape could read the broker's queues."
         )

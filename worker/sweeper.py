@@ -32,6 +32,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import complete_batches
+from shared.broker import queue_depths
 from shared.db import transaction
 from shared.enqueue import enqueue_event, enqueue_events, enqueue_job
 from shared.models import EventStatus, Job, JobStatus, Priority, WebhookEvent, utcnow
@@ -101,7 +102,8 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
     resent = 0
     for priority in Priority:
         queue = queue_for(priority)
-        if _queue_depth(celery, queue) > 0:
+        depth = queue_depths(celery, [queue])
+        if depth is None or depth[queue] > 0:  # broker down, or messages still waiting
             continue
         for job_id in _take_stale(settings, sessions, priority):
             enqueue_job(celery, job_id, priority)
@@ -110,17 +112,6 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
     if report.expired or report.lost or report.webhooks or report.resent:
         log.info("sweep: %s", report)
     return report
-
-
-def _queue_depth(celery: Celery, queue: str) -> int:
-    """Messages waiting in ``queue``; 0 when the broker does not know the queue (after a
-    flush or on a fresh broker: publishing declares it again)."""
-    with celery.connection_for_read() as conn:
-        try:
-            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
-        except conn.channel_errors:
-            return 0
-        return int(declared.message_count)
 
 
 def _take_due_events(settings: Settings, sessions: sessionmaker[Session]) -> list[str]:

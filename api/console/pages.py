@@ -26,13 +26,15 @@ from werkzeug.wrappers import Response as BaseResponse
 from api.console.chart import bar_chart
 from api.console.queries import count_by_status, find_job, list_jobs
 from api.console.signin import current_key, sign_in, sign_out, signed_in_key
-from api.console.status import online_workers, queue_depths, recent_throughput
+from api.console.status import online_workers, recent_throughput
 from api.context import services
 from api.deliveries import job_events, redeliver_events
+from shared.broker import queue_depths
 from shared.enqueue import enqueue_events
 from shared.errors import BadRequest, NotFound, SightlineError
 from shared.lifecycle import cancel_job
 from shared.models import JobStatus, utcnow
+from shared.tasks import GPU_QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,7 @@ def status() -> str:
     return render_template(
         "console/status.html",
         workers=online_workers(svc.celery),
-        queues=queue_depths(svc.celery),
+        queues=queue_depths(svc.celery, GPU_QUEUES),
         throughput=throughput,
         per_minute=per_minute,
         sizes=sizes,

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import Celery
-from kombu.exceptions import ChannelError
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus
-from shared.tasks import QUEUE_BULK, QUEUE_INTERACTIVE
 
 # A broadcast ping waits this long for replies, whatever the number of workers.
 PING_TIMEOUT_S = 0.5
@@ -43,24 +41,6 @@ def online_workers(celery: Celery) -> list[Worker] | None:
         return None
     names = sorted(name for reply in replies for name in reply)
     return [Worker(name=name, device=_device(name)) for name in names]
-
-
-def queue_depths(celery: Celery) -> dict[str, int] | None:
-    """Messages waiting in the ``interactive`` and ``bulk`` queues; ``None`` when the
-    broker cannot be reached. A queue Redis has no key for (never used, or drained) is 0."""
-    depths: dict[str, int] = {}
-    try:
-        with celery.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-            for name in (QUEUE_INTERACTIVE, QUEUE_BULK):
-                with conn.channel() as channel:
-                    try:
-                        depths[name] = channel.queue_declare(queue=name, passive=True).message_count
-                    except ChannelError:
-                        depths[name] = 0
-    except Exception:
-        return None
-    return depths
 
 
 @dataclass(frozen=True)

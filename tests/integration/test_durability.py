@@ -55,13 +55,15 @@ def test_sigkill_mid_batch_three_times_every_job_succeeds_once(pg_stack: Stack) 
     ids = _submit(pg_stack, 60, "[[slow]] describe")
     killed: list[str] = []
     for round_ in range(3):
-        child = pg_stack.start_worker_child(f"victim{round_}@test", **FAST_RECOVERY)
-        _wait_until(lambda: _running(pg_stack))
+        # Not waiting for a ping: a solo worker busy in a batch answers none, and by
+        # then it could have run every job. A running job is the signal to act on.
+        child = pg_stack.start_worker_child(f"victim{round_}@test", ready=False, **FAST_RECOVERY)
+        _wait_until(lambda: _running(pg_stack), timeout_s=120)
         time.sleep(0.3)  # well inside the 1.5 s forward pass
         killed.extend(str(job.id) for job in _running(pg_stack))
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
-    pg_stack.start_worker_child("survivor@test", **FAST_RECOVERY)
+    pg_stack.start_worker_child("survivor@test", ready=False, **FAST_RECOVERY)
 
     done = pg_stack.wait_all(ids, timeout_s=150)
 
