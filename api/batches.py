@@ -132,10 +132,14 @@ def get_batch(batch_id: str) -> Body:
 
 @batches.get("/<batch_id>/results")
 def batch_results(batch_id: str) -> Response:
+    """The batch's finished items as NDJSON (see :func:`export_results`)."""
+    return export_results(_load(batch_id))
+
+
+def export_results(batch: Batch) -> Response:
     """NDJSON, one line per finished item in item order: ``index``, ``id``, ``metadata``,
-    ``status``, ``result``, ``result_json``, ``action``, ``error``. Streamed from the
-    database in chunks, so 50,000 results never sit in memory at once."""
-    batch = _load(batch_id)
+    ``status``, ``result``, ``result_json``, ``action``, ``cached``, ``error``. Streamed
+    from the database in chunks, so 50,000 results never sit in memory at once."""
     sessions = services().sessions
 
     def lines() -> Iterator[str]:

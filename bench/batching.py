@@ -51,7 +51,9 @@ def bare_model(model: Path, jobs: int, tokens: int, batch: int) -> float:
     started = time.perf_counter()
     for start in range(0, jobs, batch):
         backend.generate(requests[start : start + batch])
-    return jobs / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    print(f"  (bare, batch {batch}: mean forward pass {1000 * elapsed * batch / jobs:.0f} ms)")
+    return jobs / elapsed
 
 
 def system(stack: Stack, jobs: int, tokens: int, batch: int) -> tuple[float, dict[int, int]]:
@@ -67,6 +69,11 @@ def system(stack: Stack, jobs: int, tokens: int, batch: int) -> tuple[float, dic
     ]
     done = [client.wait(job_id, timeout_s=600, poll_s=0.5) for job_id in ids]
     stack.stop_workers()
+    passes = [j["inference_ms"] for j in done if j["batch_size"] == batch and j["inference_ms"]]
+    if passes:
+        print(
+            f"  (system, batch {batch}: median forward pass {sorted(passes)[len(passes) // 2]} ms)"
+        )
     assert all(job["status"] == "succeeded" for job in done), "every job must succeed"
     last = max(datetime.fromisoformat(job["finished_at"]) for job in done)
     sizes: dict[int, int] = {}

@@ -19,24 +19,30 @@ from flask import (
     request,
     url_for,
 )
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from api.batches import export_results
 from api.console.chart import bar_chart
-from api.console.queries import count_by_status, find_job, list_jobs
+from api.console.queries import count_by_status, find_batch, find_job, list_jobs
 from api.console.signin import current_key, sign_in, sign_out, signed_in_key
 from api.console.status import online_workers, recent_throughput
 from api.context import services
 from api.deliveries import job_events, redeliver_events
+from shared.batches import batch_summary
 from shared.broker import queue_depths
 from shared.enqueue import enqueue_events
 from shared.errors import BadRequest, NotFound, SightlineError
 from shared.lifecycle import cancel_job
-from shared.models import JobStatus, utcnow
+from shared.models import Batch, JobStatus, utcnow
 from shared.tasks import GPU_QUEUES
 
 log = logging.getLogger(__name__)
+
+# The Batches page shows this many, newest first.
+BATCHES_SHOWN = 50
 
 pages = Blueprint("pages", __name__)
 
@@ -170,8 +176,26 @@ def redeliver(job_id: str) -> BaseResponse:
 
 @pages.get("/batches")
 def batches() -> str:
-    """Bulk batches do not exist yet: the page explains that instead of showing nothing."""
-    return render_template("console/batches.html")
+    """The key's newest batches with a progress bar and counts by status each."""
+    with services().sessions() as db:
+        rows = db.scalars(
+            select(Batch)
+            .where(Batch.api_key_id == current_key().id)
+            .order_by(Batch.created_at.desc())
+            .limit(BATCHES_SHOWN)
+        ).all()
+        summaries = [batch_summary(db, batch) for batch in rows]
+    return render_template("console/batches.html", batches=summaries, shown=BATCHES_SHOWN)
+
+
+@pages.get("/batches/<batch_id>/results.ndjson")
+def batch_results_download(batch_id: str) -> Response:
+    """The batch's finished items as NDJSON (the API's export), as a file download."""
+    with services().sessions() as db:
+        batch = find_batch(db, current_key(), batch_id)
+    response = export_results(batch)
+    response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch_id}.ndjson"'
+    return response
 
 
 @pages.get("/status")

@@ -15,7 +15,7 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.errors import BadRequest, NotFound
-from shared.models import ApiKey, Job, JobStatus
+from shared.models import ApiKey, Batch, Job, JobStatus
 
 PAGE_SIZE = 25
 
@@ -94,3 +94,15 @@ def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     if created_at.tzinfo is None:
         raise BadRequest(f"the page cursor {cursor!r} is malformed", code="bad_cursor")
     return created_at, job_id
+
+
+def find_batch(db: Session, key: ApiKey, raw_id: str) -> Batch:
+    """Batch ``raw_id`` if ``key`` created it; :class:`NotFound` otherwise (as the API)."""
+    try:
+        batch_id = uuid.UUID(raw_id)
+    except ValueError as exc:
+        raise NotFound(f"no batch {raw_id!r}") from exc
+    batch = db.get(Batch, batch_id)
+    if batch is None or batch.api_key_id != key.id:
+        raise NotFound(f"no batch {raw_id}")
+    return batch

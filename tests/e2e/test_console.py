@@ -105,7 +105,20 @@ def test_ask_shows_the_answer_live_then_jobs_detail_and_status(page: Page, pg_st
     screenshot(page, "status")
 
     page.goto("/console/batches")
-    expect(page.get_by_role("heading", name="Bulk batches are not available yet")).to_be_visible()
+    expect(page.get_by_role("heading", name="No batches yet")).to_be_visible()
+    batch = pg_stack.client().batch(
+        [
+            {"image": make_image(60 + i), "prompt": f"batch item {i}", "metadata": {"n": i}}
+            for i in range(3)
+        ]
+    )
+    pg_stack.client().wait_batch(batch["id"], timeout_s=120, poll_s=0.2)
+    page.goto("/console/batches")
+    expect(page.get_by_text("3 of 3 items finished")).to_be_visible()
+    expect(page.locator("progress")).to_have_attribute("value", "3")
+    download = page.request.get(f"/console/batches/{batch['id']}/results.ndjson")
+    lines = [json.loads(line) for line in download.text().splitlines()]
+    assert [line["metadata"] for line in lines] == [{"n": 0}, {"n": 1}, {"n": 2}]
     screenshot(page, "batches")
 
     page.set_viewport_size(PHONE)
