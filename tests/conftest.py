@@ -15,6 +15,15 @@ from tests.services import postgres_server, scratch_database
 from tests.stack import Stack
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--blob-store",
+        choices=("local", "s3"),
+        default="local",
+        help="where every stack keeps its images: a directory, or the loopback S3 server",
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny GLM-4V checkpoint, built once per test session."""
@@ -84,7 +93,7 @@ def _stacks(
                 broker = f"redis://127.0.0.1:{redis_server.port}/{len(started) + 1}"
                 workdir = tmp_path_factory.mktemp(f"stack-{kind}")
                 blobs = str(workdir / "blobs")
-                if kind == "s3":
+                if kind == "s3" or request.config.getoption("--blob-store") == "s3":
                     blobs = f"{request.getfixturevalue('s3_blob_url')}/{workdir.name}"
                 if kind == "sqlite":
                     url = f"sqlite:///{workdir / 'sightline.db'}"

@@ -34,7 +34,10 @@ def torch_device(device: str) -> str:
 
 
 def load_backend(settings: Settings, device: str) -> ModelBackend:
-    """Load the model on ``device`` and run one tiny warm-up pass before any real work."""
+    """Load the model on ``device`` and warm it up before any real work: one pass of a
+    single request, then one of a full batch (``max_batch_size``), each a few tokens. The
+    first pass at a new batch shape pays for kernel selection and memory allocation (on
+    CPU it ran about twice as long as the next); better here than in a caller's job."""
     from worker.model.hf import TransformersBackend
 
     started = time.monotonic()
@@ -44,11 +47,12 @@ def load_backend(settings: Settings, device: str) -> ModelBackend:
         backend = FaultInjectingBackend(backend)
     backend.load(torch_device(device))
     warm = GenerationRequest(
-        image=Image.new("RGB", (64, 64), (127, 127, 127)),
+        image=Image.new("RGB", (224, 224), (127, 127, 127)),
         prompt="warm-up",
-        options=GenerationOptions(max_new_tokens=1),
+        options=GenerationOptions(max_new_tokens=2),
     )
     backend.generate([warm])
+    backend.generate([warm] * settings.max_batch_size)
     elapsed = time.monotonic() - started
     log.info(
         "model %s loaded on %s in %.1f s",

@@ -13,8 +13,8 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
+import fsspec
 import requests
 from sqlalchemy import select
 
@@ -97,8 +97,8 @@ def test_bad_image_and_oom_fail_alone_in_a_batch_of_eight(pg_stack: Stack) -> No
     ids.insert(5, oom)
     # The API only accepts images that decode, so break one in the store afterwards.
     broken = pg_stack.jobs([ids[2]])[0]
-    blob = Path(pg_stack.settings.blob_url) / broken.image_key
-    blob.write_bytes(b"\x89PNG\r\n\x1a\n this is no longer an image")
+    store, root = fsspec.core.url_to_fs(pg_stack.settings.blob_url)  # a directory or S3
+    store.pipe_file(f"{root}/{broken.image_key}", b"\x89PNG\r\n\x1a\n this is no longer an image")
     pg_stack.start_worker(**FAST_RECOVERY)
 
     done = {job["id"]: job for job in pg_stack.wait_all(ids)}
