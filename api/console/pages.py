@@ -34,7 +34,7 @@ from api.deliveries import job_events, redeliver_events
 from shared.batches import batch_summary
 from shared.broker import queue_depths
 from shared.enqueue import enqueue_events
-from shared.errors import BadRequest, NotFound, SightlineError
+from shared.errors import NotFound, SightlineError
 from shared.lifecycle import cancel_job
 from shared.models import Batch, JobStatus, utcnow
 from shared.tasks import GPU_QUEUES
@@ -105,22 +105,21 @@ def ask() -> str:
 
 @pages.get("/jobs")
 def jobs() -> str:
-    """The signed-in key's jobs, newest first, filtered by ``status``, ``cursor`` paged."""
-    raw_status = request.args.get("status") or None
-    try:
-        status = JobStatus(raw_status) if raw_status else None
-    except ValueError as exc:
-        raise BadRequest(f"unknown status {raw_status!r}", code="bad_status") from exc
+    """The signed-in key's jobs, newest first, filtered like ``GET /v1/jobs`` (status,
+    action, batch, created after) and paged by cursor."""
+    args = {name: value for name, value in request.args.items() if value}
     with services().sessions() as db:
-        page = list_jobs(db, current_key(), status, request.args.get("cursor") or None)
+        page = list_jobs(db, current_key(), args)
         counts = count_by_status(db, current_key())
     return render_template(
         "console/jobs.html",
         page=page,
-        status=status,
+        status=JobStatus(args["status"]) if "status" in args else None,
+        action=args.get("action"),
+        batch_id=args.get("batch_id"),
         counts=counts,
         statuses=list(JobStatus),
-        first_page=request.args.get("cursor") is None,
+        first_page="cursor" not in args,
     )
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from shared.errors import BadRequest, NotFound
+from api.listing import JobFilter, encode_cursor
+from shared.errors import NotFound
 from shared.models import ApiKey, Batch, Job, JobStatus
 
 PAGE_SIZE = 25
@@ -48,27 +48,16 @@ class JobPage:
     next_cursor: str | None
 
 
-def list_jobs(db: Session, key: ApiKey, status: JobStatus | None, cursor: str | None) -> JobPage:
-    """Up to :data:`PAGE_SIZE` of ``key``'s jobs (only ``status`` ones if given), newest
-    first, after ``cursor`` (from a previous page; :class:`BadRequest` if malformed).
-
-    Keyset pagination on ``(created_at, id)``: a page costs the same however deep it is,
-    and jobs submitted meanwhile do not shift later pages.
-    """
-    query = visible_jobs(key)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if cursor is not None:
-        created_at, job_id = _parse_cursor(cursor)
-        query = query.where(
-            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
-        )
-    rows = list(
-        db.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(PAGE_SIZE + 1))
-    )
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
-    return JobPage(jobs=rows, next_cursor=_cursor(rows[-1]) if more else None)
+def list_jobs(db: Session, key: ApiKey, args: dict[str, str]) -> JobPage:
+    """One page of ``key``'s jobs for the query ``args`` — the API's own filters
+    (``status``, ``action``, ``batch_id``, ``created_after``, ``cursor``) and keyset
+    pagination (:class:`api.listing.JobFilter`), :data:`PAGE_SIZE` per page; 422 for a
+    bad filter, as the API."""
+    wanted = JobFilter.parse({"limit": str(PAGE_SIZE), **args})
+    rows = list(db.scalars(wanted.query(key.id)))
+    more = len(rows) > wanted.limit
+    rows = rows[: wanted.limit]
+    return JobPage(jobs=rows, next_cursor=encode_cursor(rows[-1]) if more else None)
 
 
 def count_by_status(db: Session, key: ApiKey) -> dict[JobStatus, int]:
@@ -78,22 +67,6 @@ def count_by_status(db: Session, key: ApiKey) -> dict[JobStatus, int]:
     counts = dict.fromkeys(JobStatus, 0)
     counts.update({JobStatus(status): count for status, count in rows})
     return counts
-
-
-def _cursor(job: Job) -> str:
-    return f"{job.created_at.isoformat()}_{job.id}"
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created, _, raw_id = cursor.partition("_")
-    try:
-        created_at = datetime.fromisoformat(created)
-        job_id = uuid.UUID(raw_id)
-    except ValueError as exc:
-        raise BadRequest(f"the page cursor {cursor!r} is malformed", code="bad_cursor") from exc
-    if created_at.tzinfo is None:
-        raise BadRequest(f"the page cursor {cursor!r} is malformed", code="bad_cursor")
-    return created_at, job_id
 
 
 def find_batch(db: Session, key: ApiKey, raw_id: str) -> Batch:
