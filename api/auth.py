@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import g, request
 
 from api.context import services
+from api.limits import enforce_rate
 from shared.errors import Unauthorized
 from shared.keys import find_active_key
 from shared.models import ApiKey
@@ -19,7 +20,8 @@ def authenticate() -> None:
     with services().sessions() as session:
         row = find_active_key(session, key.strip())
     if row is None:
-        raise Unauthorized("the API key is unknown or revoked")
+        raise Unauthorized("the API key is unknown, revoked or expired")
+    enforce_rate(services(), services().counters, row)
     g.api_key = row
 
 

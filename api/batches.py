@@ -27,6 +27,7 @@ from sqlalchemy import insert, select, update
 from api.access import load_owned
 from api.auth import authenticate, current_key
 from api.context import Services, services
+from api.limits import enforce_queue_cap
 from api.submission import build_job
 from shared.batches import batch_summary
 from shared.enqueue import enqueue_events, enqueue_wakeups
@@ -90,6 +91,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     )
     for job in new_jobs:
         job.batch_id = batch.id
+    enforce_queue_cap(svc, key, adding=len(new_jobs))
     svc.blobs.sync()
     with svc.sessions() as session, session.begin():
         session.add(batch)

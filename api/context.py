@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 from celery import Celery
 from flask import current_app
 from sqlalchemy import Engine
@@ -28,6 +29,7 @@ class Services:
     celery: Celery
     outbound: OutboundPolicy
     presets: dict[str, Preset]
+    counters: redis.Redis
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -40,6 +42,10 @@ class Services:
             celery=create_celery(settings),
             outbound=OutboundPolicy.from_setting(settings.outbound_allowlist),
             presets=load_presets(settings.presets_path),
+            # Rate-limit counters live in the broker's Redis; connecting is lazy.
+            counters=redis.Redis.from_url(
+                settings.broker_url, socket_timeout=1, socket_connect_timeout=1
+            ),
         )
 
 

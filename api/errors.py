@@ -15,7 +15,7 @@ from flask import Flask, Response, json, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import PayloadTooLarge, ServiceUnavailable, SightlineError
+from shared.errors import PayloadTooLarge, ServiceUnavailable, SightlineError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,10 @@ def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> Re
 
 
 def _from_sightline(exc: SightlineError) -> Response:
-    return problem(exc.status, exc.title, exc.detail, exc.code, **exc.extra)
+    response = problem(exc.status, exc.title, exc.detail, exc.code, **exc.extra)
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _from_http(exc: HTTPException) -> Response:

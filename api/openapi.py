@@ -128,6 +128,7 @@ _ERROR_CODES = {
           "image_too_many_pixels", "image_too_many_frames", "invalid_query",
           "empty_batch", "too_many_items", "no_valid_items", "metadata_too_large",
           "image_fetch_failed"],
+    429: ["rate_limited", "queue_full"],
     503: ["service_unavailable"],
 }  # fmt: skip
 
@@ -477,12 +478,20 @@ def _operation(
         if headers:
             response["headers"] = headers
         responses[str(status)] = response
-    for status in errors:
+    # Every authenticated route counts against the key's rate limit.
+    for status in [*errors, *([] if public else [429])]:
         codes = ", ".join(f"`{code}`" for code in _ERROR_CODES[status])
         responses[str(status)] = {
             "description": f"Problem; `code` is one of {codes}.",
             "content": {PROBLEM_MIMETYPE: {"schema": {"$ref": REF.format(model="Problem")}}},
         }
+        if status == 429:
+            responses["429"]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            }
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "tags": [tag],

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.context import Services
 from api.job_input import JobInput
+from api.limits import enforce_queue_cap
 from shared.enqueue import enqueue_job
 from shared.errors import BadRequest, ValidationFailed
 from shared.images import normalise_image
@@ -48,6 +49,7 @@ def submit_job(
         earlier = _earlier(svc, key, idempotency_key, job.request_sha256)
         if earlier is not None:
             return earlier, False
+    enforce_queue_cap(svc, key, adding=1)
     try:
         with svc.sessions() as session, session.begin():
             session.add(job)

@@ -28,7 +28,14 @@ def _keys_create(args: argparse.Namespace) -> int:
 
     engine = create_engine_for(Settings())
     with transaction(session_factory(engine)) as session:
-        row, key = create_key(session, args.name, callback_url=args.callback_url)
+        row, key = create_key(
+            session,
+            args.name,
+            callback_url=args.callback_url,
+            expires_in_s=args.expires_in,
+            rate_limit=args.rate_limit,
+            max_queued=args.max_queued,
+        )
         info = {
             "id": str(row.id),
             "name": row.name,
@@ -43,6 +50,52 @@ def _keys_create(args: argparse.Namespace) -> int:
         print(f"API key {info['name']!r} ({info['id']}); shown once, store them now:")
         print(f"key:            {key}")
         print(f"webhook secret: {row.webhook_secret}")
+    return 0
+
+
+def _rate(value: str) -> str:
+    from api.limits import parse_rate
+
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from shared.db import create_engine_for, session_factory
+    from shared.keys import list_keys
+
+    engine = create_engine_for(Settings())
+    with session_factory(engine)() as session:
+        rows = list_keys(session)
+    engine.dispose()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        state = "revoked" if row["revoked_at"] else "active"
+        expiry = f", expires {row['expires_at']}" if row["expires_at"] else ""
+        print(f"{row['prefix']}…  {row['name']}  ({state}{expiry})  {row['id']}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from shared.db import create_engine_for, session_factory, transaction
+    from shared.keys import find_key, revoke_key
+
+    engine = create_engine_for(Settings())
+    try:
+        with transaction(session_factory(engine)) as session:
+            row = find_key(session, args.key)
+            revoke_key(session, row)
+            print(f"revoked {row.name!r} ({row.id})")
+    except LookupError as exc:
+        print(f"sightline: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
     return 0
 
 
@@ -158,7 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print one JSON object")
     create.add_argument("--callback-url", help="default webhook URL for this key's jobs")
+    create.add_argument("--expires-in", type=float, help="seconds until the key stops working")
+    create.add_argument("--rate-limit", type=_rate, help="N/S: at most N requests per S seconds")
+    create.add_argument("--max-queued", type=int, help="jobs this key may have waiting at once")
     create.set_defaults(run=_keys_create)
+    listing = keys.add_parser("list", help="keys by name and prefix (never the keys)")
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+    listing.set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key now")
+    revoke.add_argument("key", help="the key's id or name")
+    revoke.set_defaults(run=_keys_revoke)
     rotate = keys.add_parser("rotate-secret", help="new webhook signing secret (shown once)")
     rotate.add_argument("key", help="the key's id or name")
     rotate.add_argument("--json", action="store_true", help="print one JSON object")

@@ -84,6 +84,18 @@ class ValidationFailed(SightlineError):
     title = "Validation failed"
 
 
+class TooManyRequests(SightlineError):
+    """A rate limit or queue cap is reached; ``retry_after`` is seconds to wait."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(detail, code=code, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(SightlineError):
     """A dependency (database, broker) cannot be reached right now; retry later."""
 

@@ -26,10 +26,18 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(session: Session, name: str, callback_url: str | None = None) -> tuple[ApiKey, str]:
-    """Create and add an API key named ``name`` (with a fresh webhook secret and an
-    optional default ``callback_url``); returns the row and the plaintext key, which is
-    never stored and cannot be recovered later."""
+def create_key(
+    session: Session,
+    name: str,
+    callback_url: str | None = None,
+    *,
+    expires_in_s: float | None = None,
+    rate_limit: str | None = None,
+    max_queued: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create and add an API key named ``name`` (with a fresh webhook secret, an optional
+    default ``callback_url``, lifetime, rate limit ``"N/S"`` and queue cap); returns the
+    row and the plaintext key, which is never stored and cannot be recovered later."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
         name=name,
@@ -38,6 +46,13 @@ def create_key(session: Session, name: str, callback_url: str | None = None) -> 
         created_at=datetime.now(UTC),
         webhook_secret=new_secret(),
         callback_url=callback_url,
+        expires_at=(
+            datetime.now(UTC) + timedelta(seconds=expires_in_s)
+            if expires_in_s is not None
+            else None
+        ),
+        rate_limit=rate_limit,
+        max_queued=max_queued,
     )
     session.add(row)
     session.flush()
@@ -66,8 +81,33 @@ def rotate_webhook_secret(session: Session, row: ApiKey, grace_s: int) -> str:
 
 
 def find_active_key(session: Session, key: str) -> ApiKey | None:
-    """The unrevoked key row matching ``key``, or ``None``."""
+    """The key row matching ``key`` if it is neither revoked nor expired, else ``None``."""
     row = session.scalars(select(ApiKey).where(ApiKey.key_sha256 == hash_key(key))).one_or_none()
     if row is None or row.revoked_at is not None:
         return None
+    if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+        return None
     return row
+
+
+def revoke_key(session: Session, row: ApiKey) -> None:
+    """Revoke ``row`` now: every request with it answers 401 from then on."""
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+    session.flush()
+
+
+def list_keys(session: Session) -> list[dict[str, str | None]]:
+    """Every key by name and prefix with its dates; never the hash, key or secret."""
+    rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
+    return [
+        {
+            "id": str(row.id),
+            "name": row.name,
+            "prefix": row.prefix,
+            "created_at": row.created_at.isoformat(),
+            "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        }
+        for row in rows
+    ]

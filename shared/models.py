@@ -99,7 +99,9 @@ class ApiKey(Base):
     ``webhook_secret`` (``whsec_…``) signs this caller's webhooks and must be kept in
     clear to compute signatures. After a rotation the previous secret keeps signing too
     (both signatures are sent) until ``previous_secret_expires_at``. ``callback_url`` is
-    the default destination for jobs submitted without one.
+    the default destination for jobs submitted without one. A key past ``expires_at`` is
+    refused like a revoked one. ``rate_limit`` (``"N/S"``: N requests per S seconds) and
+    ``max_queued`` (jobs waiting at once) override the server-wide defaults.
     """
 
     __tablename__ = "api_keys"
@@ -114,6 +116,9 @@ class ApiKey(Base):
     previous_webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rate_limit: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    max_queued: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Batch(Base):
@@ -213,6 +218,7 @@ class Job(Base):
         # Listing: newest first per caller, keyset on (created_at, id).
         Index("ix_jobs_listing", "api_key_id", "created_at", "id"),
         Index("ix_jobs_batch", "batch_id", "item_index"),
+        Index("ix_jobs_key_status", "api_key_id", "status"),
         # The result cache: a finished job with the same request and model revision.
         Index("ix_jobs_cache", "cache_key", "model_revision", "finished_at"),
     )

@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     image_fetch_concurrency: int = Field(
         default=8, ge=1, le=64, description="Parallel image_url downloads per batch request."
     )
+    rate_limit: str = Field(
+        default="6000/60",
+        pattern=r"^\d+/\d+$",
+        description="Requests per API key: 'N/S' = N per S seconds (0/… disables).",
+    )
+    max_queued_jobs: int = Field(
+        default=100_000, ge=0, description="Jobs one API key may have waiting (0: no cap)."
+    )
     fault_injection: bool = Field(
         default=False,
         description="Tests only: [[oom]], [[crash]], [[slow]] prompts misbehave (worker.faults).",
