@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from shared.models import Job
 from worker.batching import AfterCommit
-from worker.model.base import GenerationRequest, GenerationResult, ModelBackend
+from worker.model.base import BackendWrapper, GenerationRequest, GenerationResult
 
 SLOW_PASS_S = 1.5
 
@@ -26,18 +26,8 @@ class SimulatedOutOfMemory(RuntimeError):
     """Raised in place of ``torch.OutOfMemoryError`` by a batch holding ``[[oom]]``."""
 
 
-class FaultInjectingBackend:
-    """A :class:`ModelBackend` that obeys the fault markers, then delegates."""
-
-    def __init__(self, backend: ModelBackend) -> None:
-        self._backend = backend
-
-    @property
-    def model_revision(self) -> str:
-        return self._backend.model_revision
-
-    def load(self, device: str) -> None:
-        self._backend.load(device)
+class FaultInjectingBackend(BackendWrapper):
+    """A backend that obeys the fault markers, then delegates."""
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         prompts = [request.prompt for request in batch]

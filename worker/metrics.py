@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.model.base import GenerationRequest, GenerationResult, ModelBackend
+from worker.model.base import BackendWrapper, GenerationRequest, GenerationResult, ModelBackend
 
 if TYPE_CHECKING:
     from worker.batching import BatchReport
@@ -145,21 +145,14 @@ class WorkerMetrics:
             self.gpu_memory.labels(self.worker, self.device, kind).set(value)
 
 
-class InstrumentedBackend:
+class InstrumentedBackend(BackendWrapper):
     """A :class:`ModelBackend` that times every forward pass into :class:`WorkerMetrics`
     and samples GPU memory after it; it changes nothing about the pass itself, and a pass
     that raises is recorded and re-raised."""
 
     def __init__(self, backend: ModelBackend, metrics: WorkerMetrics) -> None:
-        self._backend = backend
+        super().__init__(backend)
         self._metrics = metrics
-
-    @property
-    def model_revision(self) -> str:
-        return self._backend.model_revision
-
-    def load(self, device: str) -> None:
-        self._backend.load(device)
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         started = time.monotonic()

@@ -81,3 +81,21 @@ class ModelBackend(Protocol):
     def load(self, device: str) -> None: ...
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+class BackendWrapper:
+    """A :class:`ModelBackend` around another that delegates everything; subclasses
+    override :meth:`generate` to add behaviour (fault injection, metrics) around it."""
+
+    def __init__(self, backend: ModelBackend) -> None:
+        self._backend = backend
+
+    @property
+    def model_revision(self) -> str:
+        return self._backend.model_revision
+
+    def load(self, device: str) -> None:
+        self._backend.load(device)
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        return self._backend.generate(batch)
