@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ class Stack:
         """Run ``sightline ARGS`` with this stack's settings; returns its stdout."""
         done = subprocess.run(
             sightline_command(*args),
-            env={**_base_env(), **self.env},
+            env={**os.environ, **self.env},
             capture_output=True,
             text=True,
             check=False,
@@ -186,9 +187,3 @@ class Stack:
             stop(self.api)
         self.redis.close()
         self.engine.dispose()
-
-
-def _base_env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
