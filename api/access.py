@@ -15,14 +15,14 @@ Owned = TypeVar("Owned", Job, Batch)
 
 def load_owned(model: type[Owned], raw_id: str, noun: str) -> Owned:
     """The caller's ``model`` row ``raw_id``; :class:`NotFound` for a malformed or unknown
-    id, or a row another key created (its existence is not revealed)."""
+    id, or another tenant's row (its existence is not revealed)."""
     try:
         row_id = uuid.UUID(raw_id)
     except ValueError as exc:
         raise NotFound(f"no {noun} {raw_id!r}") from exc
     with services().sessions() as session:
         row = session.get(model, row_id)
-    if row is None or row.api_key_id != current_key().id:
+    if row is None or row.tenant_id != current_key().tenant_id:
         raise NotFound(f"no {noun} {raw_id}")
     return row
 

@@ -83,6 +83,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         )
     batch = Batch(
         id=uuid.uuid4(),
+        tenant_id=key.tenant_id,
         api_key_id=key.id,
         created_at=utcnow(),
         items_submitted=len(raw_items),
@@ -297,14 +298,14 @@ def _image_of(svc: Services, item: BatchItem, http: requests.Session) -> bytes:
 def _existing(
     svc: Services, key: ApiKey, jobs: list[tuple[int, Job]]
 ) -> dict[str | None, uuid.UUID]:
-    """Jobs this key already has under the items' idempotency keys."""
+    """Jobs the key's tenant already has under the items' idempotency keys."""
     wanted = [job.idempotency_key for _, job in jobs if job.idempotency_key is not None]
     found: dict[str | None, uuid.UUID] = {}
     with svc.sessions() as session:
         for start in range(0, len(wanted), INSERT_CHUNK):
             rows = session.execute(
                 select(Job.idempotency_key, Job.id).where(
-                    Job.api_key_id == key.id,
+                    Job.tenant_id == key.tenant_id,
                     Job.idempotency_key.in_(wanted[start : start + INSERT_CHUNK]),
                 )
             ).tuples()

@@ -46,7 +46,7 @@ def list_jobs() -> Body:
     ``next_cursor`` is null on the last page."""
     wanted = JobFilter.parse(request.args.to_dict())
     with services().sessions() as session:
-        rows = list(session.scalars(wanted.query(current_key().id)))
+        rows = list(session.scalars(wanted.query(current_key().tenant_id)))
     page, more = rows[: wanted.limit], len(rows) > wanted.limit
     return {
         "jobs": [_render(job) for job in page],

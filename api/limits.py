@@ -4,7 +4,7 @@ The rate limit is a fixed window counted in Redis (the broker's server), shared 
 API process: ``N/S`` allows N requests per key in each S-second window. If Redis cannot
 be reached the request is let through (and logged): a broker outage must not also take
 the API down, and submissions are safe in the database meanwhile. The queue cap counts
-the key's queued jobs in the database at each submission.
+the tenant's queued jobs in the database at each submission.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def enforce_rate(svc: Services, client: redis.Redis, key: ApiKey) -> None:
 
 def enforce_queue_cap(svc: Services, key: ApiKey, adding: int) -> None:
     """:class:`TooManyRequests` (``queue_full``) if ``adding`` more jobs would take the
-    key's queued jobs past its cap."""
+    queued jobs of ``key``'s tenant past the key's cap."""
     cap = key.max_queued if key.max_queued is not None else svc.settings.max_queued_jobs
     if cap == 0:
         return
@@ -68,11 +68,11 @@ def enforce_queue_cap(svc: Services, key: ApiKey, adding: int) -> None:
         queued = session.scalar(
             select(func.count())
             .select_from(Job)
-            .where(Job.api_key_id == key.id, Job.status == JobStatus.QUEUED)
+            .where(Job.tenant_id == key.tenant_id, Job.status == JobStatus.QUEUED)
         )
     if (queued or 0) + adding > cap:
         raise TooManyRequests(
-            f"{queued} jobs already queued for this key; the cap is {cap}",
+            f"{queued} jobs already queued for this tenant; this key's cap is {cap}",
             retry_after=QUEUE_CAP_RETRY_S,
             code="queue_full",
         )

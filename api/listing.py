@@ -70,9 +70,10 @@ class JobFilter:
             after=decode_cursor(args["cursor"]) if "cursor" in args else None,
         )
 
-    def query(self, api_key_id: uuid.UUID) -> Select[tuple[Job]]:
-        """One page (plus one row, to know whether another page follows)."""
-        query = select(Job).where(Job.api_key_id == api_key_id)
+    def query(self, tenant_id: uuid.UUID) -> Select[tuple[Job]]:
+        """One page of ``tenant_id``'s jobs (plus one row, to know whether another page
+        follows)."""
+        query = select(Job).where(Job.tenant_id == tenant_id)
         if self.status is not None:
             query = query.where(Job.status == self.status)
         if self.action is not None:

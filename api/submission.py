@@ -37,7 +37,7 @@ def submit_job(
 ) -> tuple[Job, bool]:
     """Accept ``submitted`` for ``key``; returns ``(job, created)``.
 
-    With an ``idempotency_key`` already used by this API key, the original job is
+    With an ``idempotency_key`` already used in this key's tenant, the original job is
     returned (``created`` False) if the request is the same, and 422 is raised if it is
     not. Field limits raise 422, image problems their 4xx (see ``shared.images``).
     """
@@ -103,6 +103,7 @@ def build_job(
     now = utcnow()
     return Job(
         id=uuid.uuid4(),
+        tenant_id=key.tenant_id,
         api_key_id=key.id,
         status=JobStatus.QUEUED,
         priority=priority,
@@ -256,7 +257,9 @@ def _earlier(
 ) -> Job | None:
     with svc.sessions() as session:
         job = session.scalars(
-            select(Job).where(Job.api_key_id == key.id, Job.idempotency_key == idempotency_key)
+            select(Job).where(
+                Job.tenant_id == key.tenant_id, Job.idempotency_key == idempotency_key
+            )
         ).one_or_none()
     if job is not None and job.request_sha256 != fingerprint:
         raise ValidationFailed(

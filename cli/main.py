@@ -22,34 +22,51 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_downgrade(args: argparse.Namespace) -> int:
+    from migrations import downgrade
+
+    downgrade(Settings(), args.revision)
+    print(f"database is at revision {args.revision}")
+    return 0
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     from shared.db import create_engine_for, session_factory, transaction
     from shared.keys import create_key
 
     engine = create_engine_for(Settings())
-    with transaction(session_factory(engine)) as session:
-        row, key = create_key(
-            session,
-            args.name,
-            callback_url=args.callback_url,
-            expires_in_s=args.expires_in,
-            rate_limit=args.rate_limit,
-            max_queued=args.max_queued,
-        )
-        info = {
-            "id": str(row.id),
-            "name": row.name,
-            "key": key,
-            "webhook_secret": row.webhook_secret,
-            "callback_url": row.callback_url,
-        }
-    engine.dispose()
+    try:
+        with transaction(session_factory(engine)) as session:
+            row, key = create_key(
+                session,
+                args.name,
+                callback_url=args.callback_url,
+                tenant=args.tenant,
+                expires_in_s=args.expires_in,
+                rate_limit=args.rate_limit,
+                max_queued=args.max_queued,
+            )
+            info = {
+                "id": str(row.id),
+                "name": row.name,
+                "tenant": row.tenant.name,
+                "tenant_id": str(row.tenant_id),
+                "key": key,
+                "webhook_secret": row.tenant.webhook_secret,
+                "callback_url": row.callback_url,
+            }
+    except LookupError as exc:
+        print(f"sightline: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
     if args.json:
         print(json.dumps(info))
     else:
-        print(f"API key {info['name']!r} ({info['id']}); shown once, store them now:")
+        print(f"API key {info['name']!r} ({info['id']}) of tenant {info['tenant']!r}")
+        print("shown once, store them now:")
         print(f"key:            {key}")
-        print(f"webhook secret: {row.webhook_secret}")
+        print(f"webhook secret: {info['webhook_secret']}  (the tenant's, shared by its keys)")
     return 0
 
 
@@ -77,7 +94,8 @@ def _keys_list(args: argparse.Namespace) -> int:
     for row in rows:
         state = "revoked" if row["revoked_at"] else "active"
         expiry = f", expires {row['expires_at']}" if row["expires_at"] else ""
-        print(f"{row['prefix']}…  {row['name']}  ({state}{expiry})  {row['id']}")
+        where = f"tenant {row['tenant']}"
+        print(f"{row['prefix']}…  {row['name']}  {where}  ({state}{expiry})  {row['id']}")
     return 0
 
 
@@ -107,9 +125,9 @@ def _keys_rotate_secret(args: argparse.Namespace) -> int:
     engine = create_engine_for(settings)
     try:
         with transaction(session_factory(engine)) as session:
-            row = find_key(session, args.key)
-            secret = rotate_webhook_secret(session, row, settings.secret_rotation_grace_s)
-            info = {"id": str(row.id), "name": row.name, "webhook_secret": secret}
+            tenant = find_key(session, args.key).tenant
+            secret = rotate_webhook_secret(session, tenant, settings.secret_rotation_grace_s)
+            info = {"tenant_id": str(tenant.id), "tenant": tenant.name, "webhook_secret": secret}
     except LookupError as exc:
         print(f"sightline: {exc}", file=sys.stderr)
         return 2
@@ -119,7 +137,7 @@ def _keys_rotate_secret(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
     else:
-        print(f"new webhook secret for {info['name']!r}: {secret}")
+        print(f"new webhook secret for tenant {info['tenant']!r}: {secret}")
         print(f"the previous secret keeps signing (both signatures sent) for {hours:g} h")
     return 0
 
@@ -205,15 +223,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(run=_db_upgrade)
+    down = db.add_parser("downgrade", help="undo migrations down to a revision")
+    down.add_argument("revision", help="e.g. 0006, or -1 for one step")
+    down.set_defaults(run=_db_downgrade)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
     create = keys.add_parser("create", help="create an API key (shown once)")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print one JSON object")
+    create.add_argument(
+        "--tenant", help="add the key to this existing tenant (default: a new tenant named NAME)"
+    )
     create.add_argument("--callback-url", help="default webhook URL for this key's jobs")
     create.add_argument("--expires-in", type=float, help="seconds until the key stops working")
     create.add_argument("--rate-limit", type=_rate, help="N/S: at most N requests per S seconds")
-    create.add_argument("--max-queued", type=int, help="jobs this key may have waiting at once")
+    create.add_argument(
+        "--max-queued",
+        type=int,
+        help="refuse this key's submissions while N of its tenant's jobs wait",
+    )
     create.set_defaults(run=_keys_create)
     listing = keys.add_parser("list", help="keys by name and prefix (never the keys)")
     listing.add_argument("--json", action="store_true", help="print a JSON list")
@@ -221,8 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key now")
     revoke.add_argument("key", help="the key's id or name")
     revoke.set_defaults(run=_keys_revoke)
-    rotate = keys.add_parser("rotate-secret", help="new webhook signing secret (shown once)")
-    rotate.add_argument("key", help="the key's id or name")
+    rotate = keys.add_parser(
+        "rotate-secret", help="new webhook signing secret for a key's tenant (shown once)"
+    )
+    rotate.add_argument("key", help="the id or name of one of the tenant's keys")
     rotate.add_argument("--json", action="store_true", help="print one JSON object")
     rotate.set_defaults(run=_keys_rotate_secret)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -23,11 +24,28 @@ def alembic_config(settings: Settings) -> Config:
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
     """Apply migrations up to ``revision``. Safe to run again: applied ones are skipped."""
+    _run(settings, command.upgrade, revision)
+
+
+def downgrade(settings: Settings, revision: str) -> None:
+    """Undo migrations down to ``revision`` (data that only newer revisions can hold, such
+    as a second key in a tenant, is folded back as each migration says)."""
+    _run(settings, command.downgrade, revision)
+
+
+def _run(settings: Settings, action: Callable[[Config, str], None], revision: str) -> None:
     engine = create_engine_for(settings)
     try:
-        with engine.begin() as connection:
-            config = alembic_config(settings)
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # Batch mode rebuilds a table by copy, drop and rename; with foreign keys
+                # enforced, dropping a referenced table fails. The pragma only works
+                # outside a transaction, so it goes straight to the driver (the engine,
+                # foreign keys off, is disposed of below).
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            with connection.begin():
+                config = alembic_config(settings)
+                config.attributes["connection"] = connection
+                action(config, revision)
     finally:
         engine.dispose()

@@ -73,7 +73,7 @@ def complete_batches(session: Session, batch_ids: Iterable[uuid.UUID] | None) ->
         event = WebhookEvent(
             id=f"msg_{uuid.uuid4().hex}",
             batch_id=batch.id,
-            api_key_id=batch.api_key_id,
+            tenant_id=batch.tenant_id,
             type="batch.completed",
             url=batch.callback_url,
             payload=json.dumps(

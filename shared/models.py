@@ -25,7 +25,7 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
@@ -92,33 +92,50 @@ def _enum_column(kind: type[enum.StrEnum], name: str) -> Enum:
     )
 
 
-class ApiKey(Base):
-    """A caller's credential. Only the SHA-256 of the key is stored; the key itself is
-    shown once, at creation.
+class Tenant(Base):
+    """Who owns jobs: every API key belongs to one tenant, and jobs, batches, webhook
+    events and deliveries are visible to all of its keys and to nobody else.
 
-    ``webhook_secret`` (``whsec_…``) signs this caller's webhooks and must be kept in
+    ``webhook_secret`` (``whsec_…``) signs the tenant's webhooks and must be kept in
     clear to compute signatures. After a rotation the previous secret keeps signing too
-    (both signatures are sent) until ``previous_secret_expires_at``. ``callback_url`` is
-    the default destination for jobs submitted without one. A key past ``expires_at`` is
-    refused like a revoked one. ``rate_limit`` (``"N/S"``: N requests per S seconds) and
-    ``max_queued`` (jobs waiting at once) override the server-wide defaults.
+    (both signatures are sent) until ``previous_secret_expires_at``.
+    """
+
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ApiKey(Base):
+    """A caller's credential, belonging to one ``tenant`` (loaded with the key). Only the
+    SHA-256 of the key is stored; the key itself is shown once, at creation.
+
+    ``callback_url`` is the default destination for jobs submitted with this key without
+    one. A key past ``expires_at`` is refused like a revoked one. ``rate_limit``
+    (``"N/S"``: N requests per S seconds, counted per key) and ``max_queued`` (submissions
+    with this key are refused while its tenant has that many jobs queued) override the
+    server-wide defaults.
     """
 
     __tablename__ = "api_keys"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     prefix: Mapped[str] = mapped_column(String(16))
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    webhook_secret: Mapped[str] = mapped_column(String(100))
-    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     rate_limit: Mapped[str | None] = mapped_column(String(32), nullable=True)
     max_queued: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tenant: Mapped[Tenant] = relationship(lazy="joined")
 
 
 class Batch(Base):
@@ -132,7 +149,8 @@ class Batch(Base):
     __tablename__ = "batches"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"), index=True)
+    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     items_submitted: Mapped[int] = mapped_column(Integer)
     items_accepted: Mapped[int] = mapped_column(Integer)
@@ -153,7 +171,7 @@ class Job(Base):
     in the past means the worker that claimed it is presumed dead, and only the holder of
     the current token may write a result. ``enqueued_at`` is when its wake-up message was
     last sent; ``deadline_at`` is when a job still queued fails as ``expired``.
-    ``idempotency_key`` (unique per API key) and ``request_sha256`` (a fingerprint of the
+    ``idempotency_key`` (unique per tenant) and ``request_sha256`` (a fingerprint of the
     submission) let a retried ``POST`` return the original job. ``queue_ms`` is
     created→started, ``inference_ms`` the forward pass that produced the result.
     """
@@ -161,7 +179,8 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"))
+    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
     status: Mapped[JobStatus] = mapped_column(
         _enum_column(JobStatus, "job_status"), default=JobStatus.QUEUED
     )
@@ -214,11 +233,12 @@ class Job(Base):
     __table_args__ = (
         # The claim query: oldest queued work, interactive first.
         Index("ix_jobs_claim", "status", "priority", "created_at"),
-        Index("ux_jobs_idempotency", "api_key_id", "idempotency_key", unique=True),
-        # Listing: newest first per caller, keyset on (created_at, id).
-        Index("ix_jobs_listing", "api_key_id", "created_at", "id"),
+        Index("ux_jobs_idempotency", "tenant_id", "idempotency_key", unique=True),
+        # Listing: newest first per tenant, keyset on (created_at, id).
+        Index("ix_jobs_listing", "tenant_id", "created_at", "id"),
         Index("ix_jobs_batch", "batch_id", "item_index"),
-        Index("ix_jobs_key_status", "api_key_id", "status"),
+        # The queue cap counts a tenant's queued jobs at every submission.
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),
         # The result cache: a finished job with the same request and model revision.
         Index("ix_jobs_cache", "cache_key", "model_revision", "finished_at"),
     )
@@ -253,7 +273,7 @@ class WebhookEvent(Base):
     batch_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("batches.id"), index=True, nullable=True
     )
-    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"))
     type: Mapped[str] = mapped_column(String(40))
     url: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)

@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.batches import complete_batches
-from shared.models import ApiKey, EventStatus, Job, JobStatus, WebhookEvent, utcnow
+from shared.models import EventStatus, Job, JobStatus, Tenant, WebhookEvent, utcnow
 from shared.schemas import JobOut
 
 SECRET_PREFIX = "whsec_"
@@ -46,13 +46,13 @@ def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
     return "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
 
 
-def signing_secrets(key: ApiKey, now: datetime) -> list[str]:
-    """The secrets that sign right now: the current one, and the previous one while its
-    rotation grace period lasts."""
-    found = [key.webhook_secret]
-    expires = key.previous_secret_expires_at
-    if key.previous_webhook_secret and expires is not None and expires > now:
-        found.append(key.previous_webhook_secret)
+def signing_secrets(tenant: Tenant, now: datetime) -> list[str]:
+    """The secrets that sign ``tenant``'s webhooks right now: the current one, and the
+    previous one while its rotation grace period lasts."""
+    found = [tenant.webhook_secret]
+    expires = tenant.previous_secret_expires_at
+    if tenant.previous_webhook_secret and expires is not None and expires > now:
+        found.append(tenant.previous_webhook_secret)
     return found
 
 
@@ -105,7 +105,7 @@ def record_events(session: Session, job_ids: Iterable[uuid.UUID]) -> list[str]:
             {
                 "id": f"msg_{uuid.uuid4().hex}",
                 "job_id": job.id,
-                "api_key_id": job.api_key_id,
+                "tenant_id": job.tenant_id,
                 "type": kind,
                 "url": job.callback_url,
                 "payload": json.dumps(body, separators=(",", ":")),

@@ -82,15 +82,19 @@ class Stack:
 
     def cli(self, *args: str) -> str:
         """Run ``sightline ARGS`` with this stack's settings; returns its stdout."""
-        done = subprocess.run(
+        done = self.cli_result(*args)
+        assert done.returncode == 0, f"sightline {' '.join(args)} failed:\n{done.stderr}"
+        return done.stdout
+
+    def cli_result(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``sightline ARGS`` with this stack's settings, whatever its exit status."""
+        return subprocess.run(
             sightline_command(*args),
             env={**os.environ, **self.env},
             capture_output=True,
             text=True,
             check=False,
         )
-        assert done.returncode == 0, f"sightline {' '.join(args)} failed:\n{done.stderr}"
-        return done.stdout
 
     def start(self) -> Stack:
         self.cli("db", "upgrade")

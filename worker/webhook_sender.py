@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import requests
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
-from shared.models import ApiKey, EventStatus, WebhookDelivery, WebhookEvent, utcnow
+from shared.models import EventStatus, Tenant, WebhookDelivery, WebhookEvent, utcnow
 from shared.settings import Settings
 from shared.ssrf import ForbiddenDestination, OutboundPolicy
 from shared.webhooks import signed_headers, signing_secrets
@@ -66,11 +66,11 @@ class WebhookSender:
         reserved = self._reserve(event_id, now)
         if reserved is None:
             return "skipped"
-        event, key = reserved
-        outcome = self._attempt(event, key, now)
+        event, tenant = reserved
+        outcome = self._attempt(event, tenant, now)
         return self._record(event, outcome)
 
-    def _reserve(self, event_id: str, now: datetime) -> tuple[WebhookEvent, ApiKey] | None:
+    def _reserve(self, event_id: str, now: datetime) -> tuple[WebhookEvent, Tenant] | None:
         lock = now + timedelta(seconds=self._settings.webhook_timeout_s + LOCK_MARGIN_S)
         with transaction(self._sessions) as session:
             event = session.scalars(
@@ -87,16 +87,15 @@ class WebhookSender:
             ).one_or_none()
             if event is None:
                 return None
-            key = session.scalars(select(ApiKey).where(ApiKey.id == event.api_key_id)).one()
-            return event, key
+            return event, session.get_one(Tenant, event.tenant_id)
 
-    def _attempt(self, event: WebhookEvent, key: ApiKey, now: datetime) -> AttemptResult:
+    def _attempt(self, event: WebhookEvent, tenant: Tenant, now: datetime) -> AttemptResult:
         try:
             self._policy.check(event.url, field="callback_url")
         except ForbiddenDestination as exc:
             return AttemptResult(None, f"refused by the SSRF guard: {exc.detail}", None)
         headers = signed_headers(
-            signing_secrets(key, now), event.id, int(time.time()), event.payload
+            signing_secrets(tenant, now), event.id, int(time.time()), event.payload
         )
         headers |= {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         started = time.perf_counter()

@@ -1,7 +1,7 @@
 """The console's HTML pages: sign-in, Ask, Jobs, job detail, Batches, Status.
 
 Errors raised here render a friendly page with the status code (never a traceback); the
-same errors as the API (``NotFound`` for another key's job) give the same statuses.
+same errors as the API (``NotFound`` for another tenant's job) give the same statuses.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def ask() -> str:
 
 @pages.get("/jobs")
 def jobs() -> str:
-    """The signed-in key's jobs, newest first, filtered like ``GET /v1/jobs`` (status,
+    """The signed-in key's tenant's jobs, newest first, filtered like ``GET /v1/jobs`` (status,
     action, batch, created after) and paged by cursor."""
     args = {name: value for name, value in request.args.items() if value}
     with services().sessions() as db:
@@ -175,11 +175,11 @@ def redeliver(job_id: str) -> BaseResponse:
 
 @pages.get("/batches")
 def batches() -> str:
-    """The key's newest batches with a progress bar and counts by status each."""
+    """The tenant's newest batches with a progress bar and counts by status each."""
     with services().sessions() as db:
         rows = db.scalars(
             select(Batch)
-            .where(Batch.api_key_id == current_key().id)
+            .where(Batch.tenant_id == current_key().tenant_id)
             .order_by(Batch.created_at.desc())
             .limit(BATCHES_SHOWN)
         ).all()

@@ -1,8 +1,8 @@
-"""The console's reads of jobs, all scoped to the signed-in key through :func:`visible_jobs`.
+"""The console's reads of jobs, all scoped to the signed-in key's tenant through
+:func:`visible_jobs`.
 
-There is no job-listing API yet, so the console queries the database itself. Tenant
-isolation is exactly the API's: a key sees its own jobs, and anyone else's id is "not
-found" (its existence is not revealed).
+Tenant isolation is exactly the API's: a key sees its tenant's jobs, and anyone else's
+id is "not found" (its existence is not revealed).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ PAGE_SIZE = 25
 
 
 def visible_jobs(key: ApiKey) -> Select[Job]:
-    """``SELECT`` of every job ``key`` may see. Every console query of jobs starts here,
-    so a future tenants layer changes this one function."""
-    return select(Job).where(Job.api_key_id == key.id)
+    """``SELECT`` of every job ``key`` may see: its tenant's. Every console query of jobs
+    starts here."""
+    return select(Job).where(Job.tenant_id == key.tenant_id)
 
 
 def find_job(db: Session, key: ApiKey, raw_id: str) -> Job:
@@ -54,7 +54,7 @@ def list_jobs(db: Session, key: ApiKey, args: dict[str, str]) -> JobPage:
     pagination (:class:`api.listing.JobFilter`), :data:`PAGE_SIZE` per page; 422 for a
     bad filter, as the API."""
     wanted = JobFilter.parse({"limit": str(PAGE_SIZE), **args})
-    rows = list(db.scalars(wanted.query(key.id)))
+    rows = list(db.scalars(wanted.query(key.tenant_id)))
     more = len(rows) > wanted.limit
     rows = rows[: wanted.limit]
     return JobPage(jobs=rows, next_cursor=encode_cursor(rows[-1]) if more else None)
@@ -76,6 +76,6 @@ def find_batch(db: Session, key: ApiKey, raw_id: str) -> Batch:
     except ValueError as exc:
         raise NotFound(f"no batch {raw_id!r}") from exc
     batch = db.get(Batch, batch_id)
-    if batch is None or batch.api_key_id != key.id:
+    if batch is None or batch.tenant_id != key.tenant_id:
         raise NotFound(f"no batch {raw_id}")
     return batch

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.models import ApiKey
+from shared.models import Tenant
 from shared.webhooks import new_secret, sign, signed_headers, signing_secrets
 
 
@@ -26,10 +26,10 @@ def test_signed_headers_verify_with_standardwebhooks() -> None:
 
 def test_previous_secret_signs_only_during_its_grace_period() -> None:
     now = datetime.now(UTC)
-    key = ApiKey(
+    tenant = Tenant(
         webhook_secret=new_secret(),
         previous_webhook_secret=new_secret(),
         previous_secret_expires_at=now + timedelta(hours=1),
     )
-    assert signing_secrets(key, now) == [key.webhook_secret, key.previous_webhook_secret]
-    assert signing_secrets(key, now + timedelta(hours=2)) == [key.webhook_secret]
+    assert signing_secrets(tenant, now) == [tenant.webhook_secret, tenant.previous_webhook_secret]
+    assert signing_secrets(tenant, now + timedelta(hours=2)) == [tenant.webhook_secret]
