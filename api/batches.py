@@ -20,13 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
-from flask import Blueprint, Response, request, stream_with_context, url_for
+from flask import (
+    Blueprint,
+    Response,
+    after_this_request,
+    request,
+    stream_with_context,
+    url_for,
+)
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 
 from api.access import load_owned
 from api.auth import authenticate, current_key
 from api.context import Services, services
+from api.gc_paused import gc_paused
 from api.limits import enforce_queue_cap
 from api.submission import build_job
 from shared.batches import batch_summary
@@ -62,13 +70,12 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     if callback_url is not None:
         svc.outbound.check(callback_url, field="callback_url")
     key = current_key()
-    with (
-        ThreadPoolExecutor(max_workers=svc.settings.image_fetch_concurrency) as pool,
-        requests.Session() as http,
-    ):
-        built = list(
-            pool.map(lambda pair: _build(svc, key, pair[0], pair[1], http), enumerate(raw_items))
-        )
+    with gc_paused():
+        parsed = [_parse(svc, raw) for raw in raw_items]
+        images = _fetch_images(svc, parsed)
+        built = [
+            _build(svc, key, index, item, images.get(index)) for index, item in enumerate(parsed)
+        ]
     rejected = [
         {"index": i, **outcome} for i, outcome in enumerate(built) if isinstance(outcome, dict)
     ]
@@ -101,14 +108,8 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
             session.execute(
                 insert(Job), [_row(job) for job in new_jobs[start : start + INSERT_CHUNK]]
             )
-    try:
-        enqueue_wakeups(
-            svc.celery, [job.id for job in new_jobs], Priority.BULK, svc.settings.max_batch_size
-        )
-    except Exception as exc:  # the jobs are committed; the sweeper wakes workers later
-        log.warning(
-            "batch %s committed but not enqueued (%s); the sweeper will send it", batch.id, exc
-        )
+    wake = [job.id for job in new_jobs]
+    after_this_request(lambda response: _wake_after(response, svc, batch.id, wake))
     accepted = [
         {"index": i, "id": str(existing.get(job.idempotency_key, job.id))}
         | ({"existing": True} if job.idempotency_key in existing else {})
@@ -205,6 +206,25 @@ def cancel_batch(batch_id: str) -> Body:
         }
 
 
+def _wake_after(
+    response: Response, svc: Services, batch_id: uuid.UUID, job_ids: list[uuid.UUID]
+) -> Response:
+    """Send the batch's wake-ups once ``response`` has gone out: the jobs are committed
+    already, so the caller need not wait for a thousand broker messages (and if they are
+    never sent, the sweeper sends them)."""
+
+    def wake() -> None:
+        try:
+            enqueue_wakeups(svc.celery, job_ids, Priority.BULK, svc.settings.max_batch_size)
+        except Exception as exc:
+            log.warning(
+                "batch %s committed but not enqueued (%s); the sweeper will send it", batch_id, exc
+            )
+
+    response.call_on_close(wake)
+    return response
+
+
 def _load(raw_id: str) -> Batch:
     return load_owned(Batch, raw_id, "batch")
 
@@ -245,10 +265,8 @@ def _read_items(svc: Services) -> tuple[list[Any], str | None]:
     return items, callback
 
 
-def _build(
-    svc: Services, key: ApiKey, index: int, raw: Any, http: requests.Session
-) -> Job | dict[str, str]:
-    """The job for one item, or its problem (``code``, ``detail``)."""
+def _parse(svc: Services, raw: Any) -> BatchItem | SightlineError:
+    """One item's fields validated (not yet its image), or its problem."""
     try:
         if not isinstance(raw, dict):
             raise ValidationFailed("an item must be a JSON object", code="invalid_fields")
@@ -259,6 +277,8 @@ def _build(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
             )
             raise ValidationFailed(detail, code="invalid_fields") from exc
+        if (item.image is None) == (item.image_url is None):
+            raise ValidationFailed("give exactly one of image and image_url", code="invalid_fields")
         metadata_bytes = len(json.dumps(item.metadata))
         if metadata_bytes > svc.settings.max_metadata_bytes:
             limit = svc.settings.max_metadata_bytes
@@ -266,7 +286,60 @@ def _build(
                 f"metadata is {metadata_bytes} bytes; the limit is {limit}",
                 code="metadata_too_large",
             )
-        job = build_job(svc, key, item, _image_of(svc, item, http), Priority.BULK, durable=False)
+    except SightlineError as exc:
+        return exc
+    return item
+
+
+def _fetch_images(
+    svc: Services, parsed: list[BatchItem | SightlineError]
+) -> dict[int, bytes | SightlineError]:
+    """The downloaded bytes (or the fetch's problem) of every valid ``image_url`` item by
+    index, ``image_fetch_concurrency`` at a time: the only part of intake that waits on
+    the network, and the only part worth threads (the rest holds the GIL)."""
+    wanted = {
+        index: item.image_url
+        for index, item in enumerate(parsed)
+        if isinstance(item, BatchItem) and item.image_url is not None
+    }
+    if not wanted:
+        return {}
+
+    def fetch(url: str) -> bytes | SightlineError:
+        try:
+            return fetch_image(
+                url,
+                svc.outbound,
+                max_bytes=svc.settings.max_image_bytes,
+                timeout_s=svc.settings.image_fetch_timeout_s,
+                session=http,
+            )
+        except SightlineError as exc:
+            return exc
+
+    with (
+        ThreadPoolExecutor(max_workers=svc.settings.image_fetch_concurrency) as pool,
+        requests.Session() as http,
+    ):
+        return dict(zip(wanted, pool.map(fetch, wanted.values()), strict=True))
+
+
+def _build(
+    svc: Services,
+    key: ApiKey,
+    index: int,
+    item: BatchItem | SightlineError,
+    fetched: bytes | SightlineError | None,
+) -> Job | dict[str, str]:
+    """The job for one parsed item (``fetched``: its downloaded image, for an
+    ``image_url`` item), or its problem (``code``, ``detail``)."""
+    try:
+        if isinstance(item, SightlineError):
+            raise item
+        if isinstance(fetched, SightlineError):
+            raise fetched
+        image = fetched if fetched is not None else _decode_base64(item.image or "")
+        job = build_job(svc, key, item, image, Priority.BULK, durable=False)
     except SightlineError as exc:
         return {"code": exc.code, "detail": exc.detail}
     job.item_index = index
@@ -275,18 +348,7 @@ def _build(
     return job
 
 
-def _image_of(svc: Services, item: BatchItem, http: requests.Session) -> bytes:
-    if (item.image is None) == (item.image_url is None):
-        raise ValidationFailed("give exactly one of image and image_url", code="invalid_fields")
-    if item.image_url is not None:
-        return fetch_image(
-            item.image_url,
-            svc.outbound,
-            max_bytes=svc.settings.max_image_bytes,
-            timeout_s=svc.settings.image_fetch_timeout_s,
-            session=http,
-        )
-    encoded = item.image or ""
+def _decode_base64(encoded: str) -> bytes:
     if encoded.startswith("data:"):
         encoded = encoded.partition(",")[2]
     try:

@@ -5,7 +5,9 @@ with a precise 4xx, that an upload is not a usable image, and a worker only ever
 images that decode. What is stored is the normalised form: first frame, EXIF orientation
 applied, RGB (8 bits per channel, transparency flattened onto white), longest side at
 most ``max_image_side``, re-encoded as PNG from the pixels alone (no EXIF, XMP, ICC
-profile, text chunks or trailing bytes survive).
+profile, text chunks or trailing bytes survive). A PNG that already is exactly that (8-bit
+RGB, nothing but header, pixel data and end chunks, within the size limit) is decoded in
+full all the same, then kept as sent: re-encoding it would only cost time.
 
 Order of the checks, cheapest first, so that hostile input costs little: size in bytes,
 format from the magic bytes and the header, declared pixels, declared frames; only then
@@ -15,6 +17,7 @@ is one frame decoded.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -26,11 +29,14 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _ACCEPTED_TEXT = "JPEG, PNG, WebP, GIF, BMP"
 DEFAULT_MAX_FRAMES = 1000
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BARE_PNG_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
+_RGB_8_BITS = b"\x08\x02"  # IHDR bit depth 8, colour type 2 (truecolour)
 # Leading bytes of the accepted formats: a file that starts like one of them but that
 # Pillow cannot identify is a corrupt image (422), not a foreign format (415).
 _ACCEPTED_MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (PNG_SIGNATURE, "PNG"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
@@ -115,6 +121,10 @@ def normalise_image(
             raise ValidationFailed(
                 f"the {source_format} image cannot be decoded: {exc}", code="image_undecodable"
             ) from exc
+    if source_format == "PNG" and max(rgb.size) <= max_side and _bare_rgb_png(data):
+        # Already what re-encoding would produce (8-bit RGB pixels and nothing else):
+        # keep the caller's bytes and skip the encoder, the costliest step at the door.
+        return NormalisedImage(data, rgb.width, rgb.height, source_format)
     if max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     # The PNG encoder writes parts of ``info`` back (ICC profile, transparency): keep
@@ -125,6 +135,25 @@ def normalise_image(
     # encoder sits on the intake path of every job (10,000 per bulk request).
     rgb.save(out, format="PNG", compress_level=1)
     return NormalisedImage(out.getvalue(), rgb.width, rgb.height, source_format)
+
+
+def _bare_rgb_png(data: bytes) -> bool:
+    """Whether the PNG ``data`` is 8-bit RGB (no alpha, no palette) and holds only image
+    header, pixel data and end chunks, and not one byte after the end: no text, EXIF, ICC
+    profile, transparency or animation chunks, no appended payload (polyglots)."""
+    ihdr = len(PNG_SIGNATURE) + 8
+    if data[ihdr - 4 : ihdr] != b"IHDR" or data[ihdr + 8 : ihdr + 10] != _RGB_8_BITS:
+        return False
+    position = len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, position)
+        kind = data[position + 4 : position + 8]
+        if kind not in _BARE_PNG_CHUNKS:
+            return False
+        position += 12 + length
+        if kind == b"IEND":
+            return position == len(data)
+    return False
 
 
 def _open(data: bytes) -> Image.Image:

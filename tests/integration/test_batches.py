@@ -7,6 +7,7 @@ import base64
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +18,8 @@ import requests
 
 from cli.processes import sightline_command
 from cli.redis_server import free_port
+from shared.broker import queue_depths
+from shared.tasks import QUEUE_BULK
 from tests.integration.test_bad_input import SVG
 from tests.receiver import Receiver
 from tests.stack import Stack, make_image
@@ -103,6 +106,26 @@ def test_partial_acceptance_reports_each_rejected_item_by_index(
     listed = _api(pg_stack, "GET", "/v1/jobs", params={"batch_id": answer["id"]}).json()["jobs"]
     assert sorted(job["item_index"] for job in listed) == [0, 3, 6]
     assert all(job["priority"] == "bulk" for job in listed)
+
+
+def test_a_batch_sends_one_wake_up_per_batch_of_items_after_answering(pg_stack: Stack) -> None:
+    items = [{"image": _b64(i), "prompt": f"item {i}"} for i in range(20)]
+    response = _api(pg_stack, "POST", "/v1/batches", json={"items": items})
+    assert response.status_code == 202, response.text
+    per_message = pg_stack.settings.max_batch_size
+    expected = -(-len(items) // per_message)
+
+    deadline = time.monotonic() + 10
+    while (depth := _bulk_depth(pg_stack)) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert depth == expected
+
+
+def _bulk_depth(stack: Stack) -> int:
+    depths = queue_depths(stack.celery, [QUEUE_BULK])
+    assert depths is not None
+    return depths[QUEUE_BULK]
 
 
 def test_ndjson_body_and_resubmission_with_item_keys(pg_stack: Stack) -> None:

@@ -115,6 +115,38 @@ def test_icc_profile_and_trailing_bytes_are_not_kept() -> None:
     assert "icc_profile" not in Image.open(io.BytesIO(result.png)).info
 
 
+def test_a_bare_8_bit_rgb_png_is_stored_as_sent() -> None:
+    data = encode(Image.new("RGB", (40, 30), "red"), "PNG", compress_level=9)
+    assert normalise_image(data, **LIMITS).png == data
+
+
+def _png_with_text() -> bytes:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "private name")
+    return encode(Image.new("RGB", (8, 8)), "PNG", pnginfo=info)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_png_with_text(), id="text chunk"),
+        pytest.param(encode(Image.new("RGB", (8, 8)), "PNG") + b"PK\x03\x04zip", id="trailing"),
+        pytest.param(encode(Image.new("RGB", (8, 8)), "PNG", dpi=(300, 300)), id="pHYs chunk"),
+        pytest.param(encode(Image.new("RGBA", (8, 8)), "PNG"), id="alpha"),
+        pytest.param(encode(Image.new("P", (8, 8)), "PNG"), id="palette"),
+        pytest.param(encode(Image.new("I;16", (8, 8)), "PNG"), id="16-bit grey"),
+        pytest.param(encode(Image.new("RGB", (300, 10)), "PNG"), id="too wide"),
+    ],
+)
+def test_any_other_png_is_re_encoded_from_its_pixels(data: bytes) -> None:
+    result = normalise_image(data, **LIMITS)
+    assert result.png != data
+    assert b"private name" not in result.png and b"PK\x03\x04" not in result.png
+    assert Image.open(io.BytesIO(result.png)).mode == "RGB"
+
+
 def test_large_jpeg_is_decoded_at_reduced_scale_to_the_right_size() -> None:
     data = encode(Image.new("RGB", (4000, 1000), "green"), "JPEG")
     result = normalise_image(data, **LIMITS)
