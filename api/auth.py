@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask import g, request
 
-from api.context import services
+from api.context import Services, services
 from api.limits import enforce_rate
 from shared.errors import Unauthorized
-from shared.keys import find_active_key
+from shared.keys import find_key_by_hash, hash_key, is_active
 from shared.models import ApiKey
 
 
@@ -17,12 +19,25 @@ def authenticate() -> None:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("send your API key as 'Authorization: Bearer <key>'")
-    with services().sessions() as session:
-        row = find_active_key(session, key.strip())
+    row = active_key(services(), key.strip())
     if row is None:
         raise Unauthorized("the API key is unknown, revoked or expired")
     enforce_rate(services(), services().counters, row)
     g.api_key = row
+
+
+def active_key(svc: Services, key: str) -> ApiKey | None:
+    """The row of ``key`` if it is neither revoked nor expired, else ``None``; looked up
+    in the process's :class:`api.key_cache.KeyCache` first, then the database."""
+    digest = hash_key(key)
+    row = svc.keys.get(digest)
+    if row is None:
+        with svc.sessions() as session:
+            row = find_key_by_hash(session, digest)
+        if row is None:
+            return None
+        svc.keys.put(digest, row)
+    return row if is_active(row, datetime.now(UTC)) else None
 
 
 def current_key() -> ApiKey:

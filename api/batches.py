@@ -29,14 +29,15 @@ from flask import (
     url_for,
 )
 from pydantic import ValidationError
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from api.access import load_owned
 from api.auth import authenticate, current_key
 from api.context import Services, services
 from api.gc_paused import gc_paused
+from api.job_insert import insert_jobs
 from api.limits import enforce_queue_cap
-from api.submission import build_job
+from api.submission import build_job, job_row
 from shared.batches import batch_summary
 from shared.enqueue import enqueue_events, enqueue_wakeups
 from shared.errors import (
@@ -55,8 +56,8 @@ log = logging.getLogger(__name__)
 batches = Blueprint("batches", __name__, url_prefix="/v1/batches")
 batches.before_request(authenticate)
 
-# Rows per INSERT round trip.
-INSERT_CHUNK = 2000
+# Idempotency keys looked up per query.
+LOOKUP_CHUNK = 2000
 Body = dict[str, Any]
 
 
@@ -104,10 +105,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     with svc.sessions() as session, session.begin():
         session.add(batch)
         session.flush()
-        for start in range(0, len(new_jobs), INSERT_CHUNK):
-            session.execute(
-                insert(Job), [_row(job) for job in new_jobs[start : start + INSERT_CHUNK]]
-            )
+        insert_jobs(session, [job_row(job) for job in new_jobs])
     wake = [job.id for job in new_jobs]
     after_this_request(lambda response: _wake_after(response, svc, batch.id, wake))
     accepted = [
@@ -364,25 +362,12 @@ def _existing(
     wanted = [job.idempotency_key for _, job in jobs if job.idempotency_key is not None]
     found: dict[str | None, uuid.UUID] = {}
     with svc.sessions() as session:
-        for start in range(0, len(wanted), INSERT_CHUNK):
+        for start in range(0, len(wanted), LOOKUP_CHUNK):
             rows = session.execute(
                 select(Job.idempotency_key, Job.id).where(
                     Job.tenant_id == key.tenant_id,
-                    Job.idempotency_key.in_(wanted[start : start + INSERT_CHUNK]),
+                    Job.idempotency_key.in_(wanted[start : start + LOOKUP_CHUNK]),
                 )
             ).tuples()
             found.update({key: job_id for key, job_id in rows})
     return found
-
-
-def _row(job: Job) -> dict[str, Any]:
-    """The job as an INSERT parameter set; every column present, defaults applied, so one
-    executemany takes a whole chunk."""
-    row = {}
-    state = vars(job)  # plain dict reads: ORM descriptors cost more than the rest here
-    for column in Job.__table__.columns:
-        value = state.get(column.key)
-        if value is None and column.default is not None and column.default.is_scalar:
-            value = column.default.arg
-        row[column.key] = value
-    return row

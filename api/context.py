@@ -10,6 +10,8 @@ from flask import current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.key_cache import KeyCache
+from api.queued_memo import QueuedMemo
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
@@ -30,6 +32,8 @@ class Services:
     outbound: OutboundPolicy
     presets: dict[str, Preset]
     counters: redis.Redis
+    queued: QueuedMemo
+    keys: KeyCache
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -46,6 +50,8 @@ class Services:
             counters=redis.Redis.from_url(
                 settings.broker_url, socket_timeout=1, socket_connect_timeout=1
             ),
+            queued=QueuedMemo(),
+            keys=KeyCache(settings.key_cache_s),
         )
 
 

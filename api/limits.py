@@ -4,7 +4,8 @@ The rate limit is a fixed window counted in Redis (the broker's server), shared 
 API process: ``N/S`` allows N requests per key in each S-second window. If Redis cannot
 be reached the request is let through (and logged): a broker outage must not also take
 the API down, and submissions are safe in the database meanwhile. The queue cap counts
-the tenant's queued jobs in the database at each submission.
+the tenant's queued jobs in the database, exactly near the cap
+(:class:`api.queued_memo.QueuedMemo`).
 """
 
 from __future__ import annotations
@@ -60,19 +61,24 @@ def enforce_rate(svc: Services, client: redis.Redis, key: ApiKey) -> None:
 
 def enforce_queue_cap(svc: Services, key: ApiKey, adding: int) -> None:
     """:class:`TooManyRequests` (``queue_full``) if ``adding`` more jobs would take the
-    queued jobs of ``key``'s tenant past the key's cap."""
+    queued jobs of ``key``'s tenant past the key's cap (when the queue is counted:
+    :class:`api.queued_memo.QueuedMemo`)."""
     cap = key.max_queued if key.max_queued is not None else svc.settings.max_queued_jobs
-    if cap == 0:
+    if cap == 0 or svc.queued.admit(key.tenant_id, adding, cap):
         return
     with svc.sessions() as session:
-        queued = session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.tenant_id == key.tenant_id, Job.status == JobStatus.QUEUED)
+        queued = (
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.tenant_id == key.tenant_id, Job.status == JobStatus.QUEUED)
+            )
+            or 0
         )
-    if (queued or 0) + adding > cap:
+    if queued + adding > cap:
         raise TooManyRequests(
             f"{queued} jobs already queued for this tenant; this key's cap is {cap}",
             retry_after=QUEUE_CAP_RETRY_S,
             code="queue_full",
         )
+    svc.queued.counted(key.tenant_id, queued + adding)

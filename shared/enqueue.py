@@ -23,22 +23,25 @@ def enqueue_job(
     does. Raises the broker's error if it cannot be reached; the job row is already
     committed at that point, and the sweeper re-sends its message later.
     """
-    celery.send_task(
-        INFER_TASK,
-        args=[str(job_id)],
-        queue=queue_for(priority),
-        task_id=str(job_id),
-        producer=producer,
-    )
+    with celery.producer_or_acquire(producer) as held, held.batch():
+        # One pipelined round trip for the message and its task-sent event.
+        celery.send_task(
+            INFER_TASK,
+            args=[str(job_id)],
+            queue=queue_for(priority),
+            task_id=str(job_id),
+            producer=held,
+        )
 
 
 def enqueue_wakeups(
     celery: Celery, job_ids: list[uuid.UUID], priority: Priority, every: int
 ) -> None:
     """Wake workers for a bulk insert: one message per ``every`` jobs (a worker claims up
-    to a whole batch per message, oldest first), over one broker connection. Raises the
-    broker's error like :func:`enqueue_job`; the sweeper covers what was not sent."""
-    with celery.producer_or_acquire() as producer:
+    to a whole batch per message, oldest first), pipelined over one broker connection (a
+    thousand at a time). Raises the broker's error like :func:`enqueue_job`; the sweeper
+    covers what was not sent."""
+    with celery.producer_or_acquire() as producer, producer.batch():
         for job_id in job_ids[::every]:
             enqueue_job(celery, job_id, priority, producer)
 

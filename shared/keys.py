@@ -104,14 +104,15 @@ def rotate_webhook_secret(session: Session, row: Tenant, grace_s: int) -> str:
     return row.webhook_secret
 
 
-def find_active_key(session: Session, key: str) -> ApiKey | None:
-    """The key row matching ``key`` if it is neither revoked nor expired, else ``None``."""
-    row = session.scalars(select(ApiKey).where(ApiKey.key_sha256 == hash_key(key))).one_or_none()
-    if row is None or row.revoked_at is not None:
-        return None
-    if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
-        return None
-    return row
+def find_key_by_hash(session: Session, digest: str) -> ApiKey | None:
+    """The key row whose SHA-256 is ``digest`` (revoked and expired ones too), with its
+    tenant loaded; ``None`` if there is none."""
+    return session.scalars(select(ApiKey).where(ApiKey.key_sha256 == digest)).one_or_none()
+
+
+def is_active(row: ApiKey, now: datetime) -> bool:
+    """Whether ``row`` is neither revoked nor expired at ``now``."""
+    return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
 
 
 def revoke_key(session: Session, row: ApiKey) -> None:

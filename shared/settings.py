@@ -127,8 +127,16 @@ class Settings(BaseSettings):
         pattern=r"^\d+/\d+$",
         description="Requests per API key: 'N/S' = N per S seconds (0/… disables).",
     )
+    key_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "How long an API process trusts a key it looked up (0: every request asks the "
+            "database): a revocation takes effect within this time."
+        ),
+    )
     max_queued_jobs: int = Field(
-        default=100_000, ge=0, description="Jobs one API key may have waiting (0: no cap)."
+        default=100_000, ge=0, description="Jobs one tenant may have waiting (0: no cap)."
     )
     fault_injection: bool = Field(
         default=False,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from datetime import UTC, datetime
 
 from flask import g, session
 
+from api.auth import active_key
 from api.context import services
 from shared.errors import Unauthorized
-from shared.keys import find_active_key
+from shared.keys import is_active
 from shared.models import ApiKey
 
 _KEY_ID = "key_id"
@@ -40,8 +42,7 @@ def current_key() -> ApiKey:
 def sign_in(raw_key: str) -> ApiKey | None:
     """Verify ``raw_key``; on success start a fresh session for it (a new CSRF token too,
     so a token planted before sign-in is useless) and return the row, else ``None``."""
-    with services().sessions() as db:
-        row = find_active_key(db, raw_key.strip())
+    row = active_key(services(), raw_key.strip())
     if row is None:
         return None
     session.clear()
@@ -67,6 +68,6 @@ def _load(raw_id: object) -> ApiKey | None:
         return None
     with services().sessions() as db:
         row = db.get(ApiKey, key_id)
-    if row is None or row.revoked_at is not None:
+    if row is None or not is_active(row, datetime.now(UTC)):
         return None
     return row

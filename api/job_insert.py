@@ -1,0 +1,44 @@
+"""Inserting thousands of job rows in one transaction, as fast as the database allows.
+
+On PostgreSQL the rows stream through ``COPY … FROM STDIN``: one statement, no per-row
+round trip or statement overhead (several times faster than a pipelined executemany).
+Values go through each column type's own bind processing first, so what lands is
+exactly what an ORM insert would have written. Elsewhere (SQLite) rows are inserted with
+``executemany`` in chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from shared.models import Job
+
+# Rows per executemany on databases without COPY.
+INSERT_CHUNK = 2000
+
+
+def insert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (every column present, as :func:`api.submission.job_row` makes
+    them) into ``jobs`` inside ``session``'s transaction."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        for start in range(0, len(rows), INSERT_CHUNK):
+            session.execute(insert(Job), rows[start : start + INSERT_CHUNK])
+        return
+    dialect = connection.dialect
+    columns = list(Job.__table__.columns)
+    processors = [column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns]
+    names = ", ".join(f'"{column.name}"' for column in columns)
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a live connection inside the transaction
+    with driver.cursor() as cursor, cursor.copy(f"COPY jobs ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(
+                [
+                    row[column.key] if process is None else process(row[column.key])
+                    for column, process in zip(columns, processors, strict=True)
+                ]
+            )
