@@ -37,7 +37,7 @@ from api.context import Services, services
 from api.gc_paused import gc_paused
 from api.job_insert import insert_jobs
 from api.limits import enforce_queue_cap
-from api.submission import build_job, job_row
+from api.submission import JobRow, build_job_row
 from shared.batches import batch_summary
 from shared.enqueue import enqueue_events, enqueue_wakeups
 from shared.errors import (
@@ -78,11 +78,13 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
             _build(svc, key, index, item, images.get(index)) for index, item in enumerate(parsed)
         ]
     rejected = [
-        {"index": i, **outcome} for i, outcome in enumerate(built) if isinstance(outcome, dict)
+        {"index": i, "code": outcome.code, "detail": outcome.detail}
+        for i, outcome in enumerate(built)
+        if isinstance(outcome, SightlineError)
     ]
-    jobs = [(i, outcome) for i, outcome in enumerate(built) if isinstance(outcome, Job)]
+    jobs = [(i, row) for i, row in enumerate(built) if not isinstance(row, SightlineError)]
     existing = _existing(svc, key, jobs)
-    new_jobs = [job for _, job in jobs if job.idempotency_key not in existing]
+    new_jobs = [row for _, row in jobs if row["idempotency_key"] not in existing]
     if not jobs:
         raise ValidationFailed(
             f"none of the {len(raw_items)} items is valid",
@@ -98,20 +100,20 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         items_accepted=len(jobs),
         callback_url=callback_url,
     )
-    for job in new_jobs:
-        job.batch_id = batch.id
+    for row in new_jobs:
+        row["batch_id"] = batch.id
     enforce_queue_cap(svc, key, adding=len(new_jobs))
     svc.blobs.sync()
     with svc.sessions() as session, session.begin():
         session.add(batch)
         session.flush()
-        insert_jobs(session, [job_row(job) for job in new_jobs])
-    wake = [job.id for job in new_jobs]
+        insert_jobs(session, new_jobs)
+    wake = [row["id"] for row in new_jobs]
     after_this_request(lambda response: _wake_after(response, svc, batch.id, wake))
     accepted = [
-        {"index": i, "id": str(existing.get(job.idempotency_key, job.id))}
-        | ({"existing": True} if job.idempotency_key in existing else {})
-        for i, job in jobs
+        {"index": i, "id": str(existing.get(row["idempotency_key"], row["id"]))}
+        | ({"existing": True} if row["idempotency_key"] in existing else {})
+        for i, row in jobs
     ]
     body = {
         "id": str(batch.id),
@@ -328,22 +330,22 @@ def _build(
     index: int,
     item: BatchItem | SightlineError,
     fetched: bytes | SightlineError | None,
-) -> Job | dict[str, str]:
-    """The job for one parsed item (``fetched``: its downloaded image, for an
-    ``image_url`` item), or its problem (``code``, ``detail``)."""
+) -> JobRow | SightlineError:
+    """The job row for one parsed item (``fetched``: its downloaded image, for an
+    ``image_url`` item), or its problem."""
     try:
         if isinstance(item, SightlineError):
             raise item
         if isinstance(fetched, SightlineError):
             raise fetched
         image = fetched if fetched is not None else _decode_base64(item.image or "")
-        job = build_job(svc, key, item, image, Priority.BULK, durable=False)
+        row = build_job_row(svc, key, item, image, Priority.BULK, durable=False)
     except SightlineError as exc:
-        return {"code": exc.code, "detail": exc.detail}
-    job.item_index = index
-    job.item_metadata = item.metadata
-    job.idempotency_key = item.idempotency_key
-    return job
+        return exc
+    row["item_index"] = index
+    row["item_metadata"] = item.metadata
+    row["idempotency_key"] = item.idempotency_key
+    return row
 
 
 def _decode_base64(encoded: str) -> bytes:
@@ -356,10 +358,10 @@ def _decode_base64(encoded: str) -> bytes:
 
 
 def _existing(
-    svc: Services, key: ApiKey, jobs: list[tuple[int, Job]]
+    svc: Services, key: ApiKey, jobs: list[tuple[int, JobRow]]
 ) -> dict[str | None, uuid.UUID]:
     """Jobs the key's tenant already has under the items' idempotency keys."""
-    wanted = [job.idempotency_key for _, job in jobs if job.idempotency_key is not None]
+    wanted = [row["idempotency_key"] for _, row in jobs if row["idempotency_key"] is not None]
     found: dict[str | None, uuid.UUID] = {}
     with svc.sessions() as session:
         for start in range(0, len(wanted), LOOKUP_CHUNK):

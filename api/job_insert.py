@@ -21,8 +21,8 @@ INSERT_CHUNK = 2000
 
 
 def insert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows`` (every column present, as :func:`api.submission.job_row` makes
-    them) into ``jobs`` inside ``session``'s transaction."""
+    """Insert ``rows`` (every column present, as :func:`api.submission.build_job_row`
+    makes them) into ``jobs`` inside ``session``'s transaction."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         for start in range(0, len(rows), INSERT_CHUNK):

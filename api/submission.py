@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
+# A job's INSERT parameters: every column of ``jobs`` by attribute name.
+JobRow = dict[str, Any]
+# Every column at its default (None where it has none), so a row built from it lists all
+# columns and one executemany or COPY takes a whole batch of them.
+BLANK_ROW: JobRow = {
+    column.key: column.default.arg
+    if column.default is not None and column.default.is_scalar
+    else None
+    for column in Job.__table__.columns
+}
+
 
 def submit_job(
     svc: Services, key: ApiKey, submitted: JobInput, idempotency_key: str | None
@@ -43,8 +54,9 @@ def submit_job(
     """
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
-    job = build_job(svc, key, submitted.fields, submitted.image, Priority.INTERACTIVE)
-    job.idempotency_key = idempotency_key
+    row = build_job_row(svc, key, submitted.fields, submitted.image, Priority.INTERACTIVE)
+    row["idempotency_key"] = idempotency_key
+    job = Job(**row)
     if idempotency_key is not None:
         earlier = _earlier(svc, key, idempotency_key, job.request_sha256)
         if earlier is not None:
@@ -52,7 +64,7 @@ def submit_job(
     enforce_queue_cap(svc, key, adding=1)
     try:
         with svc.sessions() as session, session.begin():
-            session.execute(insert(Job), [job_row(job)])
+            session.execute(insert(Job), [row])
     except IntegrityError:
         # Another request with the same idempotency key committed first.
         if idempotency_key is None:
@@ -68,7 +80,7 @@ def submit_job(
     return job, True
 
 
-def build_job(
+def build_job_row(
     svc: Services,
     key: ApiKey,
     fields: JobRequest,
@@ -76,10 +88,11 @@ def build_job(
     priority: Priority,
     *,
     durable: bool = True,
-) -> Job:
-    """Validate one submission, store its normalised image, and return the job row to
-    insert (not yet added to any session). Raises the 4xx of the first problem found.
-    With ``durable`` False the caller must ``svc.blobs.sync()`` before committing."""
+) -> JobRow:
+    """Validate one submission, store its normalised image, and return the job's row to
+    insert: every column, as a plain dict (thousands of them are built per batch; an ORM
+    object costs more than the rest). Raises the 4xx of the first problem found. With
+    ``durable`` False the caller must ``svc.blobs.sync()`` before committing."""
     settings = svc.settings
     plan = plan_generation(svc, fields)
     timeout_s = fields.timeout_s or settings.default_timeout_s
@@ -101,7 +114,7 @@ def build_job(
     )
     blob_key, sha256 = svc.blobs.put(image.png, durable=durable)
     now = utcnow()
-    return Job(
+    return BLANK_ROW | dict(
         id=uuid.uuid4(),
         tenant_id=key.tenant_id,
         api_key_id=key.id,
@@ -267,18 +280,3 @@ def _earlier(
             code="idempotency_key_reused",
         )
     return job
-
-
-def job_row(job: Job) -> dict[str, Any]:
-    """The job as an INSERT parameter set, every column present, so one executemany takes
-    a whole chunk (and one job skips the ORM's unit of work). Column defaults are applied
-    to the row and, as a flush would, to ``job`` itself."""
-    row = {}
-    state = vars(job)  # plain dict reads: ORM descriptors cost more than the rest here
-    for column in Job.__table__.columns:
-        value = state.get(column.key)
-        if value is None and column.default is not None and column.default.is_scalar:
-            value = column.default.arg
-            setattr(job, column.key, value)
-        row[column.key] = value
-    return row

@@ -93,7 +93,8 @@ def main() -> int:
         bulk_rate = bulk(stack.url, stack.key, args.items)
         single_rate = single(stack.url, stack.key, args.single)
         database = stack.settings.database_url.split(":", 1)[0]
-    print(f"\nintake benchmark (gunicorn, 2 workers x 4 threads, {database}, no model)")
+    workers = 2 * (os.cpu_count() or 1) + 1
+    print(f"\nintake benchmark (gunicorn, {workers} workers x 4 threads, {database}, no model)")
     print(
         f"  bulk   ({args.items} items, one POST /v1/batches): {bulk_rate:6.0f} items/s (>= 2000)"
     )

@@ -46,6 +46,7 @@ def running_stack(model: Path) -> Iterator[Stack]:
         except Exception as exc:  # no PostgreSQL here: the embedded default still measures
             print(f"(PostgreSQL unavailable: {exc}; using SQLite)")
             database = f"sqlite:///{workdir / 'bench.db'}"
-        stack = Stack(database, redis.url, workdir, model).start()
+        # The API as production runs it (sightline api's default worker count).
+        stack = Stack(database, redis.url, workdir, model).start(api_workers=None)
         cleanup.callback(stack.close)
         yield stack

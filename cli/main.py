@@ -166,7 +166,9 @@ def _api(args: argparse.Namespace) -> int:
         "--bind",
         f"{args.host}:{args.port}",
         "--workers",
-        str(args.workers),
+        # gunicorn's own advice: while some workers wait on the database, the disk or
+        # Redis, the others keep the cores busy.
+        str(args.workers or 2 * (os.cpu_count() or 1) + 1),
         # Threads let long-polls (the console's live status) wait without holding a
         # whole worker process.
         "--threads",
@@ -267,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="serve the HTTP API (gunicorn)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    api.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    api.add_argument(
+        "--workers", type=int, help="gunicorn worker processes (default: 2 x CPU cores + 1)"
+    )
     api.add_argument("--dev", action="store_true", help="Flask's development server instead")
     api.set_defaults(run=_api)
 

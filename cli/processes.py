@@ -34,10 +34,13 @@ def spawn(args: list[str], env: dict[str, str], log: Path | None = None) -> subp
 
 
 def start_api(
-    env: dict[str, str], port: int, log: Path | None = None, workers: int = 2
+    env: dict[str, str], port: int, log: Path | None = None, workers: int | None = 2
 ) -> subprocess.Popen[bytes]:
-    """``sightline api`` (gunicorn) on 127.0.0.1:``port``."""
-    args = sightline_command("api", "--port", str(port), "--workers", str(workers))
+    """``sightline api`` (gunicorn) on 127.0.0.1:``port`` with ``workers`` processes
+    (``None``: the command's default, as in production)."""
+    args = sightline_command("api", "--port", str(port))
+    if workers is not None:
+        args += ["--workers", str(workers)]
     return spawn(args, env, log)
 
 

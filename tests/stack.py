@@ -96,12 +96,14 @@ class Stack:
             check=False,
         )
 
-    def start(self) -> Stack:
+    def start(self, api_workers: int | None = 2) -> Stack:
+        """Migrate, create the ``tests`` key, start the API with ``api_workers`` gunicorn
+        workers (``None``: ``sightline api``'s production default)."""
         self.cli("db", "upgrade")
         created = json.loads(self.cli("keys", "create", "tests", "--json"))
         self.key, self.webhook_secret = created["key"], created["webhook_secret"]
         port = free_port()
-        self.api = start_api(self.env, port, self.workdir / "logs" / "api.log")
+        self.api = start_api(self.env, port, self.workdir / "logs" / "api.log", api_workers)
         self.url = f"http://127.0.0.1:{port}"
         wait_http_ok(f"{self.url}/readyz", timeout_s=60, process=self.api)
         return self

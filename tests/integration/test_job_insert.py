@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from api.job_insert import insert_jobs
-from api.submission import job_row
+from api.submission import BLANK_ROW
 from migrations import upgrade
 from shared.db import create_engine_for, session_factory, transaction
 from shared.keys import create_key
@@ -30,9 +31,10 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
         yield Settings(data_dir=tmp_path, database_url=url)
 
 
-def _job(tenant_id: uuid.UUID, key_id: uuid.UUID, index: int) -> Job:
+def _fields(tenant_id: uuid.UUID, key_id: uuid.UUID, index: int) -> dict[str, Any]:
+    """A job's columns as a submission sets them (the rest left to defaults)."""
     now = utcnow()
-    return Job(
+    return dict(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
         api_key_id=key_id,
@@ -61,12 +63,12 @@ def test_bulk_insert_writes_what_the_orm_writes(settings: Settings) -> None:
     with transaction(sessions) as session:
         key, _ = create_key(session, "bulk")
         tenant_id, key_id = key.tenant_id, key.id
-    by_orm = [_job(tenant_id, key_id, i) for i in range(2)]
-    in_bulk = [_job(tenant_id, key_id, i + 10) for i in range(2)]
+    by_orm = [Job(**_fields(tenant_id, key_id, i)) for i in range(2)]
+    in_bulk = [BLANK_ROW | _fields(tenant_id, key_id, i + 10) for i in range(2)]
     with transaction(sessions) as session:
         session.add_all(by_orm)
     with transaction(sessions) as session:
-        insert_jobs(session, [job_row(job) for job in in_bulk])
+        insert_jobs(session, in_bulk)
 
     with sessions() as session:
         loaded = {job.id: job for job in session.scalars(select(Job))}
@@ -82,9 +84,9 @@ def test_bulk_insert_writes_what_the_orm_writes(settings: Settings) -> None:
         "deadline_at",
     }
     for orm_job, bulk_job in zip(by_orm, in_bulk, strict=True):
-        written, expected = loaded[bulk_job.id], loaded[orm_job.id]
+        written, expected = loaded[bulk_job["id"]], loaded[orm_job.id]
         for column in Job.__table__.columns:
             if column.key not in skip:
                 assert getattr(written, column.key) == getattr(expected, column.key), column.key
         for column in ("prompt", "created_at", "deadline_at", "item_index"):
-            assert getattr(written, column) == getattr(bulk_job, column), column
+            assert getattr(written, column) == bulk_job[column], column
