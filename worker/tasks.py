@@ -99,7 +99,10 @@ def _announce(task: Task, report: BatchReport, *, skip: uuid.UUID) -> None:
     if not others or not task.app.conf.worker_send_task_events:
         return
     try:
-        with task.app.events.default_dispatcher(hostname=task.request.hostname) as events:
+        with (
+            task.app.events.default_dispatcher(hostname=task.request.hostname) as events,
+            events.producer.batch(),  # one pipelined round trip for all of them
+        ):
             for outcome in others:
                 # name and args too: a monitor that missed the task-sent event still
                 # shows which task this is.
