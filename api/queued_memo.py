@@ -17,8 +17,8 @@ class QueuedMemo:
     request once thousands wait. Far below the cap the answer cannot change, so a fresh
     memo is trusted there; in the last ``exact_fraction`` of the cap (and whenever the
     memo is stale) the queue is counted exactly. Other API processes' submissions show up
-    at the next count: below the exact zone an estimate may be low by what they accepted
-    in the last ``max_age_s``, never in it.
+    only at this process's next count, so the cap can be passed by at most what they
+    accepted in the last ``max_age_s`` while this one trusted its memo.
     """
 
     def __init__(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli.redis_server import RedisServer, free_port
+from shared.settings import Settings
 from tests.services import postgres_server, scratch_database
 from tests.stack import Stack
 
@@ -136,3 +137,14 @@ def pg_stack(_stacks: dict[str, Stack]) -> Iterator[Stack]:
     running.reset()
     yield running
     running.stop_workers()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for an empty scratch database (no tables yet): a fresh PostgreSQL
+    database, then a SQLite file."""
+    if request.param == "sqlite":
+        yield Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'scratch.db'}")
+        return
+    with postgres_server() as admin, scratch_database(admin) as url:
+        yield Settings(data_dir=tmp_path, database_url=url)

@@ -4,12 +4,9 @@ ORM writes, column by column."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from api.job_insert import insert_jobs
@@ -19,16 +16,6 @@ from shared.db import create_engine_for, session_factory, transaction
 from shared.keys import create_key
 from shared.models import Job, JobStatus, Priority, utcnow
 from shared.settings import Settings
-from tests.services import postgres_server, scratch_database
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "sqlite":
-        yield Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'j.db'}")
-        return
-    with postgres_server() as admin, scratch_database(admin) as url:
-        yield Settings(data_dir=tmp_path, database_url=url)
 
 
 def _fields(tenant_id: uuid.UUID, key_id: uuid.UUID, index: int) -> dict[str, Any]:
@@ -56,9 +43,9 @@ def _fields(tenant_id: uuid.UUID, key_id: uuid.UUID, index: int) -> dict[str, An
     )
 
 
-def test_bulk_insert_writes_what_the_orm_writes(settings: Settings) -> None:
-    upgrade(settings)
-    engine = create_engine_for(settings)
+def test_bulk_insert_writes_what_the_orm_writes(database_settings: Settings) -> None:
+    upgrade(database_settings)
+    engine = create_engine_for(database_settings)
     sessions = session_factory(engine)
     with transaction(sessions) as session:
         key, _ = create_key(session, "bulk")

@@ -3,10 +3,6 @@ and the tenants migration carries existing keys, jobs and webhook events over.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -15,30 +11,22 @@ from migrations import downgrade, upgrade
 from shared.db import create_engine_for
 from shared.models import Base
 from shared.settings import Settings
-from tests.services import postgres_server, scratch_database
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "sqlite":
-        yield Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'm.db'}")
-        return
-    with postgres_server() as admin, scratch_database(admin) as url:
-        yield Settings(data_dir=tmp_path, database_url=url)
-
-
-def test_migrations_build_exactly_the_models_schema(settings: Settings) -> None:
-    upgrade(settings)
-    engine = create_engine_for(settings)
+def test_migrations_build_exactly_the_models_schema(database_settings: Settings) -> None:
+    upgrade(database_settings)
+    engine = create_engine_for(database_settings)
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert differences == []
 
 
-def test_each_key_becomes_a_tenant_that_keeps_its_jobs_and_secrets(settings: Settings) -> None:
-    upgrade(settings, "0006")
-    engine = create_engine_for(settings)
+def test_each_key_becomes_a_tenant_that_keeps_its_jobs_and_secrets(
+    database_settings: Settings,
+) -> None:
+    upgrade(database_settings, "0006")
+    engine = create_engine_for(database_settings)
     keys = [
         ("00000000-0000-0000-0000-00000000000a", "pipeline", "sl_aaaaaaa", "whsec_a"),
         ("00000000-0000-0000-0000-00000000000b", "pipeline", "sl_bbbbbbb", "whsec_b"),
@@ -86,7 +74,7 @@ def test_each_key_becomes_a_tenant_that_keeps_its_jobs_and_secrets(settings: Set
             },
         )
 
-    upgrade(settings)
+    upgrade(database_settings)
 
     with engine.connect() as db:
         tenants = {
@@ -102,7 +90,7 @@ def test_each_key_becomes_a_tenant_that_keeps_its_jobs_and_secrets(settings: Set
     }
     assert str(job_tenant).endswith("c") and str(event_tenant).endswith("c")
 
-    downgrade(settings, "0006")
+    downgrade(database_settings, "0006")
     with engine.connect() as db:
         secrets = db.execute(sa.text("SELECT name, webhook_secret FROM api_keys")).all()
         event_key = db.scalar(sa.text("SELECT api_key_id FROM webhook_events"))
@@ -112,7 +100,7 @@ def test_each_key_becomes_a_tenant_that_keeps_its_jobs_and_secrets(settings: Set
         ("reviewer", "whsec_c"),
     ]
     assert str(event_key).endswith("c")
-    upgrade(settings)
+    upgrade(database_settings)
     engine.dispose()
 
 

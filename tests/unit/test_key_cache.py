@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from api.key_cache import KeyCache
 from shared.models import ApiKey
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import ManualClock
 
 
 def test_a_key_is_remembered_for_ttl_seconds_only() -> None:
-    clock, row = Clock(), ApiKey(name="k")
+    clock, row = ManualClock(), ApiKey(name="k")
     cache = KeyCache(ttl_s=1.0, clock=clock)
     cache.put("digest", row)
     assert cache.get("digest") is row and cache.get("other") is None

@@ -5,18 +5,11 @@ from __future__ import annotations
 import uuid
 
 from api.queued_memo import QueuedMemo
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import ManualClock
 
 
 def test_fresh_memo_admits_below_the_exact_zone_and_counts_what_it_admits() -> None:
-    clock, tenant = Clock(), uuid.uuid4()
+    clock, tenant = ManualClock(), uuid.uuid4()
     memo = QueuedMemo(max_age_s=1.0, exact_fraction=0.1, clock=clock)
     assert not memo.admit(tenant, 1, cap=100), "nothing known yet: count"
     memo.counted(tenant, 80)
@@ -25,7 +18,7 @@ def test_fresh_memo_admits_below_the_exact_zone_and_counts_what_it_admits() -> N
 
 
 def test_near_the_cap_or_when_stale_the_queue_is_counted() -> None:
-    clock, tenant = Clock(), uuid.uuid4()
+    clock, tenant = ManualClock(), uuid.uuid4()
     memo = QueuedMemo(max_age_s=1.0, exact_fraction=0.1, clock=clock)
     memo.counted(tenant, 0)
     assert not memo.admit(tenant, 1, cap=1), "a small cap is all exact zone"
