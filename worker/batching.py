@@ -45,9 +45,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What one :meth:`BatchService.run` did: every outcome it wrote, in claim order."""
+    """What one :meth:`BatchService.run` did: every outcome it wrote, in claim order;
+    ``full`` when it claimed a whole batch (so more work may be waiting)."""
 
     outcomes: list[Outcome] = field(default_factory=list)
+    full: bool = False
 
     def status_of(self, job_id: uuid.UUID) -> JobStatus | None:
         """The final status this run gave ``job_id``, or ``None`` if it did not run it."""
@@ -86,8 +88,9 @@ class BatchService:
         self._after_commit = after_commit
         self._clock = clock
 
-    def run(self, job_id: uuid.UUID) -> BatchReport:
-        """Claim a batch (``job_id`` first if claimable), run it, commit the results.
+    def run(self, job_id: uuid.UUID | None) -> BatchReport:
+        """Claim a batch (``job_id`` first if given and claimable), run it, commit the
+        results.
 
         Returns only after every result is committed, so the caller may ack its message.
         A run that finds nothing claimable (a duplicate or late message) does nothing.
@@ -96,6 +99,7 @@ class BatchService:
         jobs = self._collect(job_id, token)
         if not jobs:
             return BatchReport()
+        full = len(jobs) >= self._settings.max_batch_size
         now = utcnow()
         expired = [job for job in jobs if job.deadline_at <= now]
         fresh = [job for job in jobs if job.deadline_at > now and job.attempts == 1]
@@ -116,9 +120,9 @@ class BatchService:
                 alone = self._infer([suspect])
                 self._persist(token, [suspect], alone)
                 outcomes += alone
-        return BatchReport(outcomes)
+        return BatchReport(outcomes, full)
 
-    def _collect(self, prefer: uuid.UUID, token: uuid.UUID) -> list[Job]:
+    def _collect(self, prefer: uuid.UUID | None, token: uuid.UUID) -> list[Job]:
         limit = self._settings.max_batch_size
         wait_s = self._settings.max_batch_wait_ms / 1000
         jobs = self._claim(limit, prefer, token, with_abandoned=True)

@@ -1,7 +1,8 @@
 """Celery tasks: thin wrappers that hand a message to the batch service.
 
 A message wakes a batch that settles its own job and up to ``max_batch_size - 1`` others,
-whose messages are processed later (and then find nothing to do) or never. So that
+whose messages are processed later (and then find nothing to do) or never; while batches
+come out full, the same task goes on with the next (``DRAIN_S``). So that
 monitors following task events (Flower) show every job with its real final state, the
 task that ran the batch sends ``task-succeeded`` / ``task-failed`` for each of those
 other jobs itself (the task id is the job id), and every task reports its own job's
@@ -27,6 +28,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.utils.saferepr import saferepr
+from celery.worker import state as worker_state
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.logs import log_context
@@ -37,6 +39,12 @@ from worker.claims import Outcome
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+# After a full batch a task claims the next one itself, for up to this long, instead of
+# going back to Celery for a message: each round trip (ack, fetch, task set-up) cost
+# ~13 ms between passes here, ~3 % of a CPU pass and far more of a GPU one. Bounded so
+# that the worker's own event loop (heartbeats, remote control) still runs often.
+DRAIN_S = 5.0
 
 
 class JobFailed(Exception):
@@ -63,13 +71,20 @@ def register_tasks(
         except ValueError:
             log.error("dropping message with malformed job id %r", job_id)
             return {"job_id": job_id, "status": "malformed"}
-        with log_context(batch_id=uuid.uuid4().hex):
-            started = time.monotonic()
-            report = service.run(wanted)
-            metrics.observe_batch(report)
-            _log_batch(report, time.monotonic() - started)
-            _announce(self, report, skip=wanted)
-        outcome = next((o for o in report.outcomes if o.job_id == wanted), None)
+        outcome = None
+        prefer: uuid.UUID | None = wanted
+        until = time.monotonic() + DRAIN_S
+        while True:
+            with log_context(batch_id=uuid.uuid4().hex):
+                started = time.monotonic()
+                report = service.run(prefer)
+                metrics.observe_batch(report)
+                _log_batch(report, time.monotonic() - started)
+                _announce(self, report, skip=wanted)
+            outcome = outcome or next((o for o in report.outcomes if o.job_id == wanted), None)
+            if not report.full or _shutting_down() or time.monotonic() >= until:
+                break
+            prefer = None  # the next batch: whatever waits, interactive first
         if outcome is not None:
             return _settled(self, wanted, outcome.status, outcome.error_code, outcome.error_message)
         with sessions() as session:
@@ -77,6 +92,11 @@ def register_tasks(
             if row is None:  # deleted, or never committed: nothing to report
                 raise Ignore()
             return _settled(self, wanted, row.status, row.error_code, row.error_message)
+
+
+def _shutting_down() -> bool:
+    """Whether a warm or cold shutdown was asked for (SIGTERM, SIGQUIT…)."""
+    return worker_state.should_stop is not None or worker_state.should_terminate is not None
 
 
 def _settled(

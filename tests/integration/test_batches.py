@@ -122,6 +122,24 @@ def test_a_batch_sends_one_wake_up_per_batch_of_items_after_answering(pg_stack: 
     assert depth == expected
 
 
+def test_one_wake_up_drains_a_queue_of_full_batches(pg_stack: Stack) -> None:
+    """A worker whose batch came out full claims the next one itself, so work whose
+    wake-ups were lost does not wait for the sweeper (none runs here)."""
+    items = [{"image": _b64(i), "prompt": f"item {i}"} for i in range(24)]
+    answer = _api(pg_stack, "POST", "/v1/batches", json={"items": items}).json()
+    deadline = time.monotonic() + 10
+    while _bulk_depth(pg_stack) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pg_stack.redis.ltrim(QUEUE_BULK, 0, 0)  # lose two of the three wake-ups
+    assert _bulk_depth(pg_stack) == 1
+
+    pg_stack.start_worker()
+    done = pg_stack.wait_all([item["id"] for item in answer["accepted"]], timeout_s=120)
+
+    assert {job["status"] for job in done} == {"succeeded"}
+    assert {job["batch_size"] for job in done} == {8}
+
+
 def _bulk_depth(stack: Stack) -> int:
     depths = queue_depths(stack.celery, [QUEUE_BULK])
     assert depths is not None
