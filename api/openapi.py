@@ -66,7 +66,7 @@ class JobSubmission(JobRequest):
 
 # Bodies the routes build as dicts; documented here until shared.schemas has them.
 class JobList(BaseModel):
-    """One page of the caller's jobs, newest first."""
+    """One page of the caller's tenant's jobs, newest first."""
 
     jobs: list[JobOut]
     next_cursor: str | None = Field(description="Pass as ``cursor`` for the next page.")
@@ -193,7 +193,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "get": _operation(
                     "listJobs",
                     jobs_v1,
-                    "List the caller's jobs, newest first",
+                    "List the jobs of the caller's tenant, newest first",
                     ok={200: ("One page of jobs.", "JobList", None)},
                     errors=[401, 422, 503],
                     parameters=_list_parameters(),

@@ -50,7 +50,7 @@ def submit() -> tuple[Body, int]:
 def watch(job_id: str) -> Body:
     """The job, as soon as its status differs from ``?seen=<status>`` or it is final, or
     after :data:`LONG_POLL_S` seconds at most (then unchanged; ask again). Without
-    ``seen`` it answers at once. Another key's job is 404, as in the API."""
+    ``seen`` it answers at once. Another tenant's job is 404, as in the API."""
     seen = request.args.get("seen")
     deadline = time.monotonic() + LONG_POLL_S
     svc = services()

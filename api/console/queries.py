@@ -28,7 +28,7 @@ def visible_jobs(key: ApiKey) -> Select[Job]:
 
 def find_job(db: Session, key: ApiKey, raw_id: str) -> Job:
     """Job ``raw_id`` if ``key`` may see it; :class:`NotFound` for a malformed id, an
-    unknown one, or another key's job (the same answer as ``GET /v1/jobs/{id}``)."""
+    unknown one, or another tenant's job (the same answer as ``GET /v1/jobs/{id}``)."""
     try:
         job_id = uuid.UUID(raw_id)
     except ValueError as exc:
