@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import requests
 from PIL import Image, ImageDraw
 from sqlalchemy import delete, select
 
@@ -110,6 +111,15 @@ class Stack:
 
     def client(self, key: str | None = None) -> Client:
         return Client(self.url, key or self.key)
+
+    def call(
+        self, method: str, path: str, *, key: str | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """A raw HTTP request to the API as ``key`` (default: the ``tests`` key), for
+        answers the client would turn into exceptions."""
+        headers = {"Authorization": f"Bearer {key or self.key}", **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 60)
+        return requests.request(method, f"{self.url}{path}", headers=headers, **kwargs)
 
     def start_worker(self, **settings: str) -> subprocess.Popen[bytes]:
         """Start ``sightline worker`` (the launcher) and wait until a worker answers a ping.

@@ -11,10 +11,8 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 
 from cli.processes import sightline_command
 from cli.redis_server import free_port
@@ -52,11 +50,6 @@ def _b64(index: int) -> str:
     return base64.b64encode(make_image(index)).decode()
 
 
-def _api(stack: Stack, method: str, path: str, **kwargs: Any) -> requests.Response:
-    headers = {"Authorization": f"Bearer {stack.key}", **kwargs.pop("headers", {})}
-    return requests.request(method, f"{stack.url}{path}", headers=headers, timeout=60, **kwargs)
-
-
 def test_partial_acceptance_reports_each_rejected_item_by_index(
     pg_stack: Stack, image_server: str
 ) -> None:
@@ -70,7 +63,7 @@ def test_partial_acceptance_reports_each_rejected_item_by_index(
         {"image": _b64(2), "prompt": "last", "metadata": ["any", "json"], "max_new_tokens": 4},
         {"prompt": "no image"},
     ]
-    response = _api(pg_stack, "POST", "/v1/batches", json={"items": items})
+    response = pg_stack.call("POST", "/v1/batches", json={"items": items})
     assert response.status_code == 202, response.text
     answer = response.json()
     assert [a["index"] for a in answer["accepted"]] == [0, 3, 6]
@@ -92,10 +85,10 @@ def test_partial_acceptance_reports_each_rejected_item_by_index(
     pg_stack.start_worker()
     pg_stack.wait_all([a["id"] for a in answer["accepted"]])
 
-    status = _api(pg_stack, "GET", f"/v1/batches/{answer['id']}").json()
+    status = pg_stack.call("GET", f"/v1/batches/{answer['id']}").json()
     assert status["counts"]["succeeded"] == 3 and status["progress"] == 1.0
     assert status["completed_at"] is not None
-    results = _api(pg_stack, "GET", f"/v1/batches/{answer['id']}/results")
+    results = pg_stack.call("GET", f"/v1/batches/{answer['id']}/results")
     assert results.headers["Content-Type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in results.text.splitlines()]
     assert [(line["index"], line["metadata"], line["status"]) for line in lines] == [
@@ -103,14 +96,14 @@ def test_partial_acceptance_reports_each_rejected_item_by_index(
         (3, {"row": 4}, "succeeded"),
         (6, ["any", "json"], "succeeded"),
     ]
-    listed = _api(pg_stack, "GET", "/v1/jobs", params={"batch_id": answer["id"]}).json()["jobs"]
+    listed = pg_stack.call("GET", "/v1/jobs", params={"batch_id": answer["id"]}).json()["jobs"]
     assert sorted(job["item_index"] for job in listed) == [0, 3, 6]
     assert all(job["priority"] == "bulk" for job in listed)
 
 
 def test_a_batch_sends_one_wake_up_per_batch_of_items_after_answering(pg_stack: Stack) -> None:
     items = [{"image": _b64(i), "prompt": f"item {i}"} for i in range(20)]
-    response = _api(pg_stack, "POST", "/v1/batches", json={"items": items})
+    response = pg_stack.call("POST", "/v1/batches", json={"items": items})
     assert response.status_code == 202, response.text
     per_message = pg_stack.settings.max_batch_size
     expected = -(-len(items) // per_message)
@@ -126,7 +119,7 @@ def test_one_wake_up_drains_a_queue_of_full_batches(pg_stack: Stack) -> None:
     """A worker whose batch came out full claims the next one itself, so work whose
     wake-ups were lost does not wait for the sweeper (none runs here)."""
     items = [{"image": _b64(i), "prompt": f"item {i}"} for i in range(24)]
-    answer = _api(pg_stack, "POST", "/v1/batches", json={"items": items}).json()
+    answer = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
     deadline = time.monotonic() + 10
     while _bulk_depth(pg_stack) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -151,16 +144,14 @@ def test_ndjson_body_and_resubmission_with_item_keys(pg_stack: Stack) -> None:
         json.dumps({"image": _b64(i), "prompt": f"n{i}", "idempotency_key": f"row-{i}"})
         for i in range(5)
     ]
-    first = _api(
-        pg_stack,
+    first = pg_stack.call(
         "POST",
         "/v1/batches",
         data="\n".join(lines) + "\n",
         headers={"Content-Type": "application/x-ndjson"},
     )
     assert first.status_code == 202, first.text
-    again = _api(
-        pg_stack,
+    again = pg_stack.call(
         "POST",
         "/v1/batches",
         data="\n".join(lines),
@@ -173,13 +164,13 @@ def test_ndjson_body_and_resubmission_with_item_keys(pg_stack: Stack) -> None:
 
 
 def test_whole_batch_refused_only_when_nothing_is_valid(pg_stack: Stack) -> None:
-    response = _api(
-        pg_stack, "POST", "/v1/batches", json={"items": [{"prompt": "x"}, {"image": "%%"}]}
+    response = pg_stack.call(
+        "POST", "/v1/batches", json={"items": [{"prompt": "x"}, {"image": "%%"}]}
     )
     assert response.status_code == 422
     assert response.json()["code"] == "no_valid_items"
     assert [r["index"] for r in response.json()["rejected"]] == [0, 1]
-    too_many = _api(pg_stack, "POST", "/v1/batches", json={"items": [{}] * 10_001})
+    too_many = pg_stack.call("POST", "/v1/batches", json={"items": [{}] * 10_001})
     assert too_many.json()["code"] == "too_many_items"
 
 
@@ -187,10 +178,10 @@ def test_cancel_a_batch_then_batch_completed_webhook(pg_stack: Stack) -> None:
     receiver = Receiver(free_port()).start()
     try:
         items = [{"image": _b64(i), "prompt": f"c{i}"} for i in range(6)]
-        batch = _api(
-            pg_stack, "POST", "/v1/batches", json={"items": items, "callback_url": receiver.url}
+        batch = pg_stack.call(
+            "POST", "/v1/batches", json={"items": items, "callback_url": receiver.url}
         ).json()
-        canceled = _api(pg_stack, "DELETE", f"/v1/batches/{batch['id']}").json()
+        canceled = pg_stack.call("DELETE", f"/v1/batches/{batch['id']}").json()
         assert canceled["canceled"] == 6 and canceled["counts"]["canceled"] == 6
         assert canceled["completed_at"] is not None
         pg_stack.start_ops(sweep_interval_s="0.5")
@@ -206,7 +197,7 @@ def test_interactive_jobs_overtake_a_bulk_backlog(pg_stack: Stack) -> None:
     items = [{"image": _b64(i), "prompt": f"bulk {i}", "max_new_tokens": 4} for i in range(40)]
     bulk = [
         a["id"]
-        for a in _api(pg_stack, "POST", "/v1/batches", json={"items": items}).json()["accepted"]
+        for a in pg_stack.call("POST", "/v1/batches", json={"items": items}).json()["accepted"]
     ]
     urgent = pg_stack.client().submit(make_image(99), "urgent", max_new_tokens=4)["id"]
     pg_stack.start_worker()
@@ -243,7 +234,7 @@ def test_long_poll_answers_when_the_job_ends(pg_stack: Stack) -> None:
 
     assert client.get(job_id, wait_s=60)["status"] == "succeeded"
     starter.join()
-    too_long = _api(pg_stack, "GET", f"/v1/jobs/{job_id}", params={"wait": "61"})
+    too_long = pg_stack.call("GET", f"/v1/jobs/{job_id}", params={"wait": "61"})
     assert too_long.status_code == 422 and too_long.json()["code"] == "invalid_query"
 
 

@@ -16,9 +16,7 @@ def _key(stack: Stack, name: str, *options: str) -> str:
 
 
 def _get(stack: Stack, key: str) -> requests.Response:
-    return requests.get(
-        f"{stack.url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10
-    )
+    return stack.call("GET", "/v1/jobs", key=key, timeout=10)
 
 
 def test_rate_limit_answers_429_then_lets_requests_through_after_the_window(

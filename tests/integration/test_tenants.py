@@ -24,10 +24,7 @@ class Caller:
     created: dict[str, Any]
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.created['key']}", **kwargs.pop("headers", {})}
-        return requests.request(
-            method, f"{self.stack.url}{path}", headers=headers, timeout=10, **kwargs
-        )
+        return self.stack.call(method, path, key=self.created["key"], timeout=10, **kwargs)
 
 
 @dataclass(frozen=True)
