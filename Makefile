@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install system-deps bench clean
+.PHONY: demo test lint install system-deps bench screenshots clean
 
 demo: install
 	$(BIN)/sightline demo
@@ -41,6 +41,10 @@ system-deps:
 
 bench: install
 	$(BIN)/python bench/batching.py
+
+# The console's browser tests, saving their screenshots where the README shows them.
+screenshots: install system-deps
+	SIGHTLINE_SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest tests/e2e
 
 clean:
 	rm -rf $(VENV) .sightline
