@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from shared.batches import complete_batches
 from shared.broker import queue_depths
@@ -119,52 +120,63 @@ def _take_due_events(settings: Settings, sessions: sessionmaker[Session]) -> lis
     attempt could take) as just enqueued; return their ids, disjoint across sweepers."""
     now = utcnow()
     lost_after = now - timedelta(seconds=settings.webhook_timeout_s + LOCK_MARGIN_S)
-    waiting = or_(WebhookEvent.enqueued_at.is_(None), WebhookEvent.enqueued_at < lost_after)
     free = or_(WebhookEvent.locked_until.is_(None), WebhookEvent.locked_until < now)
-    candidates = (
-        select(WebhookEvent.id)
-        .where(
-            WebhookEvent.status == EventStatus.PENDING,
-            WebhookEvent.next_attempt_at <= now,
-            waiting,
-            free,
-        )
-        .order_by(WebhookEvent.next_attempt_at)
-        .limit(settings.sweep_batch)
-        .with_for_update(skip_locked=True)
+    return _stamp_enqueued(
+        sessions,
+        WebhookEvent,
+        due=[WebhookEvent.status == EventStatus.PENDING, WebhookEvent.next_attempt_at <= now, free],
+        waiting=or_(WebhookEvent.enqueued_at.is_(None), WebhookEvent.enqueued_at < lost_after),
+        oldest_first=WebhookEvent.next_attempt_at,
+        limit=settings.sweep_batch,
+        now=now,
     )
-    with transaction(sessions) as session:
-        stamped = session.scalars(
-            update(WebhookEvent)
-            .where(WebhookEvent.id.in_(candidates.scalar_subquery()), waiting)
-            .values(enqueued_at=now)
-            .returning(WebhookEvent.id),
-            execution_options={"synchronize_session": False},
-        )
-        return list(stamped)
 
 
 def _take_stale(
     settings: Settings, sessions: sessionmaker[Session], priority: Priority
 ) -> list[uuid.UUID]:
     """Stamp up to ``sweep_batch`` stale claimable jobs as just enqueued; return their
-    ids. The stamp is conditional, so a concurrent sweeper gets disjoint ids."""
+    ids, disjoint across sweepers."""
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.requeue_after_s)
-    stale = or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff)
+    return _stamp_enqueued(
+        sessions,
+        Job,
+        due=[claimable(settings.max_attempts), Job.priority == priority],
+        waiting=or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
+        oldest_first=Job.created_at,
+        limit=settings.sweep_batch,
+        now=now,
+    )
+
+
+def _stamp_enqueued(
+    sessions: sessionmaker[Session],
+    model: type[Job] | type[WebhookEvent],
+    *,
+    due: list[ColumnElement[bool]],
+    waiting: ColumnElement[bool],
+    oldest_first: InstrumentedAttribute[Any],
+    limit: int,
+    now: datetime,
+) -> list[Any]:
+    """Set ``enqueued_at = now`` on up to ``limit`` rows of ``model`` that are ``due``
+    and ``waiting`` for a wake-up, oldest first, and return their ids. Rows another
+    sweeper holds are skipped, and the UPDATE re-checks ``waiting``, so two sweepers at
+    once stamp disjoint rows."""
     candidates = (
-        select(Job.id)
-        .where(claimable(settings.max_attempts), Job.priority == priority, stale)
-        .order_by(Job.created_at)
-        .limit(settings.sweep_batch)
+        select(model.id)
+        .where(*due, waiting)
+        .order_by(oldest_first)
+        .limit(limit)
         .with_for_update(skip_locked=True)
     )
     with transaction(sessions) as session:
         stamped = session.scalars(
-            update(Job)
-            .where(Job.id.in_(candidates.scalar_subquery()), stale)
+            update(model)
+            .where(model.id.in_(candidates.scalar_subquery()), waiting)
             .values(enqueued_at=now)
-            .returning(Job.id),
+            .returning(model.id),
             execution_options={"synchronize_session": False},
         )
         return list(stamped)
