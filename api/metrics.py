@@ -5,8 +5,10 @@ Per request: ``sightline_http_requests_total`` and
 (``/v1/jobs/<job_id>``, never a raw path: one series per route, not per job), and
 ``sightline_api_jobs_accepted_total`` by priority. Computed at each scrape, from the
 broker and the database: ``sightline_queue_depth`` per broker queue,
-``sightline_jobs`` per job status, and ``sightline_broker_up`` / ``sightline_database_up``
-(1 when the scrape could read them).
+``sightline_jobs`` per job status, ``sightline_webhook_events`` per undelivered status
+(pending, failed), ``sightline_webhook_oldest_pending_seconds`` (how far webhook
+delivery lags) and ``sightline_broker_up`` / ``sightline_database_up`` (1 when the
+scrape could read them).
 
 Under gunicorn each worker process counts its own requests; ``sightline api`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory shared by its workers, and a scrape,
@@ -19,6 +21,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -30,12 +34,13 @@ from sqlalchemy import func, select
 from api.context import Services
 from shared.broker import queue_depths
 from shared.logs import configure_logging
-from shared.models import Job, JobStatus
+from shared.models import EventStatus, Job, JobStatus, WebhookEvent, utcnow
 from shared.tasks import QUEUE_BULK, QUEUE_INTERACTIVE, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS
 
 metrics = Blueprint("metrics", __name__)
 
 _QUEUES = (QUEUE_INTERACTIVE, QUEUE_BULK, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
+_UNDELIVERED = (EventStatus.PENDING, EventStatus.FAILED)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Endpoints that accept jobs, and how to count the jobs in a 202 answer's body.
 _SINGLE_SUBMISSION = "jobs.create_job"
@@ -146,22 +151,62 @@ class _StateCollector:
             queue.add_metric([name], depth)
         yield queue
 
-        counts: dict[str, int] | None
-        try:
-            with self._services.sessions() as session:
-                rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
-                counts = {JobStatus(status).value: int(n) for status, n in rows}
-        except Exception:
-            counts = None
+        state = _database_state(self._services)
         database_up = GaugeMetricFamily(
             "sightline_database_up", "1 when this scrape could count jobs in the database."
         )
-        database_up.add_metric([], 0.0 if counts is None else 1.0)
+        database_up.add_metric([], 0.0 if state is None else 1.0)
         yield database_up
         jobs = GaugeMetricFamily(
             "sightline_jobs", "Jobs in the database by status.", labels=["status"]
         )
-        if counts is not None:
+        webhooks = GaugeMetricFamily(
+            "sightline_webhook_events",
+            "Webhook events not delivered: pending (retrying) or failed (gave up, or 410).",
+            labels=["status"],
+        )
+        lag = GaugeMetricFamily(
+            "sightline_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook event still pending (0 when none is).",
+        )
+        if state is not None:
             for status in JobStatus:
-                jobs.add_metric([status.value], counts.get(status.value, 0))
+                jobs.add_metric([status.value], state.jobs.get(status, 0))
+            for event_status in _UNDELIVERED:
+                webhooks.add_metric([event_status.value], state.events.get(event_status, 0))
+            oldest = state.oldest_pending
+            lag.add_metric([], 0.0 if oldest is None else (utcnow() - oldest).total_seconds())
         yield jobs
+        yield webhooks
+        yield lag
+
+
+@dataclass(frozen=True)
+class _DatabaseState:
+    jobs: dict[JobStatus, int]
+    events: dict[EventStatus, int]
+    oldest_pending: datetime | None
+
+
+def _database_state(services: Services) -> _DatabaseState | None:
+    """Jobs by status and undelivered webhook events, or ``None`` if the database did
+    not answer. Only undelivered events are counted: ix_webhook_events_due serves them,
+    while delivered ones pile up and would cost a full scan per scrape."""
+    try:
+        with services.sessions() as session:
+            jobs = session.execute(select(Job.status, func.count()).group_by(Job.status))
+            events = session.execute(
+                select(WebhookEvent.status, func.count(), func.min(WebhookEvent.created_at))
+                .where(WebhookEvent.status.in_(_UNDELIVERED))
+                .group_by(WebhookEvent.status)
+            ).all()
+            return _DatabaseState(
+                jobs={JobStatus(status): int(n) for status, n in jobs},
+                events={EventStatus(status): int(n) for status, n, _ in events},
+                oldest_pending=next(
+                    (oldest for status, _, oldest in events if status == EventStatus.PENDING),
+                    None,
+                ),
+            )
+    except Exception:
+        return None

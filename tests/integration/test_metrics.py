@@ -11,28 +11,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import requests
-from prometheus_client.parser import text_string_to_metric_families
-
 from cli.redis_server import free_port
+from tests.prometheus import Samples, scrape, total
 from tests.stack import Stack, make_image
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _scrape(url: str) -> Samples:
-    response = requests.get(url, timeout=10)
-    response.raise_for_status()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def _total(samples: Samples, name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
 
 
 def _of_node(samples: Samples, name: str, node: str) -> list[float]:
@@ -47,7 +28,7 @@ def _of_node(samples: Samples, name: str, node: str) -> list[float]:
 def test_metrics_agree_with_the_database(pg_stack: Stack) -> None:
     port = free_port()
     pg_stack.start_worker(devices="cpu,cpu", fault_injection="1", worker_metrics_port=str(port))
-    api_before = _scrape(f"{pg_stack.url}/metrics")
+    api_before = scrape(f"{pg_stack.url}/metrics")
     client = pg_stack.client()
     ids = [client.submit(make_image(i), "describe", max_new_tokens=4)["id"] for i in range(12)]
     ids.append(client.submit(make_image(99), "describe [[oom]]", max_new_tokens=4)["id"])
@@ -60,37 +41,41 @@ def test_metrics_agree_with_the_database(pg_stack: Stack) -> None:
     # The worker records a batch just after committing it: allow it a moment.
     deadline = time.monotonic() + 10
     while True:
-        worker = _scrape(f"http://127.0.0.1:{port}/metrics")
-        if _total(worker, "sightline_worker_batch_size_count") == batches:
+        worker = scrape(f"http://127.0.0.1:{port}/metrics")
+        if total(worker, "sightline_worker_batch_size_count") == batches:
             break
         assert time.monotonic() < deadline, "batch-size histogram never matched the database"
         time.sleep(0.2)
 
     for status, count in by_status.items():
-        assert _total(worker, "sightline_worker_jobs_finished_total", status=status) == count
-    assert _total(worker, "sightline_worker_jobs_finished_total", code="inference_error") == 1
-    assert _total(worker, "sightline_worker_queue_wait_seconds_count") == len(ids)
-    assert _total(worker, "sightline_worker_tokens_generated_total") == sum(
+        assert total(worker, "sightline_worker_jobs_finished_total", status=status) == count
+    assert total(worker, "sightline_worker_jobs_finished_total", code="inference_error") == 1
+    assert total(worker, "sightline_worker_queue_wait_seconds_count") == len(ids)
+    assert total(worker, "sightline_worker_tokens_generated_total") == sum(
         row.output_tokens or 0 for row in rows
     )
     # Every forward pass is timed, the failed ones (split until the culprit is alone) too.
-    assert _total(worker, "sightline_worker_inference_seconds_count", outcome="error") >= 1
+    assert total(worker, "sightline_worker_inference_seconds_count", outcome="error") >= 1
     for node in ("cpu0", "cpu1"):
         assert _of_node(worker, "sightline_worker_up", node) == [1.0], node
         [load_s] = _of_node(worker, "sightline_worker_model_load_seconds", node)
         assert load_s > 0, node
 
-    api = _scrape(f"{pg_stack.url}/metrics")
+    api = scrape(f"{pg_stack.url}/metrics")
     for status, count in by_status.items():
-        assert _total(api, "sightline_jobs", status=status) == count
-    assert _total(api, "sightline_jobs", status="queued") == 0
+        assert total(api, "sightline_jobs", status=status) == count
+    assert total(api, "sightline_jobs", status="queued") == 0
+    # No job asked for a webhook: the gauges are there, at zero.
+    for status in ("pending", "failed"):
+        assert api[("sightline_webhook_events", frozenset({("status", status)}))] == 0
+    assert api[("sightline_webhook_oldest_pending_seconds", frozenset())] == 0
     route = {"method": "POST", "route": "/v1/jobs", "status": "202"}
-    accepted = _total(api, "sightline_http_requests_total", **route) - _total(
+    accepted = total(api, "sightline_http_requests_total", **route) - total(
         api_before, "sightline_http_requests_total", **route
     )
     assert accepted == len(ids)
-    assert _total(api, "sightline_api_jobs_accepted_total") - _total(
+    assert total(api, "sightline_api_jobs_accepted_total") - total(
         api_before, "sightline_api_jobs_accepted_total"
     ) == len(ids)
-    assert _total(api, "sightline_queue_depth", queue="interactive") == 0
-    assert _total(api, "sightline_broker_up") == 1
+    assert total(api, "sightline_queue_depth", queue="interactive") == 0
+    assert total(api, "sightline_broker_up") == 1

@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from cli.redis_server import free_port
 from shared.webhooks import sign
+from tests.prometheus import scrape, total
 from tests.receiver import Receiver
 from tests.stack import Stack, make_image
 
@@ -119,11 +120,18 @@ def test_events_wait_out_a_receiver_outage_and_arrive_once_each(pg_stack: Stack)
     ids = [_submit(pg_stack, down.url, f"outage {i}", index=i) for i in range(50)]
     assert [job["status"] for job in pg_stack.wait_all(ids)] == ["succeeded"] * 50
     time.sleep(2)  # attempts fail against the closed port meanwhile
+    lagging = scrape(f"{pg_stack.url}/metrics")
+    assert total(lagging, "sightline_webhook_events", status="pending") == 50
+    assert total(lagging, "sightline_webhook_events", status="failed") == 0
+    assert total(lagging, "sightline_webhook_oldest_pending_seconds") >= 2
 
     up = down.start()
     try:
         up.wait_for(50, timeout_s=90)
         time.sleep(2)
+        caught_up = scrape(f"{pg_stack.url}/metrics")
+        assert total(caught_up, "sightline_webhook_events", status="pending") == 0
+        assert total(caught_up, "sightline_webhook_oldest_pending_seconds") == 0
         ids_by_job: dict[str, set[str]] = {}
         for request in up.requests:
             job_id = json.loads(request.body)["data"]["id"]

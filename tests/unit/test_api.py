@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from cli.redis_server import free_port
 from migrations import upgrade
 from shared.db import create_engine_for, session_factory, transaction
 from shared.keys import create_key
+from shared.models import EventStatus, WebhookEvent, utcnow
 from shared.settings import Settings
+from tests.prometheus import parse, total
 
 
 @pytest.fixture
@@ -136,3 +139,40 @@ def test_callback_to_a_name_resolving_to_loopback_is_422(client: FlaskClient, ke
     assert response.status_code == 422
     assert response.get_json()["code"] == "forbidden_destination"
     assert "127.0.0.1" in response.get_json()["detail"] or "::1" in response.get_json()["detail"]
+
+
+def test_metrics_count_undelivered_webhook_events_and_their_lag(
+    settings: Settings, client: FlaskClient
+) -> None:
+    engine = create_engine_for(settings)
+    with transaction(session_factory(engine)) as session:
+        api_key, _ = create_key(session, "hooks")
+        now = utcnow()
+        for number, (status, age_s) in enumerate(
+            [
+                (EventStatus.PENDING, 90),
+                (EventStatus.PENDING, 0),
+                (EventStatus.FAILED, 3600),
+                (EventStatus.DELIVERED, 7200),
+            ]
+        ):
+            session.add(
+                WebhookEvent(
+                    id=f"msg_{number}",
+                    tenant_id=api_key.tenant_id,
+                    type="job.succeeded",
+                    url="https://hooks.example/",
+                    payload="{}",
+                    status=status,
+                    created_at=now - timedelta(seconds=age_s),
+                )
+            )
+    engine.dispose()
+
+    samples = parse(client.get("/metrics").text)
+
+    assert total(samples, "sightline_database_up") == 1
+    assert total(samples, "sightline_webhook_events", status="pending") == 2
+    assert total(samples, "sightline_webhook_events", status="failed") == 1
+    # The oldest pending one, not the older failed or delivered ones.
+    assert 90 <= total(samples, "sightline_webhook_oldest_pending_seconds") < 600
