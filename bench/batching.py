@@ -160,8 +160,10 @@ def main() -> int:
     bare_1, bare_8, system_1, system_8, singly_8 = (Tally() for _ in range(5))
     with running_stack(model) as stack:
         bare_model(args.jobs // 4, args.tokens, 1, bare_1)
-        # The API sends a batch's wake-ups one per SIGHTLINE_MAX_BATCH_SIZE (8 here) jobs;
-        # a worker at batch 1 would leave 7 in 8 to the sweeper, so these go in singly.
+        # The API sends a batch's wake-ups one per SIGHTLINE_MAX_BATCH_SIZE (8 here) jobs:
+        # fewer than a worker at batch 1 needs once a wake-up's drain window
+        # (worker.tasks.DRAIN_S) ends, which leaves jobs to the sweeper; so these go in
+        # singly.
         sizes_1 = system(stack, args.jobs // 4, args.tokens, 1, system_1, one_request=False)
         sizes_8: dict[int, int] = {}
         for round_ in range(args.rounds):
