@@ -1,22 +1,29 @@
-"""Liveness and readiness probes (no authentication)."""
+"""Liveness and readiness probes (no authentication, so they say nothing but up or down).
+
+Load balancers and orchestrators call these every few seconds, and anyone can: they must
+stay cheap and tell outsiders nothing about the service's load or its machines. Which
+workers are alive and how much waits is for operators: ``sightline_worker_up`` and
+``sightline_queue_depth`` in Prometheus, the console's Status page.
+"""
 
 from __future__ import annotations
 
-from celery import Celery
-from flask import Blueprint
-from sqlalchemy import Engine, select, text
+from dataclasses import dataclass
 
-from api.context import services
-from shared.broker import queue_depths
+from flask import Blueprint, current_app
+from flask.blueprints import BlueprintSetupState
+from sqlalchemy import text
+
+from api.context import Services
+from api.fresh_for import FreshFor
 from shared.errors import ServiceUnavailable
-from shared.models import Job, JobStatus, utcnow
-from shared.tasks import GPU_QUEUES
 
 health = Blueprint("health", __name__)
+_READINESS = "sightline_readiness"
 
-# A broadcast ping waits this long for replies, whatever the number of workers; it keeps
-# a readiness probe well inside the usual 1 s probe timeout.
-PING_TIMEOUT_S = 0.5
+# How long the broker check may take to connect; keeps the probe inside the usual 3-5 s
+# probe timeouts.
+BROKER_TIMEOUT_S = 2
 
 
 @health.get("/healthz")
@@ -30,14 +37,33 @@ def readyz() -> dict[str, object]:
     """Ready (200) when the database answers a query and the broker a connection; else
     503 naming what is down.
 
-    The body also says whether any inference worker is alive and how many wake-up
-    messages wait per GPU queue. No worker does *not* make the API unready: the API's job
-    is to accept and store jobs, which it does without workers (they run once a worker
-    is back), and a readiness failure would take every API replica out of its load
-    balancer, turning a worker outage into refused submissions. Alert on
-    ``workers.alive`` (or ``sightline_worker_up``) instead.
+    No worker does *not* make the API unready: the API's job is to accept and store
+    jobs, which it does without workers (they run once a worker is back), and a
+    readiness failure would take every API replica out of its load balancer, turning a
+    worker outage into refused submissions. Nothing is sent to the workers either: a
+    probe anyone may call must not make every worker answer a broadcast. The verdict is
+    reused for ``SIGHTLINE_READINESS_CACHE_S`` per process, so a flood of probes costs one
+    check per interval.
     """
-    svc = services()
+    verdict: FreshFor[Readiness] = current_app.extensions[_READINESS]
+    found = verdict.get()
+    failing = [name for name, state in found.checks.items() if state != "ok"]
+    if failing:
+        raise ServiceUnavailable(
+            "not ready: " + "; ".join(f"{name} {found.checks[name]}" for name in failing)
+        )
+    return {"status": "ready", "checks": found.checks}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Each dependency's state: ``ok`` or ``unreachable: <exception class>``."""
+
+    checks: dict[str, str]
+
+
+def check_dependencies(svc: Services) -> Readiness:
+    """One ``SELECT 1`` on a pooled database connection and one broker connection."""
     checks: dict[str, str] = {}
     try:
         with svc.engine.connect() as conn:
@@ -47,46 +73,18 @@ def readyz() -> dict[str, object]:
         checks["database"] = f"unreachable: {exc.__class__.__name__}"
     try:
         with svc.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+            conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {exc.__class__.__name__}"
-    failing = [name for name, state in checks.items() if state != "ok"]
-    if failing:
-        raise ServiceUnavailable(
-            "not ready: " + "; ".join(f"{name} {checks[name]}" for name in failing)
-        )
-    return {
-        "status": "ready",
-        "checks": checks,
-        "workers": worker_status(svc.celery, svc.engine),
-        "queues": queue_depths(svc.celery, GPU_QUEUES),
-    }
+    return Readiness(checks)
 
 
-def worker_status(celery: Celery, engine: Engine) -> dict[str, object]:
-    """Which inference workers are alive: ``answering`` lists the nodes that answered a
-    ping within :data:`PING_TIMEOUT_S`; ``busy`` the nodes holding a live lease on a
-    running job. Both count, because a solo worker in the middle of a long batch cannot
-    answer a ping, while its batch renews the lease every third of its length. The no-GPU
-    ops node (``ops@…``) is not an inference worker and is left out."""
-    try:
-        replies = celery.control.ping(timeout=PING_TIMEOUT_S)
-        answering = sorted(
-            name for reply in replies for name in reply if not name.startswith("ops@")
-        )
-    except Exception:  # the broker answered a moment ago; a failed ping is "none"
-        answering = []
-    with engine.connect() as conn:
-        busy = sorted(
-            conn.scalars(
-                select(Job.worker)
-                .where(
-                    Job.status == JobStatus.RUNNING,
-                    Job.lease_expires_at > utcnow(),
-                    Job.worker.is_not(None),
-                )
-                .distinct()
-            )
-        )
-    return {"alive": bool(answering or busy), "answering": answering, "busy": busy}
+@health.record_once
+def _remember_readiness(state: BlueprintSetupState) -> None:
+    """Give the app the per-process memo of :func:`check_dependencies` that ``/readyz``
+    answers from (the app's services exist before its blueprints are registered)."""
+    svc: Services = state.app.extensions["sightline"]
+    state.app.extensions[_READINESS] = FreshFor(
+        svc.settings.readiness_cache_s, lambda: check_dependencies(svc)
+    )

@@ -8,7 +8,14 @@ broker and the database: ``sightline_queue_depth`` per broker queue,
 ``sightline_jobs`` per job status, ``sightline_webhook_events`` per undelivered status
 (pending, failed), ``sightline_webhook_oldest_pending_seconds`` (how far webhook
 delivery lags) and ``sightline_broker_up`` / ``sightline_database_up`` (1 when the
-scrape could read them).
+scrape could read them). Only service-wide totals: no series names a tenant.
+
+Who may scrape: with ``SIGHTLINE_METRICS_TOKEN`` set, only a request carrying
+``Authorization: Bearer <token>`` (Prometheus' ``authorization`` scrape option), else 401;
+without it, anyone in development and no one in production (404), since the totals
+tell outsiders how busy the service is. What it costs: the broker and database figures
+are read at most once per ``SIGHTLINE_METRICS_CACHE_S`` per process (a GROUP BY over the
+jobs table is not free), however often it is scraped.
 
 Under gunicorn each worker process counts its own requests; ``sightline api`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory shared by its workers, and a scrape,
@@ -18,6 +25,7 @@ Without that variable (``--dev``, tests) the values live in the app's own regist
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Iterator
@@ -32,9 +40,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
 from api.context import Services
+from api.fresh_for import FreshFor
 from shared.broker import queue_depths
+from shared.errors import NotFound, Unauthorized
 from shared.logs import configure_logging
 from shared.models import EventStatus, Job, JobStatus, WebhookEvent, utcnow
+from shared.settings import Settings
 from shared.tasks import QUEUE_BULK, QUEUE_INTERACTIVE, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS
 
 metrics = Blueprint("metrics", __name__)
@@ -82,9 +93,8 @@ class ApiMetrics:
 
 def instrument(app: Flask) -> None:
     """Make ``app`` observable: JSON log lines (:mod:`shared.logs`) at the configured
-    level, every request counted and timed, and ``/metrics`` served (no authentication:
-    expose it to Prometheus only, e.g. by network policy; it holds counts, never job
-    data). Call once the app's services exist."""
+    level, every request counted and timed, and ``/metrics`` served to whoever holds
+    the metrics token (see the module's docstring). Call once the app's services exist."""
     svc: Services = app.extensions["sightline"]
     configure_logging(svc.settings.log_level, "api")
     app.extensions["sightline_metrics"] = ApiMetrics(svc)
@@ -95,9 +105,24 @@ def instrument(app: Flask) -> None:
 
 @metrics.get("/metrics")
 def scrape() -> Response:
-    """The metrics in Prometheus' text format."""
+    """The metrics in Prometheus' text format, for the holder of the metrics token."""
+    _authorise_scrape(current_app.extensions["sightline"].settings)
     registry = current_app.extensions["sightline_metrics"].registry
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def _authorise_scrape(settings: Settings) -> None:
+    """Raise :class:`Unauthorized` unless the request carries the metrics token, or
+    :class:`NotFound` in production when no token is configured."""
+    token = settings.metrics_token
+    if not token:
+        if settings.environment == "production":
+            raise NotFound("/metrics is off in production until SIGHTLINE_METRICS_TOKEN is set")
+        return
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    # Compared in constant time: the time taken must not tell how much of a guess matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
+        raise Unauthorized("/metrics needs 'Authorization: Bearer <SIGHTLINE_METRICS_TOKEN>'")
 
 
 def _start_timer() -> None:
@@ -129,16 +154,33 @@ def _count_accepted(found: ApiMetrics, response: Response) -> None:
         found.accepted.labels("bulk").inc(len(created))
 
 
+@dataclass(frozen=True)
+class _ServiceState:
+    """What a scrape reports of the broker and the database; ``None`` where it could not
+    be read."""
+
+    depths: dict[str, int] | None
+    database: _DatabaseState | None
+
+
 class _StateCollector:
-    """Gauges read from the broker and the database at scrape time, so they are right
-    whichever process answers and however many API replicas run (each reports the same
-    service-wide values; aggregate them with ``max``, not ``sum``)."""
+    """Gauges read from the broker and the database, so they are right whichever process
+    answers and however many API replicas run (each reports the same service-wide
+    values; aggregate them with ``max``, not ``sum``). Read at most once per
+    ``metrics_cache_s`` per process: scrapes in between get the same figures."""
 
     def __init__(self, services: Services) -> None:
-        self._services = services
+        self._state = FreshFor(
+            services.settings.metrics_cache_s,
+            lambda: _ServiceState(
+                depths=queue_depths(services.celery, _QUEUES),
+                database=_database_state(services),
+            ),
+        )
 
     def collect(self) -> Iterator[Metric]:
-        depths = queue_depths(self._services.celery, _QUEUES)
+        found = self._state.get()
+        depths = found.depths
         broker_up = GaugeMetricFamily(
             "sightline_broker_up", "1 when this scrape could read the broker's queues."
         )
@@ -151,7 +193,7 @@ class _StateCollector:
             queue.add_metric([name], depth)
         yield queue
 
-        state = _database_state(self._services)
+        state = found.database
         database_up = GaugeMetricFamily(
             "sightline_database_up", "1 when this scrape could count jobs in the database."
         )

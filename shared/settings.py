@@ -170,8 +170,27 @@ class Settings(BaseSettings):
         le=65535,
         description=(
             "Port `sightline worker` serves its children's Prometheus metrics on "
-            "(all interfaces); 0 turns the endpoint off."
+            "(at worker_metrics_host); 0 turns the endpoint off."
         ),
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the worker metrics listen on; 0.0.0.0 where Prometheus is remote.",
+    )
+    metrics_token: str = Field(
+        default="",
+        description=(
+            "Bearer token the API's /metrics requires; empty: /metrics is open in "
+            "development and off in production."
+        ),
+    )
+    metrics_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long an API process reuses the database and broker figures of /metrics.",
+    )
+    readiness_cache_s: float = Field(
+        default=2.0, ge=0, description="How long an API process reuses its /readyz verdict."
     )
 
     @model_validator(mode="after")

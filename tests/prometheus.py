@@ -7,11 +7,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # (sample name, its labels) -> value
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# The API's /metrics wants a bearer token; tests.stack.Stack gives its API this one. The
+# workers' metrics ask for none and ignore it.
+METRICS_TOKEN = "tests-metrics-token"
 
 
-def scrape(url: str) -> Samples:
-    """Every sample on the page at ``url``."""
-    response = requests.get(url, timeout=10)
+def scrape(url: str, token: str = METRICS_TOKEN) -> Samples:
+    """Every sample on the page at ``url``, asked for with ``token`` as Prometheus does
+    (``authorization`` in its scrape config)."""
+    response = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     response.raise_for_status()
     return parse(response.text)
 

@@ -15,7 +15,8 @@ SIGTERM, a Celery warm shutdown: every child finishes its batch first.
 Metrics: the children write Prometheus values into a directory private to this launcher
 (prometheus_client's multiprocess mode), and the launcher serves their sum, with its own
 ``sightline_worker_up`` and ``sightline_worker_restarts_total``, on
-``SIGHTLINE_WORKER_METRICS_PORT`` (see :mod:`worker.metrics`).
+``SIGHTLINE_WORKER_METRICS_HOST`` (loopback by default) and ``SIGHTLINE_WORKER_METRICS_PORT``
+(see :mod:`worker.metrics`).
 
 The launcher itself never imports torch or touches CUDA: a process that initialised CUDA
 cannot hand a card to a child, and it would hold memory on every card for nothing.
@@ -176,12 +177,15 @@ class _Child:
 class Launcher:
     """Starts, watches, restarts and stops one worker child per device."""
 
-    def __init__(self, devices: list[str], metrics_port: int = 0) -> None:
+    def __init__(
+        self, devices: list[str], metrics_port: int = 0, metrics_host: str = "127.0.0.1"
+    ) -> None:
         self._children = [
             _Child(device=d, node=n) for d, n in zip(devices, node_names(devices), strict=True)
         ]
         self._stopping = threading.Event()
         self._metrics_port = metrics_port
+        self._metrics_host = metrics_host
         self._metrics_dir = Path()  # made by run(): one per run, removed when it ends
 
     def run(self) -> int:
@@ -215,11 +219,18 @@ class Launcher:
         from worker.metrics import serve
 
         try:
-            stop = serve(self._metrics_port, self._metrics_dir, _LauncherCollector(self))
+            stop = serve(
+                self._metrics_host, self._metrics_port, self._metrics_dir, _LauncherCollector(self)
+            )
         except OSError as exc:
-            log.error("worker metrics not served: port %d: %s", self._metrics_port, exc)
+            log.error(
+                "worker metrics not served on %s:%d: %s",
+                self._metrics_host,
+                self._metrics_port,
+                exc,
+            )
             return lambda: None
-        log.info("serving worker metrics on :%d/metrics", self._metrics_port)
+        log.info("serving worker metrics on %s:%d/metrics", self._metrics_host, self._metrics_port)
         return stop
 
     def children(self) -> list[tuple[str, str, bool, int]]:
@@ -391,7 +402,7 @@ def main(settings: Settings) -> int:
         ", ".join(devices),
         settings.model_path,
     )
-    return Launcher(devices, settings.worker_metrics_port).run()
+    return Launcher(devices, settings.worker_metrics_port, settings.worker_metrics_host).run()
 
 
 class _LauncherCollector:

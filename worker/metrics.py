@@ -4,8 +4,10 @@ Each child records into its own :class:`WorkerMetrics`. Under ``sightline worker
 launcher gives its children a fresh ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
 multiprocess mode: every process writes its values to memory-mapped files there) and
 serves the sum over all of them, including children that died and were restarted, on
-``SIGHTLINE_WORKER_METRICS_PORT`` (see :func:`serve`). A child started by hand without
-that directory keeps its values in process memory, unserved.
+``SIGHTLINE_WORKER_METRICS_HOST``:``SIGHTLINE_WORKER_METRICS_PORT`` (see :func:`serve`;
+loopback unless set otherwise, since the page names the machine's workers and devices).
+A child started by hand without that directory keeps its values in process memory,
+unserved.
 
 Every series carries the Celery node name as ``worker`` (``gpu0@host``).
 """
@@ -168,16 +170,16 @@ class InstrumentedBackend(BackendWrapper):
                 log.exception("could not read CUDA memory counters")
 
 
-def serve(port: int, directory: Path, *extra: Collector) -> Callable[[], None]:
+def serve(host: str, port: int, directory: Path, *extra: Collector) -> Callable[[], None]:
     """Serve the sum of every process's metrics in ``directory``, plus the ``extra``
-    collectors (the launcher's own), on ``0.0.0.0:port`` at ``/metrics`` from a daemon
-    thread. Returns a function that stops the server. Raises ``OSError`` if the port is
-    taken."""
+    collectors (the launcher's own), on ``host:port`` at ``/metrics`` from a daemon
+    thread. Returns a function that stops the server. Raises ``OSError`` if the address
+    cannot be bound."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
     for collector in extra:
         registry.register(collector)
-    server, thread = start_http_server(port, registry=registry)
+    server, thread = start_http_server(port, addr=host, registry=registry)
 
     def stop() -> None:
         server.shutdown()
