@@ -67,6 +67,7 @@ class Stack:
             "SIGHTLINE_MAX_BATCH_WAIT_MS": "20",
             # Webhook receivers in the tests listen on loopback.
             "SIGHTLINE_OUTBOUND_ALLOWLIST": "127.0.0.1",
+            "SIGHTLINE_METRICS_TOKEN": "tests-metrics-token",  # tests.prometheus.METRICS_TOKEN
         }
         self.settings = Settings(
             **{k.removeprefix("SIGHTLINE_").lower(): v for k, v in self.env.items()}
