@@ -1,38 +1,41 @@
-"""Downloading an image named by URL, under the SSRF guard, a size cap and a timeout."""
+"""Downloading an image named by URL through the outbound client: SSRF guard with the
+address pinned, a size cap and a total deadline."""
 
 from __future__ import annotations
 
-import requests
-
 from shared.errors import PayloadTooLarge, ValidationFailed
+from shared.outbound import DeadlineExceeded, OutboundClient, OutboundFailed
 from shared.ssrf import OutboundPolicy
-
-_CHUNK_BYTES = 64 * 1024
 
 
 def fetch_image(
-    url: str, policy: OutboundPolicy, *, max_bytes: int, timeout_s: float, session: requests.Session
+    url: str,
+    policy: OutboundPolicy,
+    *,
+    max_bytes: int,
+    timeout_s: float,
 ) -> bytes:
-    """The body of ``GET url``; raises a 4xx :class:`~shared.errors.SightlineError`:
-    ``forbidden_destination`` (SSRF guard), ``image_fetch_failed`` (network error,
-    timeout, non-200 answer, redirect — not followed), ``image_too_large`` (over
-    ``max_bytes``, checked while streaming so a huge body is not read)."""
-    policy.check(url, field="image_url")
+    """The body of ``GET url``, all of it within ``timeout_s`` seconds; raises a 4xx
+    :class:`~shared.errors.SightlineError`: ``forbidden_destination`` (SSRF guard),
+    ``image_fetch_failed`` (network or TLS error, deadline passed, non-200 answer,
+    redirect — not followed), ``image_too_large`` (over ``max_bytes``: reading stops
+    there)."""
     try:
-        with session.get(url, stream=True, timeout=timeout_s, allow_redirects=False) as response:
-            if response.status_code != 200:
-                raise ValidationFailed(
-                    f"image_url answered HTTP {response.status_code}", code="image_fetch_failed"
-                )
-            body = bytearray()
-            for chunk in response.iter_content(_CHUNK_BYTES):
-                body += chunk
-                if len(body) > max_bytes:
-                    raise PayloadTooLarge(
-                        f"image_url body exceeds {max_bytes} bytes", code="image_too_large"
-                    )
-            return bytes(body)
-    except requests.RequestException as exc:
+        response = OutboundClient(policy).request(
+            "GET", url, field="image_url", deadline_s=timeout_s, max_body_bytes=max_bytes
+        )
+    except DeadlineExceeded as exc:
         raise ValidationFailed(
-            f"image_url could not be fetched: {type(exc).__name__}", code="image_fetch_failed"
+            f"image_url did not answer within {timeout_s:g} s", code="image_fetch_failed"
         ) from exc
+    except OutboundFailed as exc:
+        raise ValidationFailed(
+            f"image_url could not be fetched: {exc}", code="image_fetch_failed"
+        ) from exc
+    if response.status != 200:
+        raise ValidationFailed(
+            f"image_url answered HTTP {response.status}", code="image_fetch_failed"
+        )
+    if response.truncated:
+        raise PayloadTooLarge(f"image_url body exceeds {max_bytes} bytes", code="image_too_large")
+    return response.body

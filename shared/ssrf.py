@@ -1,21 +1,37 @@
-"""The SSRF guard for every URL sightline calls out to (webhooks, later image URLs).
+"""The SSRF guard for every URL sightline calls out to (webhooks and image URLs).
+
+A URL is parsed once, here, by a deliberately strict grammar, and the result is the only
+reading anyone uses: :mod:`shared.outbound` connects to the address vetted here and sends
+the path and ``Host`` parsed here, so no second parser can read the URL differently.
+Refused outright, because clients disagree on what they mean: anything but printable
+ASCII (control characters, whitespace, non-ASCII: use the ``xn--`` form of international
+names and percent-encode paths), backslashes, userinfo (``user@``), ``%`` in the authority,
+host names that are not letters/digits/hyphens in dot-separated labels, numeric hosts
+that are not a canonical dotted quad (``127.1``, ``0x7f.1``, ``2130706433``), IPv6 zone
+ids, empty or out-of-range ports.
 
 A URL is allowed when it is ``http`` or ``https`` and every address its host resolves to
-is a public (globally routable, non-multicast) address; loopback, private, link-local
-(which holds the cloud metadata endpoints), shared, reserved and multicast addresses are
-refused. ``SIGHTLINE_OUTBOUND_ALLOWLIST`` names hosts (exact names) and networks
-(``127.0.0.1``, ``10.0.0.0/8``, ``::1``) that are allowed despite this, for local set-ups
-and tests. The check is made when a URL is accepted and again right before each call,
-because what a name resolves to can change in between.
+is public: ``ipaddress`` calls it global, it is not multicast, it is not an IPv4-compatible
+(``::a.b.c.d``) or Teredo address, and an IPv4 address embedded in it (IPv4-mapped, NAT64
+``64:ff9b::/96`` and ``64:ff9b:1::/48``, 6to4 ``2002::/16``) is public too. Loopback,
+private, link-local (which holds the cloud metadata endpoints), shared, reserved and
+multicast addresses are refused. ``SIGHTLINE_OUTBOUND_ALLOWLIST`` names hosts (exact
+names; any address they resolve to is allowed) and networks (``127.0.0.1``,
+``10.0.0.0/8``, ``::1``) that are allowed despite this, for local set-ups and tests.
+Refusals never name the address a host resolved to (that would map the internal network).
+
+:meth:`OutboundPolicy.vet` resolves once and returns the :class:`Destination` to connect
+to; the check is made when a URL is accepted and again right before each call, because
+what a name resolves to can change in between.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from shared.errors import ValidationFailed
 
@@ -23,12 +39,144 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
 
+MAX_URL_CHARS = 2048
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<rest>.*)")
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]*")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+_PORT = re.compile(r"[0-9]{1,5}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Addresses that only carry an IPv4 address for a transition mechanism nobody should be
+# calling webhooks through; refused whatever they embed.
+_REFUSED_V6 = (
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated): ::7f00:1 is 127.0.0.1
+    ipaddress.IPv6Network("2001::/32"),  # Teredo
+)
+# Translation prefixes whose last 32 bits are the IPv4 address reached.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
 
 class ForbiddenDestination(ValidationFailed):
-    """A URL sightline will not call: wrong scheme, unresolvable, or a private address."""
+    """A URL sightline will not call: malformed or ambiguous, wrong scheme, unresolvable,
+    or a non-public address."""
 
     code = "forbidden_destination"
     title = "Forbidden destination"
+
+
+@dataclass(frozen=True)
+class OutboundURL:
+    """The one reading of an outbound URL: lower-case ``scheme`` and ``host`` (an IPv6
+    host without brackets), the ``port`` (the scheme's default when absent), and the
+    request ``target`` (path and query; the fragment is never sent)."""
+
+    scheme: str
+    host: str
+    port: int
+    target: str
+
+    @property
+    def host_header(self) -> str:
+        """The ``Host`` header: the host, with the port unless it is the default."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host:port``: what logs and errors may show (no path, query or
+        credentials, which may carry tokens)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A vetted URL and the addresses it may be reached at, in the order to try them."""
+
+    url: OutboundURL
+    addresses: tuple[IPAddress, ...]
+
+
+def parse_outbound_url(url: str, *, field: str = "url") -> OutboundURL:
+    """Parse ``url`` by the strict grammar in the module docstring; raise
+    :class:`ForbiddenDestination` (422) for anything it refuses."""
+    if len(url) > MAX_URL_CHARS:
+        raise ForbiddenDestination(f"{field} is longer than {MAX_URL_CHARS} characters")
+    if not _PRINTABLE_ASCII.fullmatch(url):
+        raise ForbiddenDestination(
+            f"{field} may only hold printable ASCII without spaces: percent-encode the path "
+            "and use the xn-- form of an international host name"
+        )
+    if "\\" in url:
+        raise ForbiddenDestination(f"{field} may not contain a backslash")
+    match = _URL.fullmatch(url)
+    if match is None:
+        raise ForbiddenDestination(f"{field} is not an absolute http or https URL")
+    scheme = match["scheme"].lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ForbiddenDestination(f"{field} must be http or https, not {scheme!r}")
+    authority = match["authority"]
+    if "@" in authority:
+        raise ForbiddenDestination(f"{field} may not contain credentials (user@host)")
+    if "%" in authority:
+        raise ForbiddenDestination(f"{field} may not percent-encode its host")
+    host, port = _split_authority(authority, scheme, field)
+    target = match["rest"].split("#", 1)[0]
+    if target and not target.startswith(("/", "?")):
+        raise ForbiddenDestination(f"{field} is not a valid URL")
+    if target.startswith("?") or not target:
+        target = "/" + target
+    return OutboundURL(scheme, host, port, target)
+
+
+def loggable_origin(url: str) -> str:
+    """What a log line may show of ``url``: ``scheme://host:port``, never the path, query
+    or credentials (callback URLs often carry tokens)."""
+    try:
+        return parse_outbound_url(url).origin
+    except ForbiddenDestination:
+        return "<invalid URL>"
+
+
+def _split_authority(authority: str, scheme: str, field: str) -> tuple[str, int]:
+    if authority.startswith("["):
+        bracket = authority.find("]")
+        literal, after = authority[1:bracket], authority[bracket + 1 :]
+        try:
+            host = str(ipaddress.IPv6Address(literal)) if bracket > 0 else ""
+        except ValueError:
+            host = ""
+        if not host:
+            raise ForbiddenDestination(f"{field} has an invalid IPv6 address")
+        if after and not after.startswith(":"):
+            raise ForbiddenDestination(f"{field} is not a valid URL")
+        port_text = after[1:] if after else None
+    else:
+        host, colon, port_text_or_empty = authority.partition(":")
+        port_text = port_text_or_empty if colon else None
+        host = host.lower()
+        if not host:
+            raise ForbiddenDestination(f"{field} has no host")
+        if not _HOST_NAME.fullmatch(host) or len(host) > 253:
+            raise ForbiddenDestination(f"{field} host is not a valid host name")
+        if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]) and not _is_dotted_quad(host):
+            raise ForbiddenDestination(
+                f"{field} host looks numeric but is not a dotted-quad IPv4 address"
+            )
+    if port_text is None:
+        return host, _DEFAULT_PORTS[scheme]
+    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
+        raise ForbiddenDestination(f"{field} has an invalid port")
+    return host, int(port_text)
+
+
+def _is_dotted_quad(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)  # four decimal octets, no leading zeros
+    except ValueError:
+        return False
+    return True
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -38,7 +186,8 @@ def _resolve(host: str, port: int) -> list[str]:
 
 @dataclass(frozen=True)
 class OutboundPolicy:
-    """Which destinations are allowed; build with :meth:`from_setting`."""
+    """Which destinations are allowed; build with :meth:`from_setting`. ``resolver`` maps
+    ``(host, port)`` to address strings; it is asked once per :meth:`vet`."""
 
     hosts: frozenset[str]
     networks: tuple[IPNetwork, ...]
@@ -63,46 +212,57 @@ class OutboundPolicy:
 
     def check(self, url: str, *, field: str = "url") -> None:
         """Raise :class:`ForbiddenDestination` (422) unless ``url`` may be called now."""
+        self.vet(url, field=field)
+
+    def vet(self, url: str, *, field: str = "url") -> Destination:
+        """Parse ``url``, resolve its host once and return where to connect; raise
+        :class:`ForbiddenDestination` (422) unless every address is allowed."""
+        parsed = parse_outbound_url(url, field=field)
         try:
-            parts = urlsplit(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as exc:
-            raise ForbiddenDestination(f"{field} is not a valid URL: {exc}") from exc
-        if parts.scheme not in ("http", "https"):
-            raise ForbiddenDestination(f"{field} must be http or https, not {parts.scheme!r}")
-        host = (parts.hostname or "").lower()
-        if not host:
-            raise ForbiddenDestination(f"{field} has no host")
-        if host in self.hosts:
-            return
-        try:
-            addresses = (
-                [ipaddress.ip_address(host)]
-                if _is_literal(host)
-                else [ipaddress.ip_address(a.split("%")[0]) for a in self.resolver(host, port)]
-            )
-        except OSError as exc:
-            raise ForbiddenDestination(f"{field} host {host!r} cannot be resolved: {exc}") from exc
-        if not addresses:
-            raise ForbiddenDestination(f"{field} host {host!r} resolves to no address")
-        for address in addresses:
-            if not self._allowed(address):
+            literal: IPAddress | None = ipaddress.ip_address(parsed.host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            addresses: list[IPAddress] = [literal]
+        else:
+            try:
+                answers = self.resolver(parsed.host, parsed.port)
+                # A scope id ("fe80::1%eth0") is dropped; fe80::/10 is refused anyway.
+                addresses = [ipaddress.ip_address(a.split("%")[0]) for a in answers]
+            except (OSError, UnicodeError, ValueError) as exc:
                 raise ForbiddenDestination(
-                    f"{field} host {host!r} resolves to {address}, a non-public address; "
-                    "allow it with SIGHTLINE_OUTBOUND_ALLOWLIST if this is intended"
-                )
+                    f"{field} host {parsed.host!r} cannot be resolved"
+                ) from exc
+        if not addresses:
+            raise ForbiddenDestination(f"{field} host {parsed.host!r} resolves to no address")
+        if parsed.host not in self.hosts and not all(self._allowed(a) for a in addresses):
+            what = "is" if literal is not None else f"host {parsed.host!r} resolves to"
+            raise ForbiddenDestination(
+                f"{field} {what} a non-public address; allow it with "
+                "SIGHTLINE_OUTBOUND_ALLOWLIST if this is intended"
+            )
+        return Destination(parsed, tuple(addresses))
 
     def _allowed(self, address: IPAddress) -> bool:
-        mapped = getattr(address, "ipv4_mapped", None)
-        candidates = [address, mapped] if mapped is not None else [address]
-        if any(c in network for c in candidates for network in self.networks):
+        forms = _forms(address)
+        if any(form in network for form in forms for network in self.networks):
             return True
-        return all(c.is_global and not c.is_multicast for c in candidates)
+        if isinstance(address, ipaddress.IPv6Address) and any(
+            address in network for network in _REFUSED_V6
+        ):
+            return False
+        return all(form.is_global and not form.is_multicast for form in forms)
 
 
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+def _forms(address: IPAddress) -> list[IPAddress]:
+    """``address`` and every IPv4 address embedded in it that a packet to it reaches."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return [address]
+    forms: list[IPAddress] = [address]
+    if address.ipv4_mapped is not None:
+        forms.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        forms.append(address.sixtofour)
+    if any(address in network for network in _NAT64):
+        forms.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return forms

@@ -22,6 +22,11 @@ DNS = resolver(
         "hooks.example.com": ["93.184.216.34"],
         "rebind.example.com": ["93.184.216.34", "10.1.2.3"],
         "internal.corp": ["192.168.1.20"],
+        # Each resolves to an IPv4 address hidden in an IPv6 one.
+        "nat64.example.com": ["64:ff9b::a9fe:a9fe"],  # 169.254.169.254
+        "sixtofour.example.com": ["2002:a00:1::"],  # 10.0.0.1
+        "compat.example.com": ["::7f00:1"],  # 127.0.0.1
+        "teredo.example.com": ["2001:0:4136:e378:8000:63bf:80ff:fffe"],
     }
 )
 
@@ -44,6 +49,36 @@ DNS = resolver(
         "http://nowhere.invalid/",
         "file:///etc/passwd",
         "http:///no-host",
+        # The guard must read the URL as the client does: ambiguous forms are refused.
+        "http://127.0.0.1\\@hooks.example.com/",
+        "http://127.0.0.1:80\\@hooks.example.com/",
+        "http://user:pw@hooks.example.com/",
+        "http://hooks.example.com@127.0.0.1/",
+        "http://hooks.example.com/a b",
+        "http://hooks.example.com/\x00",
+        "http://hooks.example.com/\r\nX-Injected: 1",
+        "http://hooks.example.com\t/",
+        "http://hooks.example.com:/",
+        "http://hooks.example.com:0/",
+        "http://hooks.example.com:+80/",
+        "http://hooks.example.com./",
+        "http://hooks%2eexample.com/",
+        "http://h\u00f6oks.example.com/",
+        "http://127.1/",
+        "http://0x7f.1/",
+        "http://2130706433/",
+        "http://[fe80::1%25eth0]/",
+        # IPv6 forms that embed a non-public IPv4 address, literal or resolved.
+        "http://[::7f00:1]/",
+        "http://[::127.0.0.1]/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://[64:ff9b:1::a00:1]/",
+        "http://[2002:7f00:1::]/",
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+        "http://nat64.example.com/",
+        "http://sixtofour.example.com/",
+        "http://compat.example.com/",
+        "http://teredo.example.com/",
     ],
 )
 def test_refused(url: str) -> None:
@@ -57,6 +92,16 @@ def test_public_destinations_pass() -> None:
     policy = OutboundPolicy.from_setting("", resolver=DNS)
     policy.check("https://hooks.example.com/sightline")
     policy.check("http://93.184.216.34:8080/x")
+    policy.check("HTTPS://Hooks.Example.COM:8443?x=1#fragment")
+    policy.check("http://[2606:4700:4700::1111]/")
+    policy.check("http://[64:ff9b::5db8:d822]/")  # NAT64 of a public address
+
+
+def test_refusals_do_not_reveal_what_a_name_resolves_to() -> None:
+    with pytest.raises(ForbiddenDestination) as raised:
+        OutboundPolicy.from_setting("", resolver=DNS).check("http://internal.corp/")
+    assert "192.168" not in raised.value.detail
+    assert "resolves to a non-public address" in raised.value.detail
 
 
 def test_the_allowlist_admits_networks_and_host_names() -> None:
