@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-import requests
 from flask import (
     Blueprint,
     Response,
@@ -33,11 +34,13 @@ from sqlalchemy import select, update
 
 from api.access import load_owned
 from api.auth import authenticate, current_key
+from api.batch_intake import IntakeDeadline, fetch_images, vet_callbacks
 from api.context import Services, services
 from api.gc_paused import gc_paused
+from api.job_input import check_json_shape, check_texts, loads_strict
 from api.job_insert import insert_jobs
-from api.limits import enforce_queue_cap
-from api.submission import JobRow, build_job_row
+from api.limits import enforce_item_rate, enforce_queue_cap
+from api.submission import JobDraft, JobRow, draft_job, finish_job_row, normalise_upload
 from shared.batches import batch_summary
 from shared.enqueue import enqueue_events, enqueue_wakeups
 from shared.errors import (
@@ -46,7 +49,7 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from shared.fetch import fetch_image
+from shared.images import NormalisedImage
 from shared.models import ApiKey, Batch, Job, JobStatus, Priority, utcnow
 from shared.schemas import BatchItem, BatchRequest
 from shared.webhooks import record_events
@@ -58,51 +61,73 @@ batches.before_request(authenticate)
 
 # Idempotency keys looked up per query.
 LOOKUP_CHUNK = 2000
+# JSON values a batch body may hold per allowed item, on average (fields and metadata of
+# a real item take a few dozen); past it the body is refused before it is parsed.
+JSON_VALUES_PER_ITEM = 100
 Body = dict[str, Any]
 
 
 @batches.post("")
 def create_batch() -> tuple[Body, int, dict[str, str]]:
     """Accept a batch: JSON ``{"items": [...], "callback_url"}`` or NDJSON (one item per
-    line; ``?callback_url=``). 202 with accepted and rejected items by index."""
+    line; ``?callback_url=``). 202 with accepted and rejected items by index.
+
+    Order matters: everything that can refuse an item or the whole batch (item rate,
+    fields, callback URLs, idempotency keys, queue cap) is decided before any image is
+    downloaded, decoded or stored, so a refused or repeated batch stores nothing."""
     svc = services()
     request.max_content_length = svc.settings.max_batch_body_bytes
+    key = current_key()
     raw_items, callback_url = _read_items(svc)
+    enforce_item_rate(svc, svc.counters, key, len(raw_items))
     if callback_url is not None:
         svc.outbound.check(callback_url, field="callback_url")
-    key = current_key()
-    with gc_paused():
-        parsed = [_parse(svc, raw) for raw in raw_items]
-        images = _fetch_images(svc, parsed)
-        built = [
-            _build(svc, key, index, item, images.get(index)) for index, item in enumerate(parsed)
-        ]
+    deadline = IntakeDeadline(svc.settings.batch_intake_deadline_s)
+    # Not a ``with``: leaving it would wait for downloads still running past the deadline.
+    pool = ThreadPoolExecutor(max_workers=svc.settings.image_fetch_concurrency)
+    try:
+        with gc_paused():
+            outcomes = _draft_items(svc, pool, key, raw_items, deadline)
+            existing = _existing(svc, key, outcomes)
+            fresh = {
+                i: item
+                for i, item in enumerate(outcomes)
+                if isinstance(item, Drafted) and item.draft.row["idempotency_key"] not in existing
+            }
+            enforce_queue_cap(svc, key, adding=len(fresh))
+            rows = _build_rows(svc, pool, fresh, deadline)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    for index, row in rows.items():
+        outcomes[index] = row
     rejected = [
         {"index": i, "code": outcome.code, "detail": outcome.detail}
-        for i, outcome in enumerate(built)
+        for i, outcome in enumerate(outcomes)
         if isinstance(outcome, SightlineError)
     ]
-    jobs = [(i, row) for i, row in enumerate(built) if not isinstance(row, SightlineError)]
-    existing = _existing(svc, key, jobs)
-    new_jobs = [row for _, row in jobs if row["idempotency_key"] not in existing]
-    if not jobs:
+    accepted = [
+        (i, outcome)
+        for i, outcome in enumerate(outcomes)
+        if not isinstance(outcome, SightlineError)
+    ]
+    if not accepted:
         raise ValidationFailed(
             f"none of the {len(raw_items)} items is valid",
             code="no_valid_items",
             rejected=rejected[:100],
         )
+    new_jobs = [row for _, row in accepted if isinstance(row, dict)]
     batch = Batch(
         id=uuid.uuid4(),
         tenant_id=key.tenant_id,
         api_key_id=key.id,
         created_at=utcnow(),
         items_submitted=len(raw_items),
-        items_accepted=len(jobs),
+        items_accepted=len(accepted),
         callback_url=callback_url,
     )
     for row in new_jobs:
         row["batch_id"] = batch.id
-    enforce_queue_cap(svc, key, adding=len(new_jobs))
     svc.blobs.sync()
     with svc.sessions() as session, session.begin():
         session.add(batch)
@@ -110,17 +135,21 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         insert_jobs(session, new_jobs)
     wake = [row["id"] for row in new_jobs]
     after_this_request(lambda response: _wake_after(response, svc, batch.id, wake))
-    accepted = [
-        {"index": i, "id": str(existing.get(row["idempotency_key"], row["id"]))}
-        | ({"existing": True} if row["idempotency_key"] in existing else {})
-        for i, row in jobs
-    ]
     body = {
         "id": str(batch.id),
         "items_submitted": len(raw_items),
-        "items_accepted": len(jobs),
+        "items_accepted": len(accepted),
         "items_rejected": len(rejected),
-        "accepted": accepted,
+        "accepted": [
+            {"index": i, "id": str(row["id"])}
+            if isinstance(row, dict)
+            else {
+                "index": i,
+                "id": str(existing[row.draft.row["idempotency_key"]]),
+                "existing": True,
+            }
+            for i, row in accepted
+        ],
         "rejected": rejected,
     }
     return body, 202, {"Location": url_for("batches.get_batch", batch_id=batch.id)}
@@ -230,25 +259,28 @@ def _load(raw_id: str) -> Batch:
 
 
 def _read_items(svc: Services) -> tuple[list[Any], str | None]:
+    """The body's items and batch callback URL. JSON bodies and NDJSON lines are parsed
+    strictly (as ``POST /v1/jobs`` bodies are) after the same shape pre-scan, with one
+    budget of :data:`JSON_VALUES_PER_ITEM` values per allowed item for the whole body, so
+    a body of many tiny values is refused (400 ``json_too_complex``) before it is built."""
     limit = svc.settings.max_batch_items
+    max_values = limit * JSON_VALUES_PER_ITEM
     if request.mimetype == "application/json":
+        raw = request.get_data(cache=False)
+        check_json_shape(raw, max_values)
         try:
-            body = json.loads(request.get_data())
-            parsed = BatchRequest.model_validate(body)
+            parsed = BatchRequest.model_validate(loads_strict(raw, what="the body"))
         except (ValueError, RecursionError) as exc:
             raise BadRequest(f"the body is not a valid batch: {exc}", code="invalid_json") from exc
         items, callback = parsed.items, parsed.callback_url
     elif request.mimetype in ("application/x-ndjson", "application/jsonl"):
         items = []
+        used = 0
         for number, line in enumerate(request.stream, start=1):
             if not line.strip():
                 continue
-            try:
-                items.append(json.loads(line))
-            except (ValueError, RecursionError) as exc:
-                raise BadRequest(
-                    f"NDJSON line {number} is not valid JSON: {exc}", code="invalid_json"
-                ) from exc
+            used += check_json_shape(line, max_values - used)
+            items.append(loads_strict(line, what=f"NDJSON line {number}"))
             if len(items) > limit:
                 break
         callback = request.args.get("callback_url")
@@ -265,87 +297,119 @@ def _read_items(svc: Services) -> tuple[list[Any], str | None]:
     return items, callback
 
 
-def _parse(svc: Services, raw: Any) -> BatchItem | SightlineError:
-    """One item's fields validated (not yet its image), or its problem."""
-    try:
-        if not isinstance(raw, dict):
-            raise ValidationFailed("an item must be a JSON object", code="invalid_fields")
+@dataclass(frozen=True)
+class Drafted:
+    """An item whose fields passed every check: its job draft and its image source."""
+
+    draft: JobDraft
+    item: BatchItem
+
+
+Outcome = Drafted | JobRow | SightlineError
+
+
+def _draft_items(
+    svc: Services,
+    pool: ThreadPoolExecutor,
+    key: ApiKey,
+    raw_items: list[Any],
+    deadline: IntakeDeadline,
+) -> list[Outcome]:
+    """Each item's draft (fields valid, callback URL allowed, idempotency key not
+    repeated earlier in the batch), or its problem. No image work yet."""
+    outcomes: list[Outcome] = []
+    for raw in raw_items:
         try:
-            item = BatchItem.model_validate(raw)
-        except ValidationError as exc:
-            detail = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+            item = _parse(svc, raw)
+            outcomes.append(
+                Drafted(draft_job(svc, key, item, Priority.BULK, check_callback=False), item)
             )
-            raise ValidationFailed(detail, code="invalid_fields") from exc
-        if (item.image is None) == (item.image_url is None):
-            raise ValidationFailed("give exactly one of image and image_url", code="invalid_fields")
-        metadata_bytes = len(json.dumps(item.metadata))
-        if metadata_bytes > svc.settings.max_metadata_bytes:
-            limit = svc.settings.max_metadata_bytes
-            raise ValidationFailed(
-                f"metadata is {metadata_bytes} bytes; the limit is {limit}",
-                code="metadata_too_large",
+        except SightlineError as exc:
+            outcomes.append(exc)
+    callbacks = {o.draft.callback_url for o in outcomes if isinstance(o, Drafted)}
+    verdicts = vet_callbacks(svc, pool, [url for url in callbacks if url is not None], deadline)
+    seen_keys: set[str] = set()
+    for index, outcome in enumerate(outcomes):
+        if not isinstance(outcome, Drafted):
+            continue
+        problem = verdicts.get(outcome.draft.callback_url or "")
+        idempotency_key = outcome.item.idempotency_key
+        if problem is None and idempotency_key is not None:
+            if idempotency_key in seen_keys:
+                problem = ValidationFailed(
+                    f"idempotency_key {idempotency_key!r} is used by an earlier item of this "
+                    "batch; each item needs its own",
+                    code="duplicate_idempotency_key",
+                )
+            seen_keys.add(idempotency_key)
+        if problem is not None:
+            outcomes[index] = problem
+        else:
+            outcome.draft.row.update(
+                item_index=index,
+                item_metadata=outcome.item.metadata,
+                idempotency_key=idempotency_key,
             )
-    except SightlineError as exc:
-        return exc
+    return outcomes
+
+
+def _parse(svc: Services, raw: Any) -> BatchItem:
+    """One item's fields validated (not yet its image); raises its problem. Text is
+    checked as ``POST /v1/jobs`` checks it (no NUL, no unpaired surrogate)."""
+    if not isinstance(raw, dict):
+        raise ValidationFailed("an item must be a JSON object", code="invalid_fields")
+    check_texts(raw)
+    try:
+        item = BatchItem.model_validate(raw)
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ValidationFailed(detail, code="invalid_fields") from exc
+    if (item.image is None) == (item.image_url is None):
+        raise ValidationFailed("give exactly one of image and image_url", code="invalid_fields")
+    metadata_bytes = len(json.dumps(item.metadata))
+    if metadata_bytes > svc.settings.max_metadata_bytes:
+        limit = svc.settings.max_metadata_bytes
+        raise ValidationFailed(
+            f"metadata is {metadata_bytes} bytes; the limit is {limit}",
+            code="metadata_too_large",
+        )
     return item
 
 
-def _fetch_images(
-    svc: Services, parsed: list[BatchItem | SightlineError]
-) -> dict[int, bytes | SightlineError]:
-    """The downloaded bytes (or the fetch's problem) of every valid ``image_url`` item by
-    index, ``image_fetch_concurrency`` at a time: the only part of intake that waits on
-    the network, and the only part worth threads (the rest holds the GIL)."""
-    wanted = {
-        index: item.image_url
-        for index, item in enumerate(parsed)
-        if isinstance(item, BatchItem) and item.image_url is not None
-    }
-    if not wanted:
-        return {}
-
-    def fetch(url: str) -> bytes | SightlineError:
-        try:
-            return fetch_image(
-                url,
-                svc.outbound,
-                max_bytes=svc.settings.max_image_bytes,
-                timeout_s=svc.settings.image_fetch_timeout_s,
-                session=http,
-            )
-        except SightlineError as exc:
-            return exc
-
-    with (
-        ThreadPoolExecutor(max_workers=svc.settings.image_fetch_concurrency) as pool,
-        requests.Session() as http,
-    ):
-        return dict(zip(wanted, pool.map(fetch, wanted.values()), strict=True))
-
-
-def _build(
+def _build_rows(
     svc: Services,
-    key: ApiKey,
-    index: int,
-    item: BatchItem | SightlineError,
-    fetched: bytes | SightlineError | None,
-) -> JobRow | SightlineError:
-    """The job row for one parsed item (``fetched``: its downloaded image, for an
-    ``image_url`` item), or its problem."""
-    try:
-        if isinstance(item, SightlineError):
-            raise item
+    pool: ThreadPoolExecutor,
+    fresh: dict[int, Drafted],
+    deadline: IntakeDeadline,
+) -> dict[int, JobRow | SightlineError]:
+    """Each fresh item's stored image and complete row, or its image's problem: inline
+    images decoded here, ``image_url`` ones downloaded under the intake's bounds."""
+    rows: dict[int, JobRow | SightlineError] = {}
+
+    def finish(index: int, image: NormalisedImage, source_sha256: str) -> None:
+        draft = fresh[index].draft
+        fingerprint = draft.fingerprint(source_sha256)
+        rows[index] = finish_job_row(svc, draft, image, fingerprint, durable=False)
+
+    for index, drafted in fresh.items():
+        if drafted.item.image is None:
+            continue
+        try:
+            image_bytes = _decode_base64(drafted.item.image)
+            image = normalise_upload(svc, image_bytes)
+        except SightlineError as exc:
+            rows[index] = exc
+            continue
+        finish(index, image, hashlib.sha256(image_bytes).hexdigest())
+    urls = {i: d.item.image_url for i, d in fresh.items() if d.item.image_url is not None}
+    for index, fetched in fetch_images(svc, pool, urls, deadline):
         if isinstance(fetched, SightlineError):
-            raise fetched
-        image = fetched if fetched is not None else _decode_base64(item.image or "")
-        row = build_job_row(svc, key, item, image, Priority.BULK, durable=False)
-    except SightlineError as exc:
-        return exc
-    row["item_index"] = index
-    row["item_metadata"] = item.metadata
-    row["idempotency_key"] = item.idempotency_key
-    return row
+            rows[index] = fetched
+        else:
+            finish(index, fetched.image, fetched.source_sha256)
+    return rows
 
 
 def _decode_base64(encoded: str) -> bytes:
@@ -357,11 +421,13 @@ def _decode_base64(encoded: str) -> bytes:
         raise BadRequest(f"'image' is not valid base64: {exc}", code="invalid_base64") from exc
 
 
-def _existing(
-    svc: Services, key: ApiKey, jobs: list[tuple[int, JobRow]]
-) -> dict[str | None, uuid.UUID]:
+def _existing(svc: Services, key: ApiKey, outcomes: list[Outcome]) -> dict[str | None, uuid.UUID]:
     """Jobs the key's tenant already has under the items' idempotency keys."""
-    wanted = [row["idempotency_key"] for _, row in jobs if row["idempotency_key"] is not None]
+    wanted = [
+        o.item.idempotency_key
+        for o in outcomes
+        if isinstance(o, Drafted) and o.item.idempotency_key is not None
+    ]
     found: dict[str | None, uuid.UUID] = {}
     with svc.sessions() as session:
         for start in range(0, len(wanted), LOOKUP_CHUNK):

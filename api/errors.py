@@ -2,8 +2,9 @@
 
 This is the one place exceptions become HTTP responses: :class:`SightlineError`
 subclasses carry their status and code; Werkzeug's HTTP errors (404 route, 405, 413 body
-too large) and database outages are mapped here too; anything else is a 500 whose body
-says nothing about internals (the traceback goes to the log).
+too large), database outages (503) and constraint violations (409: the caller's request
+collided with data written meanwhile, not an outage) are mapped here too; anything else is
+a 500 whose body says nothing about internals (the traceback goes to the log).
 """
 
 from __future__ import annotations
@@ -12,10 +13,16 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json, request
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import PayloadTooLarge, ServiceUnavailable, SightlineError, TooManyRequests
+from shared.errors import (
+    Conflict,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    SightlineError,
+    TooManyRequests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,19 @@ def _from_database(exc: DBAPIError) -> Response:
     return _from_sightline(ServiceUnavailable("the database cannot be reached; retry later"))
 
 
+def _from_constraint(exc: IntegrityError) -> Response:
+    # Two requests racing for the same idempotency key (two identical batches at once):
+    # the database kept one; the other learns it collided and may retry to see the winner.
+    log.info("constraint violation: %s", exc.orig.__class__.__name__ if exc.orig else "")
+    return _from_sightline(
+        Conflict(
+            "the request collided with one committed at the same time (an idempotency key "
+            "already in use); none of its jobs was created: retry it to see the existing ones",
+            code="conflict",
+        )
+    )
+
+
 def _from_anything(exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem(500, "Internal error", "an internal error occurred", "internal_error")
@@ -74,5 +94,6 @@ def _from_anything(exc: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(SightlineError, _from_sightline)
     app.register_error_handler(HTTPException, _from_http)
+    app.register_error_handler(IntegrityError, _from_constraint)
     app.register_error_handler(DBAPIError, _from_database)
     app.register_error_handler(Exception, _from_anything)

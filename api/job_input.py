@@ -103,18 +103,8 @@ def _parse_json_object(raw: bytes) -> dict[str, Any]:
     """``raw`` as a JSON object, under the rules in the module docstring (400 if not)."""
     if not raw.strip():
         raise BadRequest("the body is empty; send a JSON object", code="invalid_json")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(
-            f"the body is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
-            code="invalid_json",
-        ) from exc
-    _check_json_shape(raw)
-    try:
-        body = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except ValueError as exc:  # JSONDecodeError, duplicate keys, >4300-digit integers
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    check_json_shape(raw)
+    body = loads_strict(raw, what="the body")
     if not isinstance(body, dict):
         raise BadRequest(
             f"the body is a JSON {type(body).__name__}; send a JSON object", code="invalid_json"
@@ -122,25 +112,49 @@ def _parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _check_json_shape(raw: bytes) -> None:
-    """Bound depth and size before ``json.loads`` builds anything. With strings blanked
-    out, what is left is small for any sensible body; all of it is counted in C, and
-    depth is followed over at most the first ``MAX_JSON_VALUES + MAX_JSON_DEPTH``
-    brackets (enough to see a nest too deep, whatever a body too large holds)."""
+def loads_strict(raw: bytes, *, what: str) -> Any:
+    """``raw`` parsed as strict JSON: UTF-8, no duplicate keys, no ``NaN``/``Infinity``;
+    400 ``invalid_json`` naming ``what`` otherwise. Bound its shape first
+    (:func:`check_json_shape`): this builds every value it holds."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"{what} is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
+            code="invalid_json",
+        ) from exc
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except ValueError as exc:  # JSONDecodeError, duplicate keys, >4300-digit integers
+        raise BadRequest(f"{what} is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+def check_json_shape(raw: bytes, max_values: int = MAX_JSON_VALUES) -> int:
+    """Bound depth and size before ``json.loads`` builds anything; returns the number of
+    values counted (about: commas plus containers), so callers reading many documents
+    (NDJSON lines) can bound their total. 400 ``json_too_deep`` past
+    :data:`MAX_JSON_DEPTH`, ``json_too_complex`` past ``max_values``.
+
+    With strings blanked out, what is left is small for any sensible body; all of it is
+    counted in C, and depth is followed over at most the first ``max_values +
+    MAX_JSON_DEPTH`` brackets (enough to see a nest too deep, whatever a body too large
+    holds)."""
     structure = _JSON_STRING.sub(b'""', raw)
     brackets = structure.translate(None, _NOT_BRACKETS)
     depth = 0
-    for byte in brackets[: MAX_JSON_VALUES + MAX_JSON_DEPTH]:
+    for byte in brackets[: max_values + MAX_JSON_DEPTH]:
         depth += 1 if byte in b"[{" else -1
         if depth > MAX_JSON_DEPTH:
             raise BadRequest(
                 f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels",
                 code="json_too_deep",
             )
-    if structure.count(b",") + len(brackets) // 2 > MAX_JSON_VALUES:
+    values = structure.count(b",") + len(brackets) // 2
+    if values > max_values:
         raise BadRequest(
-            f"the JSON body has more than {MAX_JSON_VALUES} values", code="json_too_complex"
+            f"the JSON body has more than {max_values} values", code="json_too_complex"
         )
+    return values
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -256,10 +270,7 @@ def _utf8(name: str, value: bytes) -> str:
 
 
 def _validate(fields: dict[str, Any]) -> JobRequest:
-    for name, value in fields.items():
-        for text in value if isinstance(value, list) else [value]:
-            if isinstance(text, str):
-                _check_text(name, text)
+    check_texts(fields)
     try:
         return JobRequest.model_validate(fields)
     except ValidationError as exc:
@@ -268,6 +279,22 @@ def _validate(fields: dict[str, Any]) -> JobRequest:
         raise ValidationFailed(
             "a field holds JSON nested too deeply to read", code="invalid_fields"
         ) from exc
+
+
+def check_texts(fields: dict[str, Any]) -> None:
+    """422 ``invalid_text`` for any string in ``fields`` (values, nested
+    objects and lists, and their keys) that cannot be stored: see :func:`_check_text`."""
+    pending: list[tuple[str, Any]] = list(fields.items())
+    while pending:
+        name, value = pending.pop()
+        if isinstance(value, str):
+            _check_text(name, value)
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                _check_text(f"{name} (a key)", key)
+                pending.append((f"{name}.{key}", inner))
+        elif isinstance(value, list):
+            pending.extend((f"{name}[{i}]", inner) for i, inner in enumerate(value))
 
 
 def _check_text(name: str, text: str) -> None:

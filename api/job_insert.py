@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from sqlalchemy import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.models import Job
@@ -21,8 +23,10 @@ INSERT_CHUNK = 2000
 
 
 def insert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows`` (every column present, as :func:`api.submission.build_job_row`
-    makes them) into ``jobs`` inside ``session``'s transaction."""
+    """Insert ``rows`` (every column present, as :func:`api.submission.finish_job_row`
+    makes them) into ``jobs`` inside ``session``'s transaction. Database errors are
+    SQLAlchemy's ``DBAPIError`` subclasses (``IntegrityError`` for a unique violation)
+    on every dialect."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         for start in range(0, len(rows), INSERT_CHUNK):
@@ -34,11 +38,17 @@ def insert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
     names = ", ".join(f'"{column.name}"' for column in columns)
     driver = connection.connection.driver_connection
     assert driver is not None  # a live connection inside the transaction
-    with driver.cursor() as cursor, cursor.copy(f"COPY jobs ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(
-                [
-                    row[column.key] if process is None else process(row[column.key])
-                    for column, process in zip(columns, processors, strict=True)
-                ]
-            )
+    statement = f"COPY jobs ({names}) FROM STDIN"
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(
+                    [
+                        row[column.key] if process is None else process(row[column.key])
+                        for column, process in zip(columns, processors, strict=True)
+                    ]
+                )
+    except psycopg.Error as exc:
+        # COPY runs on the driver, outside SQLAlchemy: wrap its errors as SQLAlchemy does
+        # (a unique violation becomes IntegrityError), so the API maps them like any other.
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc

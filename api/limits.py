@@ -1,4 +1,4 @@
-"""Per-key request rate and queued-jobs cap: 429 with ``Retry-After``.
+"""Per-key request rate, batch item rate and queued-jobs cap: 429 with ``Retry-After``.
 
 The rate limit is a fixed window counted in Redis (the broker's server), shared by every
 API process: ``N/S`` allows N requests per key in each S-second window. If Redis cannot
@@ -42,21 +42,50 @@ def enforce_rate(svc: Services, client: redis.Redis, key: ApiKey) -> None:
     if count == 0:
         return
     now = time.time()
-    bucket = f"sightline:rate:{key.id}:{int(now // window)}"
-    try:
-        pipe = client.pipeline()
-        pipe.incr(bucket)
-        pipe.expire(bucket, window + 1)
-        used = int(pipe.execute()[0])
-    except redis.RedisError as exc:
-        log.warning("rate limit not enforced: Redis unreachable (%s)", type(exc).__name__)
-        return
-    if used > count:
+    used = _add_to_window(client, f"sightline:rate:{key.id}:{int(now // window)}", 1, window)
+    if used is not None and used > count:
         retry_after = max(1, math.ceil(window - now % window))
         raise TooManyRequests(
             f"rate limit of {count} requests per {window} s reached; retry in {retry_after} s",
             retry_after=retry_after,
         )
+
+
+def enforce_item_rate(svc: Services, client: redis.Redis, key: ApiKey, items: int) -> None:
+    """Count a batch's ``items`` against ``key``'s item window (``batch_item_rate_limit``,
+    separate from the request rate, so a 10,000-item batch weighs 10,000 here and one
+    there); :class:`TooManyRequests` (``item_rate_limited``) past it. A refused batch is
+    taken back out of the window: only accepted requests use it up."""
+    count, window = parse_rate(svc.settings.batch_item_rate_limit)
+    if count == 0:
+        return
+    now = time.time()
+    bucket = f"sightline:items:{key.id}:{int(now // window)}"
+    used = _add_to_window(client, bucket, items, window)
+    if used is None or used <= count:
+        return
+    _add_to_window(client, bucket, -items, window)
+    retry_after = max(1, math.ceil(window - now % window))
+    raise TooManyRequests(
+        f"this batch's {items} items would pass the limit of {count} batch items per "
+        f"{window} s ({used - items} used); retry in {retry_after} s",
+        retry_after=retry_after,
+        code="item_rate_limited",
+    )
+
+
+def _add_to_window(client: redis.Redis, bucket: str, amount: int, window: int) -> int | None:
+    """Add ``amount`` to the counter ``bucket`` (expiring after its window) and return
+    the new total; ``None`` (logged) if Redis cannot be reached: the limit is then not
+    enforced rather than taking the API down with the broker."""
+    try:
+        pipe = client.pipeline()
+        pipe.incrby(bucket, amount)
+        pipe.expire(bucket, window + 1)
+        return int(pipe.execute()[0])
+    except redis.RedisError as exc:
+        log.warning("rate limit not enforced: Redis unreachable (%s)", type(exc).__name__)
+        return None
 
 
 def enforce_queue_cap(svc: Services, key: ApiKey, adding: int) -> None:

@@ -22,7 +22,7 @@ from api.job_input import JobInput
 from api.limits import enforce_queue_cap
 from shared.enqueue import enqueue_job
 from shared.errors import BadRequest, ValidationFailed
-from shared.images import normalise_image
+from shared.images import NormalisedImage, normalise_image
 from shared.json_schema import SchemaError, min_new_tokens
 from shared.models import ApiKey, Job, JobStatus, Priority, utcnow
 from shared.schemas import JobOptions, JobRequest, JsonSchemaFormat
@@ -51,17 +51,23 @@ def submit_job(
     With an ``idempotency_key`` already used in this key's tenant, the original job is
     returned (``created`` False) if the request is the same, and 422 is raised if it is
     not. Field limits raise 422, image problems their 4xx (see ``shared.images``).
+    Everything that can refuse the request (fields, idempotency, image, queue cap) is
+    checked before the image is stored, so a refused or repeated request stores nothing
+    and a repeat does not decode the image again.
     """
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
-    row = build_job_row(svc, key, submitted.fields, submitted.image, Priority.INTERACTIVE)
-    row["idempotency_key"] = idempotency_key
-    job = Job(**row)
+    draft = draft_job(svc, key, submitted.fields, Priority.INTERACTIVE)
+    fingerprint = draft.fingerprint(hashlib.sha256(submitted.image).hexdigest())
     if idempotency_key is not None:
-        earlier = _earlier(svc, key, idempotency_key, job.request_sha256)
+        earlier = _earlier(svc, key, idempotency_key, fingerprint)
         if earlier is not None:
             return earlier, False
+    image = normalise_upload(svc, submitted.image)
     enforce_queue_cap(svc, key, adding=1)
+    row = finish_job_row(svc, draft, image, fingerprint)
+    row["idempotency_key"] = idempotency_key
+    job = Job(**row)
     try:
         with svc.sessions() as session, session.begin():
             session.execute(insert(Job), [row])
@@ -80,19 +86,39 @@ def submit_job(
     return job, True
 
 
-def build_job_row(
+@dataclass(frozen=True)
+class JobDraft:
+    """A submission whose fields passed validation: its row without the image columns,
+    and what the image-dependent columns are computed from."""
+
+    row: JobRow
+    fields: JobRequest
+    plan: GenerationPlan
+    options: JobOptions
+    timeout_s: int
+
+    @property
+    def callback_url(self) -> str | None:
+        url: str | None = self.row["callback_url"]
+        return url
+
+    def fingerprint(self, image_sha256: str) -> str:
+        """What makes two submissions "the same request" for idempotency, given the
+        SHA-256 (hex) of the image as submitted (before normalisation)."""
+        return _fingerprint(self.fields, self.plan, self.options, self.timeout_s, image_sha256)
+
+
+def draft_job(
     svc: Services,
     key: ApiKey,
     fields: JobRequest,
-    image_bytes: bytes,
     priority: Priority,
     *,
-    durable: bool = True,
-) -> JobRow:
-    """Validate one submission, store its normalised image, and return the job's row to
-    insert: every column, as a plain dict (thousands of them are built per batch; an ORM
-    object costs more than the rest). Raises the 4xx of the first problem found. With
-    ``durable`` False the caller must ``svc.blobs.sync()`` before committing."""
+    check_callback: bool = True,
+) -> JobDraft:
+    """Validate one submission's fields (no image work, nothing stored); raises the 4xx
+    of the first problem found. With ``check_callback`` False the caller has checked the
+    callback URL (:attr:`JobDraft.callback_url`) against the SSRF guard itself."""
     settings = svc.settings
     plan = plan_generation(svc, fields)
     timeout_s = fields.timeout_s or settings.default_timeout_s
@@ -103,28 +129,16 @@ def build_job_row(
         )
     options = JobOptions(max_new_tokens=plan.max_new_tokens, temperature=fields.temperature)
     callback_url = fields.callback_url or key.callback_url
-    if callback_url is not None:
+    if callback_url is not None and check_callback:
         svc.outbound.check(callback_url, field="callback_url")
-    image = normalise_image(
-        image_bytes,
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        max_side=settings.max_image_side,
-        max_frames=settings.max_image_frames,
-    )
-    blob_key, sha256 = svc.blobs.put(image.png, durable=durable)
     now = utcnow()
-    return BLANK_ROW | dict(
+    row = BLANK_ROW | dict(
         id=uuid.uuid4(),
         tenant_id=key.tenant_id,
         api_key_id=key.id,
         status=JobStatus.QUEUED,
         priority=priority,
         prompt=plan.prompt,
-        image_key=blob_key,
-        image_sha256=sha256,
-        image_width=image.width,
-        image_height=image.height,
         options=options.model_dump(),
         response_schema=plan.schema,
         thinking=plan.thinking,
@@ -135,19 +149,67 @@ def build_job_row(
         deadline_at=now + timedelta(seconds=timeout_s),
         callback_url=callback_url,
         webhook_events=fields.webhook_events,
-        request_sha256=_fingerprint(fields, plan, options, timeout_s, image_bytes),
-        cache_key=_cache_key(plan, options, sha256, fields.preset),
         use_cache=fields.cache,
         attempts=0,
+    )
+    return JobDraft(row, fields, plan, options, timeout_s)
+
+
+def normalise_upload(svc: Services, image_bytes: bytes) -> NormalisedImage:
+    """The submitted image decoded and normalised under the configured limits; 4xx if it
+    is not an acceptable image (see ``shared.images``)."""
+    settings = svc.settings
+    return normalise_image(
+        image_bytes,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_side=settings.max_image_side,
+        max_frames=settings.max_image_frames,
+    )
+
+
+def finish_job_row(
+    svc: Services,
+    draft: JobDraft,
+    image: NormalisedImage,
+    fingerprint: str,
+    *,
+    durable: bool = True,
+) -> JobRow:
+    """Store ``image`` and return the draft's complete row to insert: every column, as a
+    plain dict (thousands of them are built per batch; an ORM object costs more than the
+    rest). Call only once nothing can refuse the job any more: the blob is written here.
+    With ``durable`` False the caller must ``svc.blobs.sync()`` before committing."""
+    blob_key, sha256 = svc.blobs.put(image.png, durable=durable)
+    return draft.row | dict(
+        image_key=blob_key,
+        image_sha256=sha256,
+        image_width=image.width,
+        image_height=image.height,
+        request_sha256=fingerprint,
+        cache_key=_cache_key(
+            draft.row["tenant_id"], draft.plan, draft.options, sha256, draft.fields.preset
+        ),
     )
 
 
 def _cache_key(
-    plan: GenerationPlan, options: JobOptions, image_sha256: str, preset: str | None
-) -> str:
-    """Identical requests: same stored image, prompt, options, answer format and policy
-    (the model revision is matched by the worker, which knows it)."""
+    tenant_id: uuid.UUID,
+    plan: GenerationPlan,
+    options: JobOptions,
+    image_sha256: str,
+    preset: str | None,
+) -> str | None:
+    """Identical requests of one tenant: same stored image, prompt, options, answer
+    format and policy (the model revision is matched by the worker, which knows it).
+
+    The tenant is part of the key, so one tenant is never answered from (nor learns of)
+    another's requests. Sampled requests (temperature > 0) get no key: they are neither
+    served from the cache nor serve anyone else, since a fresh sample is what they ask."""
+    if options.temperature > 0:
+        return None
     summary = {
+        "tenant": str(tenant_id),
         "image": image_sha256,
         "prompt": plan.prompt,
         "options": options.model_dump(),
@@ -240,7 +302,7 @@ def _check_schema(schema: dict[str, Any] | None, thinking: bool, max_bytes: int)
 
 
 def _fingerprint(
-    fields: JobRequest, plan: GenerationPlan, options: JobOptions, timeout_s: int, image: bytes
+    fields: JobRequest, plan: GenerationPlan, options: JobOptions, timeout_s: int, image_sha256: str
 ) -> str:
     """What makes two submissions "the same request" for idempotency."""
     summary = {
@@ -252,7 +314,7 @@ def _fingerprint(
         "timeout_s": timeout_s,
         "callback_url": fields.callback_url,
         "webhook_events": fields.webhook_events,
-        "image_sha256": hashlib.sha256(image).hexdigest(),
+        "image_sha256": image_sha256,
     }
     return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
 

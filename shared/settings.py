@@ -134,11 +134,36 @@ class Settings(BaseSettings):
             "How long an API process trusts a key it looked up (0: every request asks the "
             "database): a revocation takes effect within this time."
         ),
+    batch_download_budget_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Bytes one POST /v1/batches may download for its image_url items in total; "
+            "items not yet started when it is spent are rejected (batch_download_budget)."
+        ),
+    )
+    batch_intake_deadline_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds one POST /v1/batches may spend on the network (callback URL checks, "
+            "image_url downloads); items not done by then are rejected (intake_deadline)."
+        ),
+    )
     )
     max_queued_jobs: int = Field(
         default=100_000, ge=0, description="Jobs one tenant may have waiting (0: no cap)."
     )
     fault_injection: bool = Field(
+    batch_item_rate_limit: str = Field(
+        default="60000/60",
+        pattern=r"^\d+/\d+$",
+        description=(
+            "Batch items per API key, on top of the request rate: 'N/S' = N items per S "
+            "seconds (0/… disables); a batch past it is refused whole with 429."
+        ),
+    )
         default=False,
         description="Tests only: [[oom]], [[crash]], [[slow]] prompts misbehave (worker.faults).",
     )

@@ -182,7 +182,10 @@ class BatchService:
                 model_revision=hit.model_revision,
             )
             for job in wanted
-            if job.cache_key and (hit := earlier.get(job.cache_key)) is not None
+            if job.cache_key
+            and (hit := earlier.get(job.cache_key)) is not None
+            # The key names the tenant already; never hand one tenant another's answer.
+            and hit.tenant_id == job.tenant_id
         ]
 
     def _persist(self, token: uuid.UUID, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:

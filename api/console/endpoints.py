@@ -15,6 +15,7 @@ from api.console.queries import find_job
 from api.console.signin import current_key, signed_in_key
 from api.context import services
 from api.job_input import read_job_input
+from api.limits import enforce_rate
 from api.submission import submit_job
 from shared.errors import Unauthorized
 from shared.models import Job
@@ -32,9 +33,14 @@ Body = dict[str, object]
 
 @endpoints.before_request
 def require_session() -> None:
-    """401 problem+json unless the console session is signed in with an active key."""
-    if signed_in_key() is None:
+    """401 problem+json unless the console session is signed in with an active key; then
+    the key's request rate is counted exactly as on ``/v1`` (429 past it), so the console
+    is no way around the limit."""
+    key = signed_in_key()
+    if key is None:
         raise Unauthorized("sign in to the console first")
+    svc = services()
+    enforce_rate(svc, svc.counters, key)
 
 
 @endpoints.post("/jobs")
