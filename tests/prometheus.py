@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.waiting import wait_until
 
 # (sample name, its labels) -> value
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -33,3 +37,18 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples that carry at least ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
+
+
+def scrape_until(
+    url: str, name: str, wanted: Callable[[float], bool], *, timeout_s: float, **labels: str
+) -> Samples:
+    """Scrape ``url`` until ``total(samples, name, **labels)`` is ``wanted``; returns that
+    scrape. For values that settle a moment after what the test waited for (a worker
+    records a batch just after committing it; the sender records an attempt after the
+    receiver got it)."""
+
+    def settled() -> Samples | None:
+        samples = scrape(url)
+        return samples if wanted(total(samples, name, **labels)) else None
+
+    return wait_until(settled, timeout_s=timeout_s, what=f"{name}{labels or ''} at {url}")

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.waiting import wait_until
+
 
 @dataclass
 class Received:
@@ -19,12 +21,14 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Answers each request with the next status of ``script`` (then ``default``)."""
+    """Answers each request with the next status of ``script`` (then ``default``); while
+    ``hold`` is set to an unset event, answers wait for it (requests are recorded first)."""
 
     port: int
     script: list[int] = field(default_factory=list)
     default: int = 200
     requests: list[Received] = field(default_factory=list)
+    hold: threading.Event | None = None
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -40,6 +44,8 @@ class Receiver:
                 receiver.requests.append(
                     Received({k.lower(): v for k, v in self.headers.items()}, body, time.time())
                 )
+                if receiver.hold is not None:
+                    receiver.hold.wait(timeout=60)
                 status = receiver.script.pop(0) if receiver.script else receiver.default
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -59,8 +65,8 @@ class Receiver:
             self._server = None
 
     def wait_for(self, count: int, timeout_s: float = 60.0) -> list[Received]:
-        deadline = time.monotonic() + timeout_s
-        while len(self.requests) < count:
-            assert time.monotonic() < deadline, f"got {len(self.requests)} of {count} webhooks"
-            time.sleep(0.05)
+        """Every request so far, once there are at least ``count``."""
+        wait_until(
+            lambda: len(self.requests) >= count, timeout_s=timeout_s, what=f"{count} webhooks"
+        )
         return self.requests

@@ -16,9 +16,10 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import requests
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
@@ -61,14 +62,19 @@ class WebhookSender:
 
     def deliver(self, event_id: str) -> str:
         """Make the due attempt of ``event_id``; returns what happened (``delivered``,
-        ``retry``, ``failed``) or ``skipped`` when nothing was due or it is in progress."""
+        ``retry``, ``failed``) or ``skipped`` when nothing was due or it is in progress.
+        A redelivery asked for during the attempt is sent right after it."""
         now = utcnow()
         reserved = self._reserve(event_id, now)
         if reserved is None:
             return "skipped"
         event, tenant = reserved
         outcome = self._attempt(event, tenant, now)
-        return self._record(event, outcome)
+        verdict = self._record(event, outcome)
+        if verdict == "redeliver":
+            # Its wake-up found this attempt's reservation and was skipped: send it now.
+            return self.deliver(event_id)
+        return verdict
 
     def _reserve(self, event_id: str, now: datetime) -> tuple[WebhookEvent, Tenant] | None:
         lock = now + timedelta(seconds=self._settings.webhook_timeout_s + LOCK_MARGIN_S)
@@ -113,6 +119,12 @@ class WebhookSender:
         return AttemptResult(response.status_code, error, _since(started))
 
     def _record(self, event: WebhookEvent, outcome: AttemptResult) -> str:
+        """Write the attempt's ``webhook_deliveries`` row and the event's next state.
+
+        A redelivery requested while the attempt was in flight has moved the event's
+        ``next_attempt_at``: that request wins (the event stays pending and due, only the
+        reservation is released) and the verdict is ``redeliver``, so it is not lost to
+        this attempt's outcome."""
         now = utcnow()
         schedule = self._settings.retry_schedule
         next_at: datetime | None = None
@@ -137,19 +149,33 @@ class WebhookSender:
                     next_attempt_at=next_at,
                 )
             )
-            session.execute(
-                update(WebhookEvent)
-                .where(WebhookEvent.id == event.id)
-                .values(
-                    status=status,
-                    next_attempt_at=next_at,
-                    locked_until=None,
-                    enqueued_at=None,
-                    last_error=outcome.error,
-                    delivered_at=now if status is EventStatus.DELIVERED else None,
+            updated = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(WebhookEvent)
+                    .where(
+                        WebhookEvent.id == event.id,
+                        WebhookEvent.next_attempt_at == event.next_attempt_at,
+                    )
+                    .values(
+                        status=status,
+                        next_attempt_at=next_at,
+                        locked_until=None,
+                        enqueued_at=None,
+                        last_error=outcome.error,
+                        delivered_at=now if status is EventStatus.DELIVERED else None,
+                    ),
+                    execution_options={"synchronize_session": False},
                 ),
-                execution_options={"synchronize_session": False},
             )
+            if updated.rowcount == 0:
+                verdict = "redeliver"
+                session.execute(
+                    update(WebhookEvent)
+                    .where(WebhookEvent.id == event.id)
+                    .values(locked_until=None, last_error=outcome.error),
+                    execution_options={"synchronize_session": False},
+                )
         log.info(
             "webhook %s attempt %d to %s: %s (%s)",
             event.id,

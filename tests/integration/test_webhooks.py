@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,9 +16,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from cli.redis_server import free_port
 from shared.webhooks import sign
-from tests.prometheus import scrape, total
+from tests.prometheus import scrape_until, total
 from tests.receiver import Receiver
 from tests.stack import Stack, make_image
+from tests.waiting import wait_until
 
 # Short clocks: retries 0.4 s apart, sweeps twice a second, no jitter.
 FAST = {
@@ -53,6 +55,17 @@ def _deliveries(stack: Stack, job_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def _wait_for_event_status(stack: Stack, job_id: str, status: str) -> dict[str, Any]:
+    """The job's one webhook event, once it has ``status`` (the receiver sees a request
+    before the sender records its outcome)."""
+
+    def event_with_status() -> dict[str, Any] | None:
+        events = _deliveries(stack, job_id)["events"]
+        return events[0] if [e["status"] for e in events] == [status] else None
+
+    return wait_until(event_with_status, timeout_s=30, what=f"the event to be {status}")
 
 
 def test_completion_is_signed_and_verifies_with_the_reference_library(
@@ -96,7 +109,7 @@ def test_three_failures_then_success_are_four_recorded_attempts(
     job_id = _submit(pg_stack, receiver.url)
 
     got = receiver.wait_for(4)
-    time.sleep(0.5)
+    _wait_for_event_status(pg_stack, job_id, "delivered")
 
     assert len({request.headers["webhook-id"] for request in got}) == 1, "same id on every retry"
     gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(got)]
@@ -119,8 +132,13 @@ def test_events_wait_out_a_receiver_outage_and_arrive_once_each(pg_stack: Stack)
     pg_stack.start_worker(**settings)
     ids = [_submit(pg_stack, down.url, f"outage {i}", index=i) for i in range(50)]
     assert [job["status"] for job in pg_stack.wait_all(ids)] == ["succeeded"] * 50
-    time.sleep(2)  # attempts fail against the closed port meanwhile
-    lagging = scrape(f"{pg_stack.url}/metrics")
+    # Attempts fail against the closed port meanwhile.
+    lagging = scrape_until(
+        f"{pg_stack.url}/metrics",
+        "sightline_webhook_oldest_pending_seconds",
+        lambda lag: lag >= 2,
+        timeout_s=30,
+    )
     assert total(lagging, "sightline_webhook_events", status="pending") == 50
     assert total(lagging, "sightline_webhook_events", status="failed") == 0
     assert total(lagging, "sightline_webhook_oldest_pending_seconds") >= 2
@@ -128,9 +146,14 @@ def test_events_wait_out_a_receiver_outage_and_arrive_once_each(pg_stack: Stack)
     up = down.start()
     try:
         up.wait_for(50, timeout_s=90)
-        time.sleep(2)
-        caught_up = scrape(f"{pg_stack.url}/metrics")
-        assert total(caught_up, "sightline_webhook_events", status="pending") == 0
+        # The receiver has the last body before the sender records it: wait for that.
+        caught_up = scrape_until(
+            f"{pg_stack.url}/metrics",
+            "sightline_webhook_events",
+            lambda pending: pending == 0,
+            timeout_s=30,
+            status="pending",
+        )
         assert total(caught_up, "sightline_webhook_oldest_pending_seconds") == 0
         ids_by_job: dict[str, set[str]] = {}
         for request in up.requests:
@@ -215,6 +238,25 @@ def test_rotation_signs_with_both_secrets_and_redeliver_resends_the_same_id(
         assert second.body == first.body
     finally:
         pg_stack.webhook_secret = new
+
+
+def test_redeliver_during_an_attempt_in_flight_is_sent_after_it(
+    pg_stack: Stack, receiver: Receiver
+) -> None:
+    """Redeliver while the first attempt waits for its answer: the attempt's outcome must
+    not overwrite the request (its wake-up found the event reserved and was skipped)."""
+    receiver.hold = threading.Event()
+    pg_stack.start_ops(**FAST)
+    pg_stack.start_worker(**FAST)
+    job_id = _submit(pg_stack, receiver.url)
+    receiver.wait_for(1)
+    redo = pg_stack.call("POST", f"/v1/jobs/{job_id}/deliveries/redeliver")
+    assert redo.status_code == 202, redo.text
+    receiver.hold.set()
+    first, second = receiver.wait_for(2)[:2]
+    assert second.headers["webhook-id"] == first.headers["webhook-id"]
+    event = _wait_for_event_status(pg_stack, job_id, "delivered")
+    assert [d["status_code"] for d in event["deliveries"]] == [200, 200]
 
 
 def test_event_filter_and_410_gone(pg_stack: Stack, receiver: Receiver) -> None:
