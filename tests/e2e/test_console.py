@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 
 import pytest
@@ -20,6 +19,7 @@ from shared.models import JobStatus
 from tests.e2e.browser import PHONE, screenshot, sign_in
 from tests.receiver import Receiver
 from tests.stack import Stack, make_image
+from tests.waiting import wait_until
 
 NOT_CREATED_BY_THE_PAGE = "window.__sightlineMarker === 1"
 # One webhook attempt, no automatic retry within the test: only Redeliver sends again.
@@ -192,8 +192,11 @@ def test_another_keys_job_is_not_found(page: Page, pg_stack: Stack) -> None:
 def _reload_until(page: Page, rows: Locator, count: int, timeout_s: float = 20) -> None:
     """Reload until ``rows`` has ``count`` elements: the detail page is not live, and the
     webhook sender records attempts in the background."""
-    deadline = time.monotonic() + timeout_s
-    while rows.count() < count:
-        assert time.monotonic() < deadline, f"{rows} never reached {count}"
-        time.sleep(0.3)
+
+    def reloaded_with_rows() -> bool:
+        if rows.count() >= count:
+            return True
         page.reload()
+        return False
+
+    wait_until(reloaded_with_rows, timeout_s=timeout_s, interval_s=0.3, what=f"{count} {rows}")

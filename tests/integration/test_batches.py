@@ -7,7 +7,6 @@ import base64
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +20,7 @@ from shared.tasks import QUEUE_BULK
 from tests.integration.test_bad_input import SVG
 from tests.receiver import Receiver
 from tests.stack import Stack, make_image
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -108,11 +108,9 @@ def test_a_batch_sends_one_wake_up_per_batch_of_items_after_answering(pg_stack: 
     per_message = pg_stack.settings.max_batch_size
     expected = -(-len(items) // per_message)
 
-    deadline = time.monotonic() + 10
-    while (depth := _bulk_depth(pg_stack)) < expected and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: _bulk_depth(pg_stack) >= expected, timeout_s=10, what="the batch's wake-ups")
 
-    assert depth == expected
+    assert _bulk_depth(pg_stack) == expected
 
 
 def test_one_wake_up_drains_a_queue_of_full_batches(pg_stack: Stack) -> None:
@@ -120,9 +118,7 @@ def test_one_wake_up_drains_a_queue_of_full_batches(pg_stack: Stack) -> None:
     wake-ups were lost does not wait for the sweeper (none runs here)."""
     items = [{"image": _b64(i), "prompt": f"item {i}"} for i in range(24)]
     answer = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
-    deadline = time.monotonic() + 10
-    while _bulk_depth(pg_stack) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: _bulk_depth(pg_stack) >= 3, timeout_s=10, what="three wake-ups")
     pg_stack.redis.ltrim(QUEUE_BULK, 0, 0)  # lose two of the three wake-ups
     assert _bulk_depth(pg_stack) == 1
 

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from shared.models import Job, JobStatus
 from tests.stack import Stack, make_image
+from tests.waiting import wait_until
 from worker.sweeper import sweep
 
 FAST_RECOVERY = {
@@ -39,13 +40,6 @@ def _submit(stack: Stack, count: int, prompt: str, first: int = 0) -> list[str]:
     ]
 
 
-def _wait_until(predicate: object, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def _running(stack: Stack) -> list[Job]:
     return [job for job in stack.jobs() if job.status is JobStatus.RUNNING]
 
@@ -58,7 +52,7 @@ def test_sigkill_mid_batch_three_times_every_job_succeeds_once(pg_stack: Stack) 
         # Not waiting for a ping: a solo worker busy in a batch answers none, and by
         # then it could have run every job. A running job is the signal to act on.
         child = pg_stack.start_worker_child(f"victim{round_}@test", ready=False, **FAST_RECOVERY)
-        _wait_until(lambda: _running(pg_stack), timeout_s=120)
+        wait_until(lambda: _running(pg_stack), timeout_s=120, what="a running job")
         time.sleep(0.3)  # well inside the 1.5 s forward pass
         killed.extend(str(job.id) for job in _running(pg_stack))
         os.kill(child.pid, signal.SIGKILL)
@@ -123,7 +117,11 @@ def test_cancel_queued_running_and_finished(pg_stack: Stack) -> None:
 
     pg_stack.start_worker(**FAST_RECOVERY)
     slow = client.submit(make_image(2), "[[slow]] cancel me while running")["id"]
-    _wait_until(lambda: pg_stack.jobs([slow])[0].status is JobStatus.RUNNING)
+    wait_until(
+        lambda: pg_stack.jobs([slow])[0].status is JobStatus.RUNNING,
+        timeout_s=60,
+        what="the slow job to run",
+    )
     response = requests.delete(f"{pg_stack.url}/v1/jobs/{slow}", headers=auth, timeout=10)
     assert response.status_code == 200
     finished = client.submit(make_image(3), "run me")["id"]
@@ -164,7 +162,7 @@ def test_idempotency_key_returns_the_original_job(pg_stack: Stack) -> None:
 def test_sigterm_mid_batch_finishes_the_batch_and_reruns_nothing(pg_stack: Stack) -> None:
     launcher = pg_stack.start_worker(**FAST_RECOVERY)
     ids = _submit(pg_stack, 8, "[[slow]] finish me")
-    _wait_until(lambda: _running(pg_stack))
+    wait_until(lambda: _running(pg_stack), timeout_s=60, what="a running job")
     in_flight = {str(job.id) for job in _running(pg_stack)}
 
     launcher.send_signal(signal.SIGTERM)

@@ -8,7 +8,6 @@ come from the task events the batch sends itself.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from cli.processes import sightline_command, spawn, stop, wait_http_ok
 from cli.redis_server import free_port
 from shared.tasks import INFER_TASK, QUEUE_INTERACTIVE
 from tests.stack import Stack, make_image
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -64,14 +64,15 @@ def test_every_batched_job_shows_its_final_state(pg_stack: Stack, flower: str) -
     assert max(job["batch_size"] or 0 for job in done.values()) > 1, "no micro-batch ran"
 
     wanted = {**dict.fromkeys(ok, "SUCCESS"), failing: "FAILURE"}
-    deadline = time.monotonic() + 30
-    while True:
+
+    def states_as_wanted() -> dict[str, Any] | None:
         tasks = _tasks(flower)
         states = {job_id: tasks.get(job_id, {}).get("state") for job_id in wanted}
-        if states == wanted or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert states == wanted
+        return tasks if states == wanted else None
+
+    tasks = wait_until(
+        states_as_wanted, timeout_s=30, interval_s=0.5, what=f"Flower to show {wanted}"
+    )
     for job_id in wanted:
         assert tasks[job_id]["name"] == INFER_TASK
         assert job_id in tasks[job_id]["args"]
