@@ -3,13 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install system-deps bench screenshots clean
+.PHONY: demo test test-repeat lint install system-deps bench screenshots clean
 
 demo: install
 	$(BIN)/sightline demo
 
+# Fixed order (pytest-randomly off); the 15 slowest tests are printed at the end.
 test: install system-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:randomly --durations=15 $(PYTEST_ARGS)
+
+# Flakiness check: `make test-repeat N=5 [TESTS=tests/integration/test_webhooks.py]
+# [ORDER=random] [CONTENTION=1]` runs the suite (or TESTS) N times and prints a pass
+# count for every test that did not pass every time (tests/repeat.py).
+N ?= 3
+TESTS ?= tests
+test-repeat: install system-deps
+	$(BIN)/python -m tests.repeat --runs $(N) $(if $(filter random,$(ORDER)),--random-order) \
+		$(if $(CONTENTION),--contention) -- $(TESTS)
 
 lint: install
 	$(BIN)/ruff check .
