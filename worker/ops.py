@@ -1,9 +1,11 @@
 """``sightline webhooks``, ``sightline beat`` and ``sightline flower``: no GPU needed.
 
-The ops worker consumes ``webhooks`` (one delivery attempt per message) and
-``maintenance`` (the sweeper) with a small thread pool, so a slow receiver does not hold
-up the others; beat schedules the sweep; Flower watches the broker's task events. None
-loads a model.
+The ops worker consumes ``maintenance`` (the sweeper) and ``webhooks`` (one delivery
+attempt per message) with a small thread pool, so a slow receiver does not hold up the
+others. Attempts may hold at most ``DELIVERY_THREADS`` of its threads and take turns per
+endpoint and per tenant (:mod:`worker.fair_delivery`); the rest are the sweeper's, so
+slow receivers never stop sweeping. Beat schedules the sweep; Flower watches the
+broker's task events. None loads a model.
 """
 
 from __future__ import annotations
@@ -13,25 +15,43 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
 
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
 from shared.logs import configure_logging
+from shared.redis_slots import RedisSlots
 from shared.settings import Settings
 from shared.tasks import DELIVER_WEBHOOK_TASK, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS, SWEEP_TASK
+from worker.delivery_slots import DeliverySlots
+from worker.fair_delivery import FairDelivery
 from worker.sweeper import sweep
-from worker.webhook_sender import WebhookSender
+from worker.webhook_sender import LOCK_MARGIN_S, WebhookSender
 
 # Webhook attempts wait on the network, not the CPU: threads overlap them.
-OPS_THREADS = 8
+DELIVERY_THREADS = 8
+# Threads attempts can never hold (they are deferred instead): the sweep's, and the
+# brief runs that defer an attempt.
+MAINTENANCE_THREADS = 1
 
 
 def create_ops_app(settings: Settings) -> Celery:
     """A Celery app with the maintenance tasks registered, bound to ``settings``."""
     app = create_celery(settings)
     sessions = session_factory(create_engine_for(settings))
-    sender = WebhookSender(settings, sessions)
+    slots = DeliverySlots(
+        RedisSlots(
+            redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+        ),
+        per_endpoint=settings.webhook_endpoint_concurrency,
+        per_tenant=settings.webhook_tenant_concurrency,
+        # A killed process's holds lapse when its attempts' reservations do.
+        lease_s=settings.webhook_timeout_s + LOCK_MARGIN_S,
+    )
+    delivery = FairDelivery(
+        sessions, WebhookSender(settings, sessions), slots, app, threads=DELIVERY_THREADS
+    )
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def run_sweep() -> dict[str, Any]:
@@ -39,22 +59,26 @@ def create_ops_app(settings: Settings) -> Celery:
         return vars(sweep(settings, sessions, app))
 
     @app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True)
-    def deliver_webhook(event_id: str) -> str:
-        """The due attempt of one webhook event (see ``worker.webhook_sender``)."""
-        return sender.deliver(event_id)
+    def deliver_webhook(event_id: str, deferrals: int = 0) -> str:
+        """The due attempt of one webhook event when its turn comes (see
+        ``worker.fair_delivery`` and ``worker.webhook_sender``)."""
+        return delivery.run(event_id, deferrals)
 
     return app
 
 
 def run_ops_worker(settings: Settings) -> int:
-    """Consume ``webhooks`` and ``maintenance`` until shut down; returns the exit code."""
+    """Consume ``maintenance`` and ``webhooks`` until shut down; returns the exit code.
+
+    ``maintenance`` is listed first: the broker's queue order is by priority, so a sweep
+    is taken before any waiting attempt whenever a thread frees."""
     configure_logging(settings.log_level, "webhooks")
     app = create_ops_app(settings)
     worker = app.Worker(
         hostname=f"ops@{socket.gethostname()}",
         pool="threads",
-        concurrency=OPS_THREADS,
-        queues=[QUEUE_WEBHOOKS, QUEUE_MAINTENANCE],
+        concurrency=DELIVERY_THREADS + MAINTENANCE_THREADS,
+        queues=[QUEUE_MAINTENANCE, QUEUE_WEBHOOKS],
         loglevel=settings.log_level,
         without_mingle=True,
         without_gossip=True,
