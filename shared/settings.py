@@ -88,6 +88,18 @@ class Settings(BaseSettings):
         description="Hosts/CIDRs callback and image URLs may reach despite the SSRF guard.",
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Per attempt.")
+    webhook_endpoint_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="Most attempts in flight to one endpoint (tenant, scheme, host, port), "
+        "counted across every ops process; more wait their turn.",
+    )
+    webhook_tenant_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="Most attempts in flight for one tenant, across every ops process "
+        "(each process has 8 delivery threads); more wait their turn.",
+    )
     webhook_retry_schedule_s: str = Field(
         default="0,5,300,1800,7200,18000,36000,36000",
         description="Delay before each attempt (seconds); about a day in all.",
@@ -121,6 +133,18 @@ class Settings(BaseSettings):
     )
     image_fetch_concurrency: int = Field(
         default=8, ge=1, le=64, description="Parallel image_url downloads per batch request."
+    )
+    long_poll_per_process: int = Field(
+        default=2,
+        ge=0,
+        description="Most GET ?wait= long-polls one API process holds at once (it has 4 "
+        "request threads); one over it answers at once with the job's current state.",
+    )
+    long_poll_per_tenant: int = Field(
+        default=4,
+        ge=0,
+        description="Most ?wait= long-polls one tenant holds at once across all API "
+        "processes; one over it answers at once with the job's current state.",
     )
     rate_limit: str = Field(
         default="6000/60",
