@@ -87,7 +87,12 @@ class Settings(BaseSettings):
         default="",
         description="Hosts/CIDRs callback and image URLs may reach despite the SSRF guard.",
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Per attempt.")
+    webhook_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Total deadline of one attempt: connecting, sending, reading the answer.",
+    )
     webhook_endpoint_concurrency: int = Field(
         default=4,
         ge=1,
@@ -129,10 +134,27 @@ class Settings(BaseSettings):
         default=4096, ge=0, description="Largest JSON metadata of one batch item."
     )
     image_fetch_timeout_s: float = Field(
-        default=10.0, gt=0, le=120, description="Timeout of one image_url download."
+        default=10.0, gt=0, le=120, description="Total deadline of one image_url download."
     )
     image_fetch_concurrency: int = Field(
         default=8, ge=1, le=64, description="Parallel image_url downloads per batch request."
+    )
+    batch_download_budget_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Bytes one POST /v1/batches may download for its image_url items in total; "
+            "items not yet started when it is spent are rejected (batch_download_budget)."
+        ),
+    )
+    batch_intake_deadline_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds one POST /v1/batches may spend on the network (callback URL checks, "
+            "image_url downloads); items not done by then are rejected (intake_deadline)."
+        ),
     )
     long_poll_per_process: int = Field(
         default=2,
@@ -151,35 +173,6 @@ class Settings(BaseSettings):
         pattern=r"^\d+/\d+$",
         description="Requests per API key: 'N/S' = N per S seconds (0/… disables).",
     )
-    key_cache_s: float = Field(
-        default=1.0,
-        ge=0,
-        description=(
-            "How long an API process trusts a key it looked up (0: every request asks the "
-            "database): a revocation takes effect within this time."
-        ),
-    batch_download_budget_bytes: int = Field(
-        default=2 * 1024 * 1024 * 1024,
-        ge=1024,
-        description=(
-            "Bytes one POST /v1/batches may download for its image_url items in total; "
-            "items not yet started when it is spent are rejected (batch_download_budget)."
-        ),
-    )
-    batch_intake_deadline_s: float = Field(
-        default=120.0,
-        gt=0,
-        le=3600,
-        description=(
-            "Seconds one POST /v1/batches may spend on the network (callback URL checks, "
-            "image_url downloads); items not done by then are rejected (intake_deadline)."
-        ),
-    )
-    )
-    max_queued_jobs: int = Field(
-        default=100_000, ge=0, description="Jobs one tenant may have waiting (0: no cap)."
-    )
-    fault_injection: bool = Field(
     batch_item_rate_limit: str = Field(
         default="60000/60",
         pattern=r"^\d+/\d+$",
@@ -188,6 +181,18 @@ class Settings(BaseSettings):
             "seconds (0/… disables); a batch past it is refused whole with 429."
         ),
     )
+    key_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "How long an API process trusts a key it looked up (0: every request asks the "
+            "database): a revocation takes effect within this time."
+        ),
+    )
+    max_queued_jobs: int = Field(
+        default=100_000, ge=0, description="Jobs one tenant may have waiting (0: no cap)."
+    )
+    fault_injection: bool = Field(
         default=False,
         description="Tests only: [[oom]], [[crash]], [[slow]] prompts misbehave (worker.faults).",
     )
