@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-import requests
 from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
 from shared.models import EventStatus, Tenant, WebhookDelivery, WebhookEvent, utcnow
+from shared.outbound import OutboundClient, OutboundFailed
 from shared.settings import Settings
-from shared.ssrf import ForbiddenDestination, OutboundPolicy
+from shared.ssrf import ForbiddenDestination, OutboundPolicy, loggable_origin
 from shared.webhooks import signed_headers, signing_secrets
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 USER_AGENT = "sightline-webhooks/0.1"
 # An attempt's reservation outlives its HTTP timeout by this much before another may try.
 LOCK_MARGIN_S = 30.0
+# How much of a receiver's answer is read: only the status matters, so a huge or endless
+# body costs at most this much.
+RESPONSE_BODY_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,15 @@ class WebhookSender:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        http: requests.Session | None = None,
+        outbound: OutboundClient | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """``outbound`` defaults to a client of ``SIGHTLINE_OUTBOUND_ALLOWLIST``'s policy."""
         self._settings = settings
         self._sessions = sessions
-        self._policy = OutboundPolicy.from_setting(settings.outbound_allowlist)
-        self._http = http or requests.Session()
+        self._outbound = outbound or OutboundClient(
+            OutboundPolicy.from_setting(settings.outbound_allowlist)
+        )
         self._rng = rng or random.Random()
 
     def deliver(self, event_id: str) -> str:
@@ -96,27 +101,31 @@ class WebhookSender:
             return event, session.get_one(Tenant, event.tenant_id)
 
     def _attempt(self, event: WebhookEvent, tenant: Tenant, now: datetime) -> AttemptResult:
-        try:
-            self._policy.check(event.url, field="callback_url")
-        except ForbiddenDestination as exc:
-            return AttemptResult(None, f"refused by the SSRF guard: {exc.detail}", None)
+        """POST the event through the outbound client: the SSRF guard vets the URL now and
+        the connection goes to the vetted address; the whole attempt, answer included,
+        ends within ``webhook_timeout_s`` (so it always ends before its reservation), and
+        at most ``RESPONSE_BODY_BYTES`` of the answer are read."""
         headers = signed_headers(
             signing_secrets(tenant, now), event.id, int(time.time()), event.payload
         )
         headers |= {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         started = time.perf_counter()
         try:
-            response = self._http.post(
+            response = self._outbound.request(
+                "POST",
                 event.url,
-                data=event.payload.encode(),
+                field="callback_url",
+                deadline_s=self._settings.webhook_timeout_s,
+                max_body_bytes=RESPONSE_BODY_BYTES,
                 headers=headers,
-                timeout=self._settings.webhook_timeout_s,
-                allow_redirects=False,
+                body=event.payload.encode(),
             )
-        except requests.RequestException as exc:
+        except ForbiddenDestination as exc:
+            return AttemptResult(None, f"refused by the SSRF guard: {exc.detail}", None)
+        except OutboundFailed as exc:
             return AttemptResult(None, f"{type(exc).__name__}: {exc}", _since(started))
-        error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-        return AttemptResult(response.status_code, error, _since(started))
+        error = None if 200 <= response.status < 300 else f"HTTP {response.status}"
+        return AttemptResult(response.status, error, _since(started))
 
     def _record(self, event: WebhookEvent, outcome: AttemptResult) -> str:
         """Write the attempt's ``webhook_deliveries`` row and the event's next state.
@@ -180,7 +189,7 @@ class WebhookSender:
             "webhook %s attempt %d to %s: %s (%s)",
             event.id,
             event.attempts,
-            event.url,
+            loggable_origin(event.url),
             verdict,
             outcome.status_code or outcome.error,
         )
