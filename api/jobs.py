@@ -12,6 +12,7 @@ from api.context import services
 from api.job_input import read_job_input
 from api.listing import JobFilter, encode_cursor
 from api.submission import submit_job
+from api.wait_limits import wait_limits
 from shared.enqueue import enqueue_events
 from shared.errors import Conflict, ValidationFailed
 from shared.lifecycle import cancel_job
@@ -61,14 +62,19 @@ def get_job(job_id: str) -> Body:
 
     ``?wait=N`` (seconds, at most 60) long-polls: the answer comes as soon as the job is
     final, or after N seconds with its state then. The database is checked every
-    ``LONG_POLL_INTERVAL_S``; each waiting request holds one gunicorn thread.
+    ``LONG_POLL_INTERVAL_S``; each waiting request holds one gunicorn thread, so waits
+    are capped per process and per tenant (:mod:`api.wait_limits`): over a cap, the
+    answer comes at once with the job's current state.
     """
     job = load_job(job_id)
     wait_s = _wait_seconds(request.args.get("wait"))
-    deadline = time.monotonic() + wait_s
-    while not job.status.is_final and time.monotonic() < deadline:
-        time.sleep(min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
-        job = load_job(job_id)
+    if wait_s == 0 or job.status.is_final:
+        return _render(job)
+    with wait_limits(MAX_WAIT_S).turn(current_key().tenant_id) as granted:
+        deadline = time.monotonic() + (wait_s if granted else 0)
+        while not job.status.is_final and time.monotonic() < deadline:
+            time.sleep(min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+            job = load_job(job_id)
     return _render(job)
 
 

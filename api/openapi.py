@@ -204,7 +204,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "get": _operation(
                     "getJob",
                     jobs_v1,
-                    "Read a job",
+                    "Read a job; ?wait=N (≤ 60 s) long-polls, answered at once over the wait cap",
                     ok={200: ("The job.", "JobOut", None)},
                     errors=[401, 404, 503],
                 ),
