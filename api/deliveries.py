@@ -43,18 +43,25 @@ def redeliver(job_id: str) -> tuple[dict[str, object], int]:
 
 def job_events(svc: Services, job_id: uuid.UUID) -> list[EventOut]:
     """The webhook events of job ``job_id``, oldest first, each with its delivery attempts
-    in the order they were made. The caller has already checked that it may see the job."""
+    in the order they were made. The caller has already checked that it may see the job.
+
+    One statement reads events and attempts together: two would see two moments, and an
+    attempt recorded in between would show up beside its event's earlier status (two
+    attempts, still "pending")."""
     with svc.sessions() as session:
-        events = session.scalars(
-            select(WebhookEvent)
+        rows = session.execute(
+            select(WebhookEvent, WebhookDelivery)
+            .outerjoin(WebhookDelivery, WebhookDelivery.event_id == WebhookEvent.id)
             .where(WebhookEvent.job_id == job_id)
-            .order_by(WebhookEvent.created_at)
+            .order_by(WebhookEvent.created_at, WebhookDelivery.attempted_at, WebhookDelivery.id)
         ).all()
-        attempts = session.scalars(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.job_id == job_id)
-            .order_by(WebhookDelivery.attempted_at, WebhookDelivery.id)
-        ).all()
+    events: dict[str, WebhookEvent] = {}
+    attempts: dict[str, list[DeliveryOut]] = {}
+    for event, attempt in rows:
+        events.setdefault(event.id, event)
+        found = attempts.setdefault(event.id, [])
+        if attempt is not None:
+            found.append(DeliveryOut.model_validate(attempt, from_attributes=True))
     return [
         EventOut(
             id=event.id,
@@ -65,13 +72,9 @@ def job_events(svc: Services, job_id: uuid.UUID) -> list[EventOut]:
             created_at=event.created_at,
             next_attempt_at=event.next_attempt_at,
             delivered_at=event.delivered_at,
-            deliveries=[
-                DeliveryOut.model_validate(a, from_attributes=True)
-                for a in attempts
-                if a.event_id == event.id
-            ],
+            deliveries=attempts[event.id],
         )
-        for event in events
+        for event in events.values()
     ]
 
 
