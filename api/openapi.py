@@ -118,7 +118,7 @@ _ERROR_CODES = {
           "invalid_base64", "image_missing", "invalid_idempotency_key"],
     401: ["unauthorized"],
     404: ["not_found"],
-    409: ["job_finished", "no_webhook_event"],
+    409: ["job_finished", "no_webhook_event", "conflict"],
     413: ["body_too_large", "image_too_large"],
     415: ["unsupported_content_type", "unsupported_image_format"],
     422: ["invalid_fields", "invalid_text", "prompt_too_long", "max_new_tokens_too_large",
@@ -127,8 +127,9 @@ _ERROR_CODES = {
           "forbidden_destination", "image_empty", "image_undecodable",
           "image_too_many_pixels", "image_too_many_frames", "invalid_query",
           "empty_batch", "too_many_items", "no_valid_items", "metadata_too_large",
-          "image_fetch_failed"],
-    429: ["rate_limited", "queue_full"],
+          "image_fetch_failed", "intake_deadline", "batch_download_budget",
+          "duplicate_idempotency_key"],
+    429: ["rate_limited", "item_rate_limited", "queue_full"],
     503: ["service_unavailable"],
 }  # fmt: skip
 
