@@ -145,3 +145,22 @@ def test_one_silent_endpoint_takes_only_its_share_whatever_its_paths(
     _submit(pg_stack, tenant, healthy.url, 99)
     took = _delivered_within(healthy, started)
     print(f"\nsame tenant's healthy endpoint {took:.1f} s after submission, 12 stuck attempts")
+
+
+def test_sweeps_run_while_every_delivery_thread_is_held(
+    pg_stack: Stack, silent: list[Silent]
+) -> None:
+    pg_stack.start_ops(**FAST)
+    worker = pg_stack.start_worker(**FAST)
+    silent.extend(Silent() for _ in range(10))
+    # Two tenants at their limit of 4 each hold all 8 delivery threads.
+    for tenant, group in ((_key(pg_stack), silent[:5]), (_key(pg_stack), silent[5:])):
+        _hold_threads(pg_stack, tenant, group, [f"http://127.0.0.1:{s.port}/" for s in group])
+    assert sum(len(s.held) for s in silent) == 8
+
+    stop(worker)
+    started = time.monotonic()
+    job_id = pg_stack.client().submit(make_image(3), "expire me", timeout_s=1)["id"]
+    job = pg_stack.client().wait(job_id, timeout_s=BOUND_S)
+    print(f"\njob expired by the sweeper {time.monotonic() - started:.1f} s after submission")
+    assert job["status"] == "failed" and job["error"]["code"] == "expired"
