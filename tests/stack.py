@@ -3,6 +3,13 @@
 Everything is started the way a user starts it (``sightline db upgrade``, ``sightline keys
 create --json``, ``sightline api``, ``sightline worker``), against real PostgreSQL or
 SQLite and a real Redis.
+
+Loading the model is most of a worker's start-up, so a worker the last test started with
+``start_worker`` is parked rather than stopped when that test ends: it stops consuming
+(Celery's ``cancel_consumer``, answered only once it is idle) and waits. If the next test
+on the same stack asks for a worker with the same settings, it resumes consuming
+(``add_consumer``) instead of a new one loading the model; otherwise it is stopped first.
+A parked worker consumes nothing, so a test that starts no worker still sees none work.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,7 @@ from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
 from shared.models import Job, WebhookDelivery, WebhookEvent
 from shared.settings import Settings
+from shared.tasks import GPU_QUEUES
 
 
 def make_image(index: int, size: tuple[int, int] = (96, 72), fmt: str = "PNG") -> bytes:
@@ -42,6 +51,16 @@ def make_image(index: int, size: tuple[int, int] = (96, 72), fmt: str = "PNG") -
     out = io.BytesIO()
     image.save(out, format=fmt)
     return out.getvalue()
+
+
+@dataclass(frozen=True)
+class _Reusable:
+    """A ``sightline worker`` launcher with one child, named ``node``, started with
+    ``settings`` (the test's overrides)."""
+
+    process: subprocess.Popen[bytes]
+    node: str
+    settings: tuple[tuple[str, str], ...]
 
 
 class Stack:
@@ -67,6 +86,8 @@ class Stack:
             "SIGHTLINE_MAX_BATCH_WAIT_MS": "20",
             # Webhook receivers in the tests listen on loopback.
             "SIGHTLINE_OUTBOUND_ALLOWLIST": "127.0.0.1",
+            # Its own port for the launcher's metrics: never 9101, which may be taken.
+            "SIGHTLINE_WORKER_METRICS_PORT": str(free_port()),
             "SIGHTLINE_METRICS_TOKEN": "tests-metrics-token",  # tests.prometheus.METRICS_TOKEN
         }
         self.settings = Settings(
@@ -77,6 +98,8 @@ class Stack:
         self.redis = redis.Redis.from_url(broker_url)
         self.celery = create_celery(self.settings)
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._reusable: dict[int, _Reusable] = {}  # by pid, started by this test
+        self._parked: _Reusable | None = None
         self.api: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.key = ""
@@ -123,12 +146,24 @@ class Stack:
         return requests.request(method, f"{self.url}{path}", headers=headers, **kwargs)
 
     def start_worker(self, **settings: str) -> subprocess.Popen[bytes]:
-        """Start ``sightline worker`` (the launcher) and wait until a worker answers a ping.
+        """Start ``sightline worker`` (the launcher) and wait until a worker answers a ping,
+        or resume the parked one if it was started with the same ``settings``.
 
         ``settings`` override this stack's ones for that process (``max_batch_size="1"``).
         """
+        key = tuple(sorted(settings.items()))
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            if parked.settings == key and self._consume(parked, resume=True):
+                self._workers.append(parked.process)
+                self._reusable[parked.process.pid] = parked
+                return parked.process
+            stop(parked.process)  # one cpu0@ node at a time
         process = start_worker(self._env(settings), self._log("worker"))
-        return self._started(process, "cpu0@")
+        node = self._node_of(self._started(process, "cpu0@"), "cpu0@")
+        if "devices" not in settings:
+            self._reusable[process.pid] = _Reusable(process, node, key)
+        return process
 
     def start_worker_child(
         self, node: str, *, ready: bool = True, **settings: str
@@ -172,13 +207,42 @@ class Stack:
                 raise RuntimeError(f"{node_prefix} did not answer a ping within 120 s")
 
     def stop_workers(self) -> None:
-        """Stop every worker, ops and beat process this stack started (SIGTERM)."""
+        """Stop every worker, ops and beat process this stack started (SIGTERM), except
+        one idle single-device worker from ``start_worker``, which is parked."""
         for process in self._workers:
-            stop(process)
+            reusable = self._reusable.pop(process.pid, None)
+            if reusable is not None and self._parked is None and self._consume(reusable):
+                self._parked = reusable
+            else:
+                stop(process)
         self._workers.clear()
+        self._reusable.clear()
+
+    def _consume(self, worker: _Reusable, *, resume: bool = False) -> bool:
+        """Make ``worker`` consume the GPU queues again, or stop consuming them; False when
+        it is gone or did not answer within 30 s (a busy solo worker answers only when
+        its task ends)."""
+        if worker.process.poll() is not None:
+            return False
+        control = self.celery.control
+        command = control.add_consumer if resume else control.cancel_consumer
+        for queue in GPU_QUEUES:
+            replies = command(queue, destination=[worker.node], reply=True, timeout=30)
+            if not any("ok" in reply.get(worker.node, {}) for reply in replies):
+                return False
+        return True
+
+    def _node_of(self, process: subprocess.Popen[bytes], node_prefix: str) -> str:
+        """The full name of the node ``node_prefix…`` that answers a ping."""
+        for reply in self.celery.control.ping(timeout=2):
+            for name in reply:
+                if name.startswith(node_prefix):
+                    return name
+        raise RuntimeError(f"{process.args!r}: no {node_prefix} node answers a ping")
 
     def reset(self) -> None:
-        """Stop workers, delete every job and flush the broker: a clean slate per test."""
+        """Stop (or park) workers, delete every job and flush the broker: a clean slate per
+        test."""
         self.stop_workers()
         with self.sessions.begin() as session:
             session.execute(delete(WebhookDelivery))
@@ -200,6 +264,8 @@ class Stack:
 
     def close(self) -> None:
         self.stop_workers()
+        if self._parked is not None:
+            stop(self._parked.process)
         if self.api is not None:
             stop(self.api)
         self.redis.close()
