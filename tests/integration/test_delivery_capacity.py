@@ -8,6 +8,7 @@ per-endpoint and per-tenant limits and the sweeper's own thread can meet it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -50,10 +51,14 @@ class Silent:
             self.held.append(conn)
 
     def close(self) -> None:
-        """Close everything, so the attempts still waiting end at once."""
-        self._listener.close()
-        for conn in self.held:
-            conn.close()
+        """Close everything, so the attempts still waiting end at once. The listener is
+        shut down before it is closed: a close alone neither wakes the thread blocked in
+        accept() nor resets the connections still in the backlog, which would then wait
+        out the whole attempt timeout (and hold up stopping the ops worker)."""
+        for sock in (self._listener, *self.held):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 @pytest.fixture
