@@ -23,6 +23,12 @@ _KEYWORDS: dict[str, frozenset[str]] = {
     "boolean": frozenset({"type", "enum"}),
     "array": frozenset({"type", "items", "maxItems"}),
 }
+# The largest maxLength / maxItems: far past any answer max_new_tokens allows, far below
+# the repetition counts that make grammar compilation and masking slow.
+MAX_COUNT = 4096
+# The largest magnitude of minimum / maximum: integers stay exact in a double, and xgrammar
+# refuses integer bounds past int64 (a RuntimeError in the worker, not a 422 at the door).
+MAX_BOUND = 10**15
 # xgrammar writes a range-bounded number with at most this many fraction digits.
 _FRACTION_DIGITS = 6
 # A string in closing mode: both quotes plus the rest of an escape (``uXXXX``) or of a
@@ -43,9 +49,10 @@ def validate_schema(schema: Any) -> None:
     """Raise :class:`SchemaError` unless ``schema`` is in the supported subset.
 
     The subset: ``object`` (``properties``, ``required`` naming declared properties,
-    ``additionalProperties`` absent or false), ``string`` (``maxLength``), ``number`` and
-    ``integer`` (``minimum``, ``maximum``), ``boolean``, ``array`` (``items`` required,
-    ``maxItems``), and ``enum`` (a non-empty list of JSON values, alone or beside a scalar
+    ``additionalProperties`` absent or false), ``string`` (``maxLength`` up to
+    :data:`MAX_COUNT`), ``number`` and ``integer`` (``minimum``, ``maximum``, within
+    ±:data:`MAX_BOUND`), ``boolean``, ``array`` (``items`` required, ``maxItems`` up to
+    :data:`MAX_COUNT`), and ``enum`` (a non-empty list of JSON values, alone or beside a scalar
     ``type``). ``title``, ``description`` and ``$schema`` are allowed anywhere and ignored.
     The message names the JSON pointer of the offending part.
     """
@@ -110,6 +117,8 @@ def _validate(schema: Any, pointer: str) -> None:
         bounds = [schema[key] for key in ("minimum", "maximum") if key in schema]
         if not all(_is_number(bound) for bound in bounds):
             raise SchemaError(f"{where}: minimum and maximum must be finite numbers")
+        if any(abs(bound) > MAX_BOUND for bound in bounds):
+            raise SchemaError(f"{where}: minimum and maximum must be within ±{MAX_BOUND:.0e}")
         if len(bounds) == 2 and bounds[0] > bounds[1]:
             raise SchemaError(f"{where}: minimum exceeds maximum")
 
@@ -125,6 +134,8 @@ def _check_count(schema: Mapping[str, Any], key: str, where: str) -> None:
         value = schema[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SchemaError(f"{where}: {key} must be a non-negative integer")
+        if value > MAX_COUNT:
+            raise SchemaError(f"{where}: {key} must be at most {MAX_COUNT}")
 
 
 def _is_number(value: Any) -> bool:

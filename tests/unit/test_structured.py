@@ -191,11 +191,37 @@ def test_budget_below_the_reserve_is_refused_before_generating(
         ({"type": "integer", "maximum": float("inf")}, "finite"),
         ({"enum": []}, "non-empty"),
         ({"type": "object", "properties": {"a": {"type": "tuple"}}}, "/properties/a"),
+        # Repetition counts and bounds past the caps: xgrammar slows down on the first and
+        # raises on integer bounds past int64, in the worker, if the door lets them in.
+        ({"type": "string", "maxLength": 4097}, "maxLength must be at most 4096"),
+        ({"type": "array", "items": {"type": "boolean"}, "maxItems": 10**9}, "at most 4096"),
+        ({"type": "integer", "maximum": 2**63}, r"within ±1e\+15"),
+        ({"type": "number", "minimum": -1e16}, r"within ±1e\+15"),
+        ({"type": "integer", "minimum": -(10**15) - 1}, r"within ±1e\+15"),
     ],
 )
 def test_schemas_outside_the_subset_are_refused(schema: dict[str, Any], message: str) -> None:
     with pytest.raises(SchemaError, match=message):
         validate_schema(schema)
+
+
+def test_schemas_at_the_caps_are_accepted_and_followed(backend: TransformersBackend) -> None:
+    """The largest counts and bounds the door lets in compile and decode on the worker."""
+    at_caps = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string", "maxLength": 4096},
+            "flags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 4096},
+            "count": {"type": "integer", "minimum": -(10**15), "maximum": 10**15},
+            "score": {"type": "number", "minimum": -1e15, "maximum": 1e15},
+        },
+        "required": ["text", "flags", "count", "score"],
+    }
+    validate_schema(at_caps)
+    options = GenerationOptions(max_new_tokens=min_new_tokens(at_caps, thinking=False) + 8)
+    [result] = backend.generate([_request(0, at_caps, options)])
+    assert json.loads(result.text) == result.json
+    jsonschema.validate(result.json, at_caps)
 
 
 def test_reserve_grows_with_the_schema() -> None:
