@@ -70,7 +70,7 @@ class JobFilter:
             after=decode_cursor(args["cursor"]) if "cursor" in args else None,
         )
 
-    def query(self, tenant_id: uuid.UUID) -> Select[tuple[Job]]:
+    def query(self, tenant_id: uuid.UUID) -> Select[Job]:
         """One page of ``tenant_id``'s jobs (plus one row, to know whether another page
         follows)."""
         query = select(Job).where(Job.tenant_id == tenant_id)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
 
 from celery import Celery
 from kombu.exceptions import ChannelError
+
+if TYPE_CHECKING:
+    from kombu.transport.virtual import Channel
 
 
 def queue_depths(celery: Celery, queues: Iterable[str]) -> dict[str, int] | None:
@@ -16,9 +20,12 @@ def queue_depths(celery: Celery, queues: Iterable[str]) -> dict[str, int] | None
         with celery.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             for name in queues:
-                with conn.channel() as channel:
+                # A virtual (Redis) transport channel: the stubs type ``channel()`` as the
+                # bare ``StdChannel`` base, which has no ``queue_declare``.
+                with cast("Channel", conn.channel()) as channel:
                     try:
-                        depths[name] = channel.queue_declare(queue=name, passive=True).message_count
+                        declared = channel.queue_declare(queue=name, passive=True)
+                        depths[name] = declared.message_count
                     except ChannelError:
                         depths[name] = 0
     except Exception:

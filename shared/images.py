@@ -146,7 +146,7 @@ def _bare_rgb_png(data: bytes) -> bool:
         return False
     position = len(PNG_SIGNATURE)
     while position + 12 <= len(data):
-        (length,) = struct.unpack_from(">I", data, position)
+        length: int = struct.unpack_from(">I", data, position)[0]
         kind = data[position + 4 : position + 8]
         if kind not in _BARE_PNG_CHUNKS:
             return False

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TextIO
 
 # Longest string kept in any field (a traceback gets more room); log lines stay bounded
 # even when an exception message quotes a whole request.
@@ -125,7 +125,7 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-class _JsonHandler(logging.StreamHandler):
+class _JsonHandler(logging.StreamHandler[TextIO]):
     """The handler :func:`configure_logging` installs, told apart from others by type."""
 
 

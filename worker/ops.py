@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,5 +136,7 @@ def run_flower(settings: Settings, *, address: str, port: int, options: list[str
         f"--logging={settings.log_level.lower()}",
         *options,
     ]
-    result = create_celery(settings).start(argv)
-    return int(result or 0)
+    # celery-types declares start() NoReturn; Celery 5.7 returns click's exit code, or
+    # None when the command returns normally.
+    start: Callable[[list[str]], int | None] = create_celery(settings).start
+    return int(start(argv) or 0)

@@ -36,7 +36,8 @@ def online_workers(celery: Celery) -> list[Worker] | None:
     """The nodes answering a ping within :data:`PING_TIMEOUT_S`, sorted by name;
     ``None`` when the broker cannot be reached."""
     try:
-        replies = celery.control.ping(timeout=PING_TIMEOUT_S)
+        # ``None`` only when called with ``reply=False``; the stubs cannot tell.
+        replies = celery.control.ping(timeout=PING_TIMEOUT_S) or []
     except Exception:  # any broker failure reads as "unreachable" on the page
         return None
     names = sorted(name for reply in replies for name in reply)
