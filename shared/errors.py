@@ -3,6 +3,11 @@
 Each error carries the HTTP status and a stable machine-readable ``code``; the API turns
 any :class:`SightlineError` into an RFC 9457 ``application/problem+json`` document in one
 place (``api/errors.py``). Workers use the same codes for a job's ``error.code``.
+
+Four errors stand apart, each saying why in its docstring: errors that stop a process
+at start-up and never reach a client (:class:`shared.presets.PresetError`,
+:class:`worker.model.hf.ModelLoadError`, :class:`worker.launcher.LaunchError`), and
+:class:`shared.json_schema.SchemaError`, whose meaning each caller decides.
 """
 
 from __future__ import annotations

@@ -42,7 +42,16 @@ THINKING_TOKENS = 2
 
 
 class SchemaError(ValueError):
-    """A JSON schema outside the supported subset, or a token budget too small for it."""
+    """A JSON schema outside the supported subset, or a token budget too small for it.
+
+    It stands apart from :class:`shared.errors.SightlineError` on purpose: the same check
+    runs in three places that each decide what it means, so it carries no HTTP status or
+    code of its own. The API turns it into
+    :class:`~shared.errors.ValidationFailed` (``unsupported_schema``); the presets loader
+    reports it as an invalid preset (:class:`shared.presets.PresetError`); the model
+    backend raises it as the ``ValueError`` its contract names for a bad request
+    (:class:`worker.model.base.ModelBackend`), and the worker fails that job.
+    """
 
 
 def validate_schema(schema: Any) -> None:

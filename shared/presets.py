@@ -86,7 +86,13 @@ class Preset(BaseModel):
 
 
 class PresetError(ValueError):
-    """The presets file cannot be read or a preset in it is invalid."""
+    """The presets file cannot be read or a preset in it is invalid.
+
+    It stands apart from :class:`shared.errors.SightlineError`: it is a configuration
+    error raised while the API process starts (:meth:`api.context.Services.build`), so
+    it never reaches a client and has no HTTP status or problem code to carry; the
+    process stops with its message.
+    """
 
 
 def load_presets(path: str = "") -> dict[str, Preset]:

@@ -65,7 +65,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(Exception):
-    """The workers cannot start as configured; the message says what to fix."""
+    """The workers cannot start as configured; the message says what to fix.
+
+    It stands apart from :class:`shared.errors.SightlineError`: it is the launcher's
+    refusal to start (logged, then exit status :data:`EXIT_REFUSED`), seen by an operator
+    on the command line, never by an API client or in a job's ``error.code``.
+    """
 
 
 def plan_devices(settings: Settings) -> list[str]:

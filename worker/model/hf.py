@@ -28,7 +28,13 @@ _HASHED_FILE_BYTES = 1 << 20
 
 
 class ModelLoadError(Exception):
-    """The checkpoint is missing, unreadable or not an image-text-to-text model."""
+    """The checkpoint is missing, unreadable or not an image-text-to-text model.
+
+    It stands apart from :class:`shared.errors.SightlineError`: a worker that cannot load
+    its model dies at start-up before it takes any job, and the launcher reports it as a
+    :class:`worker.launcher.LaunchError`, so it never becomes an HTTP response or a
+    job's ``error.code``.
+    """
 
 
 class TransformersBackend:
