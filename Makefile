@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-repeat lint install system-deps bench screenshots clean
+.PHONY: demo test test-repeat lint docs install system-deps bench screenshots clean
 
 demo: install
 	$(BIN)/sightline demo
@@ -25,6 +25,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The documentation site (docs/, mkdocs.yml) into site/; strict: any warning fails it.
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
 
 install: $(VENV)/.installed
 
