@@ -33,6 +33,11 @@ FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"\[(?:[^\]\n]|`[^`\n]*`)*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$", re.MULTILINE)
+# A repository file named in code spans: `tests/unit/test_ssrf.py`, `docker/compose.yaml`.
+FILE_IN_CODE = re.compile(
+    r"\b(?:api|bench|cli|client|docker|docs|migrations|shared|tests|worker)/"
+    r"[A-Za-z0-9_./-]*\.(?:py|ya?ml|json|md|Dockerfile)\b"
+)
 
 
 def _pages() -> list[Path]:
@@ -82,12 +87,25 @@ def test_relative_links_point_at_files_and_headings(page: Path) -> None:
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
 
 
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_files_named_in_code_exist(page: Path) -> None:
+    """A page that names `worker/claims.py` or a test file must follow it when it moves."""
+    spans = INLINE_CODE.findall(page.read_text(encoding="utf-8"))
+    named = {path for span in spans for path in FILE_IN_CODE.findall(span)}
+    missing = sorted(path for path in named if not (ROOT / path).exists())
+    assert not missing, f"{page.relative_to(ROOT)} names files that do not exist: {missing}"
+
+
 def test_link_checker_sees_links() -> None:
     """Guard against a regex that silently finds nothing."""
     targets = _links(README)
     assert "docs/http-api.md" in targets
     assert "docs/index.md#guarantees" in targets
     assert _slug("`GET /v1/jobs`") == "get-v1jobs"
+    assert FILE_IN_CODE.findall("`tests/unit/test_ssrf.py` and `docker/api.Dockerfile`") == [
+        "tests/unit/test_ssrf.py",
+        "docker/api.Dockerfile",
+    ]
 
 
 def test_openapi_hook_publishes_the_default_document(monkeypatch: pytest.MonkeyPatch) -> None:
