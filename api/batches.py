@@ -30,7 +30,7 @@ from flask import (
     url_for,
 )
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from api.access import load_owned
 from api.auth import authenticate, current_key
@@ -41,8 +41,9 @@ from api.job_input import check_json_shape, check_texts, loads_strict
 from api.job_insert import insert_jobs
 from api.limits import enforce_item_rate, enforce_queue_cap
 from api.submission import JobDraft, JobRow, draft_job, finish_job_row, normalise_upload
+from shared import lifecycle
 from shared.batches import batch_summary
-from shared.enqueue import enqueue_events, enqueue_wakeups
+from shared.enqueue import enqueue_wakeups
 from shared.errors import (
     BadRequest,
     SightlineError,
@@ -52,7 +53,6 @@ from shared.errors import (
 from shared.images import NormalisedImage
 from shared.models import ApiKey, Batch, Job, JobStatus, Priority, utcnow
 from shared.schemas import BatchItem, BatchRequest
-from shared.webhooks import record_events
 
 log = logging.getLogger(__name__)
 
@@ -217,21 +217,11 @@ def cancel_batch(batch_id: str) -> Body:
     """Cancel every item still queued (running ones finish); 200 with the batch."""
     batch = _load(batch_id)
     svc = services()
-    with svc.sessions() as session, session.begin():
-        canceled = list(
-            session.scalars(
-                update(Job)
-                .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.CANCELED, finished_at=utcnow())
-                .returning(Job.id),
-                execution_options={"synchronize_session": False},
-            )
-        )
-        events = record_events(session, canceled)
-    enqueue_events(svc.celery, events)
+    with lifecycle.unit_of_work(svc.sessions, svc.celery) as changes:
+        canceled = lifecycle.cancel_batch(changes, batch.id)
     with svc.sessions() as session:
         return batch_summary(session, session.get(Batch, batch.id) or batch) | {
-            "canceled": len(canceled)
+            "canceled": canceled
         }
 
 

@@ -13,9 +13,8 @@ from api.job_input import read_job_input
 from api.listing import JobFilter, encode_cursor
 from api.submission import submit_job
 from api.wait_limits import wait_limits
-from shared.enqueue import enqueue_events
+from shared import lifecycle
 from shared.errors import Conflict, ValidationFailed
-from shared.lifecycle import cancel_job
 from shared.models import Job
 from shared.schemas import JobOut
 
@@ -95,12 +94,10 @@ def delete_job(job_id: str) -> Body:
     """Cancel a queued or running job (200 with the job); 409 if it already finished."""
     job = load_job(job_id)
     svc = services()
-    with svc.sessions() as session, session.begin():
-        events = cancel_job(session, job.id)
-    if events:
-        enqueue_events(svc.celery, events)
+    with lifecycle.unit_of_work(svc.sessions, svc.celery) as changes:
+        canceled = lifecycle.cancel(changes, job.id)
     job = load_job(job_id)
-    if events is None:
+    if not canceled:
         raise Conflict(
             f"job {job.id} already {job.status.value}; only queued or running jobs can be canceled",
             code="job_finished",

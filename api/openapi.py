@@ -259,7 +259,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "delete": _operation(
                     "cancelBatch",
                     "Batches",
-                    "Cancel every unfinished job of a batch",
+                    "Cancel the queued jobs of a batch (running ones finish)",
                     ok={200: ("The batch, with what was canceled.", None, None)},
                     errors=[401, 404, 503],
                 ),

@@ -26,7 +26,7 @@ def batch_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:
     """Jobs of the batch by status, every status present (0 when none)."""
     rows = session.execute(
         select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
-    ).tuples()
+    ).all()
     counts = {status.value: 0 for status in JobStatus}
     counts.update({status.value: count for status, count in rows})
     return counts

@@ -1,31 +1,408 @@
-"""Caller-side transitions of a job (the worker's own are in ``worker/claims.py``)."""
+"""The job lifecycle: the only code that moves a job from one status to another.
+
+:data:`TRANSITIONS` says which moves are legal and who may make them. Every move is one
+function here, a conditional UPDATE whose condition is that table's row (so a late,
+duplicate or stale caller changes nothing), run in the caller's transaction through a
+:class:`JobChanges`: a job that becomes final gets its outbox event (``job.<status>``)
+in that same transaction, and :func:`unit_of_work` completes the batches those jobs
+finished, commits, and only then wakes the webhook sender. No caller writes outbox rows
+or wakes the sender itself.
+
+Who moves what:
+
+- the **worker** claims queued jobs (and abandoned ones: running under an expired lease,
+  attempts left), renews its claim's lease, and finishes what it claimed, only while its
+  claim token is still the job's (:func:`claim`, :func:`renew`, :func:`finish`);
+- the **caller** cancels one queued or running job, or a batch's queued jobs
+  (:func:`cancel`, :func:`cancel_batch`); a running job's worker keeps running, but its
+  result is discarded: it finishes only jobs still running under its token;
+- the **sweeper** fails queued jobs past their deadline (``expired``) and running jobs
+  whose lease expired with no attempts left (``worker_lost``) (:func:`expire_overdue`,
+  :func:`fail_lost`). Re-sending lost wake-ups (``worker/sweeper.py``) moves nothing: a
+  requeued job stays queued, an abandoned one running until a worker claims it.
+"""
 
 from __future__ import annotations
 
+import enum
 import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, update
-from sqlalchemy.orm import Session
+from celery import Celery
+from sqlalchemy import JSON, ColumnElement, Table, bindparam, case, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Job, JobStatus, utcnow
+from shared.batches import complete_batches
+from shared.db import transaction
+from shared.enqueue import enqueue_events
+from shared.models import Job, JobStatus, Priority, utcnow
 from shared.webhooks import record_events
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> list[str] | None:
-    """Move a queued or running job to ``canceled``; ``None`` if it was already final,
-    else the ids of the webhook events written with it (to wake the sender after commit).
+class Actor(enum.StrEnum):
+    """Who makes a move."""
+
+    WORKER = "worker"
+    CALLER = "caller"
+    SWEEPER = "sweeper"
+
+
+Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+S, F, C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED
+# (from, to) -> who may make that move. Nothing leaves a final status; running → running
+# is a renewal or the reclaim of an abandoned job under a new claim token.
+TRANSITIONS: Mapping[tuple[JobStatus, JobStatus], frozenset[Actor]] = {
+    (Q, R): frozenset({Actor.WORKER}),
+    (R, R): frozenset({Actor.WORKER}),
+    (R, S): frozenset({Actor.WORKER}),
+    (R, F): frozenset({Actor.WORKER, Actor.SWEEPER}),
+    (Q, F): frozenset({Actor.SWEEPER}),
+    (Q, C): frozenset({Actor.CALLER}),
+    (R, C): frozenset({Actor.CALLER}),
+}
+EXPIRED_MESSAGE = "the job's timeout passed before it ran"
+# The jobs table for Core statements: finish is an executemany keyed by id, which an ORM
+# update would turn into a bulk update by primary key without the guard.
+_JOBS = cast(Table, Job.__table__)
+
+
+def may_move(source: JobStatus, target: JobStatus, actor: Actor) -> bool:
+    """Whether ``actor`` may move a job from ``source`` to ``target``."""
+    return actor in TRANSITIONS.get((source, target), frozenset())
+
+
+def sources(target: JobStatus, actor: Actor) -> list[JobStatus]:
+    """The statuses ``actor`` may move a job to ``target`` from (the guard of a move)."""
+    return [source for source in JobStatus if may_move(source, target, actor)]
+
+
+@dataclass
+class JobChanges:
+    """One transaction's moves: its session, the jobs it made final and the outbox
+    events written for them. Build it with :func:`unit_of_work` (or, where the caller
+    owns the transaction and the wake-up, directly around its session)."""
+
+    session: Session
+    final: list[uuid.UUID] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    def settled(self, job_ids: Sequence[uuid.UUID]) -> None:
+        """Record that ``job_ids`` just became final: write their outbox events."""
+        ids = list(job_ids)
+        if ids:
+            self.final += ids
+            self.events += record_events(self.session, ids)
+
+    def complete_batches(self, *, every_open: bool = False) -> None:
+        """Complete the batches whose last jobs were made final here (or, for the
+        sweeper's catch-up, every open batch that has none left) and write their
+        ``batch.completed`` events."""
+        if every_open:
+            self.events += complete_batches(self.session, None)
+            return
+        batch_ids = self.session.scalars(
+            select(Job.batch_id).where(Job.id.in_(self.final), Job.batch_id.is_not(None)).distinct()
+        ).all()
+        self.events += complete_batches(self.session, [b for b in batch_ids if b is not None])
+
+
+@contextmanager
+def unit_of_work(
+    sessions: sessionmaker[Session], wake: Celery | Callable[[list[str]], None]
+) -> Iterator[JobChanges]:
+    """One transaction of moves: yields its :class:`JobChanges`; at the end completes the
+    batches they finished, commits, and then wakes the webhook sender for every event
+    written (never before the commit, never for a rolled-back transaction). ``wake`` is
+    the Celery app to send the wake-ups with, or a function given the event ids."""
+    with transaction(sessions) as session:
+        changes = JobChanges(session)
+        yield changes
+        if changes.final:
+            changes.complete_batches()
+    if isinstance(wake, Celery):
+        enqueue_events(wake, changes.events)
+    else:
+        wake(changes.events)
+
+
+def _update(changes: JobChanges, stmt: Any) -> list[uuid.UUID]:
+    return list(
+        changes.session.scalars(
+            stmt.returning(Job.id), execution_options={"synchronize_session": False}
+        )
+    )
+
+
+# -- the worker ------------------------------------------------------------------------
+
+
+def abandoned(max_attempts: int) -> ColumnElement[bool]:
+    """Running under an expired lease (its worker died) with attempts left; a job out of
+    attempts is left for the sweeper to fail as ``worker_lost``."""
+    return (
+        (Job.status == JobStatus.RUNNING)
+        & (Job.lease_expires_at < utcnow())
+        & (Job.attempts < max_attempts)
+    )
+
+
+def claimable(max_attempts: int) -> ColumnElement[bool]:
+    """Jobs a worker may take: queued, or abandoned (see :func:`abandoned`)."""
+    return or_(Job.status == JobStatus.QUEUED, abandoned(max_attempts))
+
+
+def claim(
+    changes: JobChanges,
+    *,
+    worker: str,
+    token: uuid.UUID,
+    limit: int,
+    lease_s: int,
+    max_attempts: int,
+    prefer: uuid.UUID | None = None,
+    with_abandoned: bool = True,
+) -> list[Job]:
+    """Take up to ``limit`` queued jobs, plus at most one abandoned job, in one statement
+    (queued → running, running → running under a new token).
+
+    Queued jobs come in this order: ``prefer`` first (the job whose message woke us),
+    then interactive before bulk, then oldest first. An abandoned job (its worker died
+    while running it) may be the one that killed that worker, so it is taken alone and
+    run alone: a poison job must not burn its neighbours' attempts. On PostgreSQL
+    ``FOR UPDATE SKIP LOCKED`` lets workers claim side by side; on SQLite the
+    transaction holds the write lock. Every claimed job gets ``attempts + 1``, the claim
+    ``token`` (one per batch; it alone may finish the jobs) and a lease of ``lease_s``
+    seconds. Returns the rows, queued ones in the order above, the abandoned one last.
+    """
+    now = utcnow()
+    order = [case((Job.priority == Priority.INTERACTIVE, 0), else_=1), Job.created_at]
+    if prefer is not None:
+        order.insert(0, case((Job.id == prefer, 0), else_=1))
+    queued = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED)
+        .order_by(*order)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    taken: ColumnElement[bool] = Job.id.in_(queued.scalar_subquery())
+    if with_abandoned:
+        orphan = (
+            select(Job.id)
+            .where(abandoned(max_attempts))
+            .order_by(Job.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        taken = or_(taken, Job.id.in_(orphan.scalar_subquery()))
+    stmt = (
+        update(Job)
+        .where(taken)
+        .values(
+            status=JobStatus.RUNNING,
+            worker=worker,
+            claim_token=token,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempts=Job.attempts + 1,
+        )
+        .returning(Job)
+    )
+    jobs = list(changes.session.scalars(stmt, execution_options={"synchronize_session": False}))
+    jobs.sort(
+        key=lambda job: (
+            job.attempts > 1,
+            job.id != prefer,
+            job.priority != Priority.INTERACTIVE,
+            job.created_at,
+        )
+    )
+    return jobs
+
+
+def renew(changes: JobChanges, *, token: uuid.UUID, lease_s: int) -> int:
+    """Extend the lease of every job still running under ``token``; returns how many."""
+    stmt = (
+        update(Job)
+        .where(Job.claim_token == token, Job.status == JobStatus.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return len(_update(changes, stmt))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one claimed job ended. ``batch_size`` is the forward pass it ran in (0 when it
+    failed before reaching the model), ``inference_ms`` that pass's duration and
+    ``queue_ms`` the time from submission to claim."""
+
+    job_id: uuid.UUID
+    status: JobStatus
+    result: str | None = None
+    result_json: Any = None
+    reasoning: str | None = None
+    action: str | None = None
+    output_tokens: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    batch_size: int = 0
+    inference_ms: int = 0
+    queue_ms: int | None = None
+    cached: bool = False
+    model_revision: str | None = None
+
+
+def finishable(token: uuid.UUID) -> ColumnElement[bool]:
+    """The guard of :func:`finish`: still running, still under this claim. (Spelled as
+    equalities, not IN: :func:`finish` is an executemany, which cannot expand lists.)"""
+    status = _JOBS.c.status
+    from_states = or_(*(status == source for source in sources(JobStatus.SUCCEEDED, Actor.WORKER)))
+    return from_states & (_JOBS.c.claim_token == token)
+
+
+def finish(
+    changes: JobChanges, *, token: uuid.UUID, outcomes: Sequence[Outcome]
+) -> list[uuid.UUID]:
+    """Write every outcome (running → succeeded | failed) in one executemany, only where
+    the job is still running under ``token``: a job canceled or retaken meanwhile keeps
+    its state, so a job gets exactly one result. Returns the jobs it finished."""
+    if any(not may_move(JobStatus.RUNNING, o.status, Actor.WORKER) for o in outcomes):
+        raise ValueError("a worker's outcome is succeeded or failed")
+    if not outcomes:
+        return []
+    table = _JOBS
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"), finishable(token))
+        .values(
+            status=bindparam("b_status"),
+            result=bindparam("b_result"),
+            result_json=bindparam("b_result_json", type_=JSON(none_as_null=True)),
+            reasoning=bindparam("b_reasoning"),
+            action=bindparam("b_action"),
+            output_tokens=bindparam("b_tokens"),
+            error_code=bindparam("b_error_code"),
+            error_message=bindparam("b_error_message"),
+            batch_size=bindparam("b_batch_size"),
+            inference_ms=bindparam("b_inference_ms"),
+            queue_ms=bindparam("b_queue_ms"),
+            cached=bindparam("b_cached"),
+            model_revision=bindparam("b_model_revision"),
+            finished_at=utcnow(),
+            lease_expires_at=None,
+        )
+    )
+    changes.session.execute(
+        stmt,
+        [
+            {
+                "b_id": outcome.job_id,
+                "b_status": outcome.status,
+                "b_result": outcome.result,
+                "b_result_json": outcome.result_json,
+                "b_reasoning": outcome.reasoning,
+                "b_action": outcome.action,
+                "b_tokens": outcome.output_tokens,
+                "b_error_code": outcome.error_code,
+                "b_error_message": outcome.error_message,
+                "b_batch_size": outcome.batch_size or None,
+                "b_inference_ms": outcome.inference_ms if outcome.batch_size else None,
+                "b_queue_ms": outcome.queue_ms,
+                "b_cached": outcome.cached,
+                "b_model_revision": outcome.model_revision,
+            }
+            for outcome in outcomes
+        ],
+    )
+    finished = list(
+        changes.session.scalars(
+            select(Job.id).where(
+                Job.id.in_([outcome.job_id for outcome in outcomes]),
+                Job.claim_token == token,
+                Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED]),
+            )
+        )
+    )
+    changes.settled(finished)
+    return finished
+
+
+# -- the caller ------------------------------------------------------------------------
+
+
+def cancel(changes: JobChanges, job_id: uuid.UUID) -> bool:
+    """Move a queued or running job to ``canceled``; False if it was already final.
 
     A queued job then never runs (no worker can claim it); a running one keeps running
-    on its worker, but its result is discarded because the worker writes only where the
-    job is still running under its claim.
+    on its worker, but its result is discarded (see :func:`finish`).
     """
     stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .where(Job.id == job_id, Job.status.in_(sources(JobStatus.CANCELED, Actor.CALLER)))
         .values(status=JobStatus.CANCELED, finished_at=utcnow(), lease_expires_at=None)
     )
-    result = session.execute(stmt, execution_options={"synchronize_session": False})
-    if not cast(CursorResult[Any], result).rowcount:
-        return None
-    return record_events(session, [job_id])
+    canceled = _update(changes, stmt)
+    changes.settled(canceled)
+    return bool(canceled)
+
+
+def cancel_batch(changes: JobChanges, batch_id: uuid.UUID) -> int:
+    """Cancel the batch's jobs that are still queued; running ones finish (a bulk caller
+    stopping a batch wants what already runs); returns how many were canceled."""
+    stmt = (
+        update(Job)
+        .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELED, finished_at=utcnow())
+    )
+    canceled = _update(changes, stmt)
+    changes.settled(canceled)
+    return len(canceled)
+
+
+# -- the sweeper -----------------------------------------------------------------------
+
+
+def expire_overdue(changes: JobChanges, now: datetime) -> int:
+    """Fail queued jobs whose deadline passed as ``expired``; returns how many."""
+    stmt = (
+        update(Job)
+        .where(Job.status == JobStatus.QUEUED, Job.deadline_at <= now)
+        .values(
+            status=JobStatus.FAILED,
+            error_code="expired",
+            error_message=EXPIRED_MESSAGE,
+            finished_at=now,
+        )
+    )
+    expired = _update(changes, stmt)
+    changes.settled(expired)
+    return len(expired)
+
+
+def fail_lost(changes: JobChanges, now: datetime, max_attempts: int) -> int:
+    """Fail running jobs whose lease expired after ``max_attempts`` claims as
+    ``worker_lost`` (a job that keeps killing its worker must not loop forever)."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.status == JobStatus.RUNNING,
+            Job.lease_expires_at < now,
+            Job.attempts >= max_attempts,
+        )
+        .values(
+            status=JobStatus.FAILED,
+            error_code="worker_lost",
+            error_message=(
+                f"the worker running this job stopped {max_attempts} times; it is not retried again"
+            ),
+            finished_at=now,
+            lease_expires_at=None,
+        )
+    )
+    lost = _update(changes, stmt)
+    changes.settled(lost)
+    return len(lost)

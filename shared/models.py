@@ -60,7 +60,8 @@ class Base(DeclarativeBase):
 
 class JobStatus(enum.StrEnum):
     """Lifecycle of a job. Moves only forward: queued → running → succeeded | failed,
-    and queued | running → canceled."""
+    queued → failed (expired before it ran), and queued | running → canceled; who may
+    make which move is ``shared.lifecycle.TRANSITIONS``."""
 
     QUEUED = "queued"
     RUNNING = "running"

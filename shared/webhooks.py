@@ -22,7 +22,6 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared.batches import complete_batches
 from shared.models import EventStatus, Job, JobStatus, Tenant, WebhookEvent, utcnow
 from shared.schemas import JobOut
 
@@ -79,16 +78,11 @@ def record_events(session: Session, job_ids: Iterable[uuid.UUID]) -> list[str]:
     The payload is frozen now: ``{"type", "timestamp", "data": <the job as GET returns
     it>}``. At most one event per job and type ever exists (a unique index; a second
     write is ignored), so a retried transition cannot send a second, different event.
-    Batches the jobs belong to are completed here too when these were their last jobs
-    (:func:`shared.batches.complete_batches`). Returns the ids of the events written.
+    Returns the ids of the events written. Only :mod:`shared.lifecycle` calls this.
     """
     ids = list(job_ids)
     if not ids:
         return []
-    batch_ids = session.scalars(
-        select(Job.batch_id).where(Job.id.in_(ids), Job.batch_id.is_not(None)).distinct()
-    ).all()
-    batch_events = complete_batches(session, [b for b in batch_ids if b is not None])
     jobs = session.scalars(select(Job).where(Job.id.in_(ids), Job.callback_url.is_not(None))).all()
     now = utcnow()
     rows = []
@@ -116,8 +110,8 @@ def record_events(session: Session, job_ids: Iterable[uuid.UUID]) -> list[str]:
             }
         )
     if not rows:
-        return batch_events
+        return []
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(WebhookEvent).on_conflict_do_nothing(index_elements=["job_id", "type"])
     written = session.scalars(stmt.returning(WebhookEvent.id), rows)
-    return [*written, *batch_events]
+    return list(written)

@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import lifecycle
 from shared.blobs import BlobStore
 from shared.db import transaction
+from shared.lifecycle import Outcome
 from shared.models import Job, JobStatus, utcnow
 from shared.presets import Policy
 from shared.settings import Settings
-from worker.claims import Outcome, cached_results, claim_jobs, finish_jobs, renew_leases
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
+from worker.result_cache import cached_results
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,7 @@ class BatchService:
         expired = [job for job in jobs if job.deadline_at <= now]
         fresh = [job for job in jobs if job.deadline_at > now and job.attempts == 1]
         suspects = [job for job in jobs if job.deadline_at > now and job.attempts > 1]
-        outcomes = [
-            _failed(job, "expired", "the job's timeout passed before it ran") for job in expired
-        ]
+        outcomes = [_failed(job, "expired", lifecycle.EXPIRED_MESSAGE) for job in expired]
         with self._leases_renewed(token):
             hits = self._from_cache(fresh)
             outcomes += hits
@@ -144,8 +144,8 @@ class BatchService:
         self, limit: int, prefer: uuid.UUID | None, token: uuid.UUID, *, with_abandoned: bool
     ) -> list[Job]:
         with transaction(self._sessions) as session:
-            return claim_jobs(
-                session,
+            return lifecycle.claim(
+                lifecycle.JobChanges(session),
                 worker=self.worker_name,
                 token=token,
                 limit=limit,
@@ -189,9 +189,10 @@ class BatchService:
         ]
 
     def _persist(self, token: uuid.UUID, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:
-        with transaction(self._sessions) as session:
-            events = finish_jobs(session, token=token, outcomes=outcomes)
-        self._after_commit(jobs, events)
+        with lifecycle.unit_of_work(
+            self._sessions, lambda events: self._after_commit(jobs, events)
+        ) as changes:
+            lifecycle.finish(changes, token=token, outcomes=outcomes)
 
     @contextmanager
     def _leases_renewed(self, token: uuid.UUID) -> Iterator[None]:
@@ -204,7 +205,7 @@ class BatchService:
             while not done.wait(lease_s / 3):
                 try:
                     with transaction(self._sessions) as session:
-                        renew_leases(session, token=token, lease_s=lease_s)
+                        lifecycle.renew(lifecycle.JobChanges(session), token=token, lease_s=lease_s)
                 except Exception:
                     log.exception("could not renew the lease of claim %s", token)
 

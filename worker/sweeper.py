@@ -32,15 +32,13 @@ from celery import Celery
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
-from shared.batches import complete_batches
+from shared import lifecycle
 from shared.broker import queue_depths
 from shared.db import transaction
-from shared.enqueue import enqueue_event, enqueue_events, enqueue_job
-from shared.models import EventStatus, Job, JobStatus, Priority, WebhookEvent, utcnow
+from shared.enqueue import enqueue_event, enqueue_job
+from shared.models import EventStatus, Job, Priority, WebhookEvent, utcnow
 from shared.settings import Settings
 from shared.tasks import queue_for
-from shared.webhooks import record_events
-from worker.claims import claimable
 from worker.webhook_sender import LOCK_MARGIN_S
 
 log = logging.getLogger(__name__)
@@ -60,43 +58,11 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
     """One pass; see the module docstring. Broker errors end the pass early (the next one
     retries); database errors propagate."""
     now = utcnow()
-    with transaction(sessions) as session:
-        expired = session.scalars(
-            update(Job)
-            .where(Job.status == JobStatus.QUEUED, Job.deadline_at <= now)
-            .values(
-                status=JobStatus.FAILED,
-                error_code="expired",
-                error_message="the job's timeout passed before it ran",
-                finished_at=now,
-            )
-            .returning(Job.id),
-            execution_options={"synchronize_session": False},
-        ).all()
-        lost = session.scalars(
-            update(Job)
-            .where(
-                Job.status == JobStatus.RUNNING,
-                Job.lease_expires_at < now,
-                Job.attempts >= settings.max_attempts,
-            )
-            .values(
-                status=JobStatus.FAILED,
-                error_code="worker_lost",
-                error_message=(
-                    f"the worker running this job stopped {settings.max_attempts} times; "
-                    "it is not retried again"
-                ),
-                finished_at=now,
-                lease_expires_at=None,
-            )
-            .returning(Job.id),
-            execution_options={"synchronize_session": False},
-        ).all()
-        events = record_events(session, [*expired, *lost])
+    with lifecycle.unit_of_work(sessions, celery) as changes:
+        expired = lifecycle.expire_overdue(changes, now)
+        lost = lifecycle.fail_lost(changes, now, settings.max_attempts)
         # Catches batches whose last two jobs ended in concurrent transactions.
-        events += complete_batches(session, None)
-    enqueue_events(celery, events)
+        changes.complete_batches(every_open=True)
     due = _take_due_events(settings, sessions)
     for event_id in due:
         enqueue_event(celery, event_id)
@@ -109,7 +75,7 @@ def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -
         for job_id in _take_stale(settings, sessions, priority):
             enqueue_job(celery, job_id, priority)
             resent += 1
-    report = SweepReport(expired=len(expired), lost=len(lost), webhooks=len(due), resent=resent)
+    report = SweepReport(expired=expired, lost=lost, webhooks=len(due), resent=resent)
     if report.expired or report.lost or report.webhooks or report.resent:
         log.info("sweep: %s", report)
     return report
@@ -142,7 +108,7 @@ def _take_stale(
     return _stamp_enqueued(
         sessions,
         Job,
-        due=[claimable(settings.max_attempts), Job.priority == priority],
+        due=[lifecycle.claimable(settings.max_attempts), Job.priority == priority],
         waiting=or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
         oldest_first=Job.created_at,
         limit=settings.sweep_batch,

@@ -31,11 +31,11 @@ from celery.utils.saferepr import saferepr
 from celery.worker import state as worker_state
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.lifecycle import Outcome
 from shared.logs import log_context
 from shared.models import Job, JobStatus
 from shared.tasks import INFER_TASK
 from worker.batching import BatchReport, BatchService
-from worker.claims import Outcome
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def register_tasks(
     metrics and database."""
 
     @app.task(name=INFER_TASK, bind=True, throws=(JobFailed,))
-    def infer(self: Task, job_id: str) -> dict[str, Any]:
+    def infer(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
         """Wake-up for ``job_id``: run a batch starting with it (or with whatever is queued
         if it already ran), then report the job's final state (see the module docstring).
         Returns or raises only after the results are committed; the message is acked only
@@ -100,7 +100,11 @@ def _shutting_down() -> bool:
 
 
 def _settled(
-    task: Task, job_id: uuid.UUID, status: JobStatus, code: str | None, message: str | None
+    task: Task[Any, Any],
+    job_id: uuid.UUID,
+    status: JobStatus,
+    code: str | None,
+    message: str | None,
 ) -> dict[str, Any]:
     """The task outcome for a job in ``status``: return, raise or ignore (module docstring)."""
     if status is JobStatus.SUCCEEDED:
@@ -112,7 +116,7 @@ def _settled(
     raise Ignore()
 
 
-def _announce(task: Task, report: BatchReport, *, skip: uuid.UUID) -> None:
+def _announce(task: Task[Any, Any], report: BatchReport, *, skip: uuid.UUID) -> None:
     """Send the final task event of every job the batch settled except ``skip`` (whose
     own task reports it). Best effort: a lost event costs a monitor's view, never a job."""
     others = [o for o in report.outcomes if o.job_id != skip]

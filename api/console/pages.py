@@ -31,11 +31,10 @@ from api.console.signin import current_key, sign_in, sign_out, signed_in_key
 from api.console.status import online_workers, recent_throughput
 from api.context import services
 from api.deliveries import job_events, redeliver_events
+from shared import lifecycle
 from shared.batches import batch_summary
 from shared.broker import queue_depths
-from shared.enqueue import enqueue_events
 from shared.errors import NotFound, SightlineError
-from shared.lifecycle import cancel_job
 from shared.models import Batch, JobStatus, utcnow
 from shared.tasks import GPU_QUEUES
 
@@ -150,13 +149,12 @@ def cancel(job_id: str) -> BaseResponse:
     svc = services()
     with svc.sessions() as db:
         job = find_job(db, current_key(), job_id)
-    with svc.sessions() as db, db.begin():
-        events = cancel_job(db, job.id)
-    if events is None:
-        flash("This job had already finished; nothing was canceled.", "warning")
-    else:
-        enqueue_events(svc.celery, events)
+    with lifecycle.unit_of_work(svc.sessions, svc.celery) as changes:
+        canceled = lifecycle.cancel(changes, job.id)
+    if canceled:
         flash("Job canceled.")
+    else:
+        flash("This job had already finished; nothing was canceled.", "warning")
     return redirect(url_for("console.pages.job_detail", job_id=job.id))
 
 
