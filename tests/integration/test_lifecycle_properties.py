@@ -298,3 +298,127 @@ def test_the_properties_bite_when_a_guard_is_removed(
         run_state_machine_as_test(
             machine_for(sessions), settings=settings(BOUNDED, report_multiple_bugs=False)
         )
+
+
+def _moved(
+    sessions: sessionmaker[Session], source: JobStatus, move: Any, **fields: Any
+) -> tuple[Job, Job]:
+    """A job put in ``source`` (with ``fields``), then ``move(changes, job)`` run in a
+    unit of work; returns the row before and after. The only job in the database."""
+    with transaction(sessions) as session:
+        for table in (WebhookEvent, Job, Batch):
+            session.execute(delete(table))
+        key, _ = create_key(session, f"t-{uuid.uuid4().hex[:8]}")
+        job = _job(key.tenant_id, key.id, None, utcnow())
+        job.status, job.claim_token = source, uuid.uuid4()
+        job.lease_expires_at = utcnow() + timedelta(minutes=1)
+        for name, value in fields.items():
+            setattr(job, name, value)
+        session.add(job)
+        session.flush()
+        session.expunge(job)
+    with lifecycle.unit_of_work(sessions, lambda events: None) as changes:
+        move(changes, job)
+    with sessions() as session:
+        return job, session.get_one(Job, job.id)
+
+
+PAST = {"lease_expires_at": utcnow() - timedelta(minutes=1)}
+# Each move of TRANSITIONS, made the way its actor makes it (some more than one way).
+MOVES: dict[str, tuple[JobStatus, JobStatus, Any, dict[str, Any]]] = {
+    "worker claims a queued job": (
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        lambda c, job: lifecycle.claim(
+            c, worker="w", token=uuid.uuid4(), limit=50, lease_s=60, max_attempts=2
+        ),
+        {},
+    ),
+    "worker renews its claim": (
+        JobStatus.RUNNING,
+        JobStatus.RUNNING,
+        lambda c, job: lifecycle.renew(c, token=job.claim_token, lease_s=600),
+        {},
+    ),
+    "worker reclaims an abandoned job": (
+        JobStatus.RUNNING,
+        JobStatus.RUNNING,
+        lambda c, job: lifecycle.claim(
+            c, worker="w", token=uuid.uuid4(), limit=0, lease_s=60, max_attempts=2
+        ),
+        {**PAST, "attempts": 1},
+    ),
+    "worker finishes, succeeded": (
+        JobStatus.RUNNING,
+        JobStatus.SUCCEEDED,
+        lambda c, job: lifecycle.finish(
+            c, token=job.claim_token, outcomes=[Outcome(job.id, JobStatus.SUCCEEDED, "ok")]
+        ),
+        {},
+    ),
+    "worker finishes, failed": (
+        JobStatus.RUNNING,
+        JobStatus.FAILED,
+        lambda c, job: lifecycle.finish(
+            c, token=job.claim_token, outcomes=[Outcome(job.id, JobStatus.FAILED)]
+        ),
+        {},
+    ),
+    "sweeper fails a lost job": (
+        JobStatus.RUNNING,
+        JobStatus.FAILED,
+        lambda c, job: lifecycle.fail_lost(c, utcnow(), max_attempts=2),
+        {**PAST, "attempts": 2},
+    ),
+    "sweeper expires an overdue job": (
+        JobStatus.QUEUED,
+        JobStatus.FAILED,
+        lambda c, job: lifecycle.expire_overdue(c, utcnow()),
+        {"deadline_at": utcnow() - timedelta(minutes=1)},
+    ),
+    "caller cancels a queued job": (
+        JobStatus.QUEUED,
+        JobStatus.CANCELED,
+        lambda c, job: lifecycle.cancel(c, job.id),
+        {},
+    ),
+    "caller cancels a running job": (
+        JobStatus.RUNNING,
+        JobStatus.CANCELED,
+        lambda c, job: lifecycle.cancel(c, job.id),
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MOVES)
+def test_each_move_of_the_table(sessions: sessionmaker[Session], name: str) -> None:
+    source, target, move, fields = MOVES[name]
+    before, after = _moved(sessions, source, move, **fields)
+    assert (before.status, after.status) == (source, target)
+    assert (source, target) in TRANSITIONS
+    if name == "worker renews its claim":
+        assert after.lease_expires_at and before.lease_expires_at
+        assert after.lease_expires_at > before.lease_expires_at
+    if name == "worker reclaims an abandoned job":
+        assert after.claim_token != before.claim_token and after.attempts == 2
+
+
+def test_the_table_is_exactly_these_moves_and_nothing_leaves_a_final_status() -> None:
+    assert {(source, target) for source, target, _, _ in MOVES.values()} == set(TRANSITIONS)
+    assert not [move for move in TRANSITIONS if move[0].is_final]
+
+
+def test_a_late_finish_and_a_second_cancel_change_nothing(
+    sessions: sessionmaker[Session],
+) -> None:
+    _, after = _moved(
+        sessions,
+        JobStatus.RUNNING,
+        lambda c, job: lifecycle.finish(
+            c, token=uuid.uuid4(), outcomes=[Outcome(job.id, JobStatus.FAILED)]
+        ),
+    )
+    assert after.status is JobStatus.RUNNING, "a finish under another token moved the job"
+    _, canceled = _moved(sessions, JobStatus.SUCCEEDED, lambda c, job: lifecycle.cancel(c, job.id))
+    assert canceled.status is JobStatus.SUCCEEDED
