@@ -40,15 +40,16 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 def scrape_until(
-    url: str, name: str, wanted: Callable[[float], bool], *, timeout_s: float, **labels: str
+    url: str, wanted: Callable[[Samples], bool], *, timeout_s: float, what: str
 ) -> Samples:
-    """Scrape ``url`` until ``total(samples, name, **labels)`` is ``wanted``; returns that
-    scrape. For values that settle a moment after what the test waited for (a worker
-    records a batch just after committing it; the sender records an attempt after the
-    receiver got it)."""
+    """Scrape ``url`` until ``wanted(samples)`` holds; returns that scrape. For values that
+    settle a moment after what the test waited for (a worker records a batch just after
+    committing it; the sender records an attempt after the receiver got it; each API
+    process refreshes its cached figures on its own), so every value a test then reads
+    must be part of ``wanted``."""
 
     def settled() -> Samples | None:
         samples = scrape(url)
-        return samples if wanted(total(samples, name, **labels)) else None
+        return samples if wanted(samples) else None
 
-    return wait_until(settled, timeout_s=timeout_s, what=f"{name}{labels or ''} at {url}")
+    return wait_until(settled, timeout_s=timeout_s, what=f"{what} at {url}")

@@ -40,9 +40,9 @@ def test_metrics_agree_with_the_database(pg_stack: Stack) -> None:
     # The worker records a batch just after committing it: allow it a moment.
     worker = scrape_until(
         f"http://127.0.0.1:{port}/metrics",
-        "sightline_worker_batch_size_count",
-        lambda count: count == batches,
+        lambda found: total(found, "sightline_worker_batch_size_count") == batches,
         timeout_s=10,
+        what=f"the batch-size histogram to count {batches} batches",
     )
 
     for status, count in by_status.items():
@@ -62,21 +62,16 @@ def test_metrics_agree_with_the_database(pg_stack: Stack) -> None:
     # sightline_queue_depth counts broker messages, which are wake-up calls, not jobs: a
     # worker that claimed more jobs than its own message named leaves the others' messages
     # behind, and an idle worker drops them soon after. Jobs are counted by sightline_jobs.
-    # The API reads the database and the broker at most once per metrics_cache_s: wait for
-    # figures from after the run, then for the leftover wake-ups to go.
-    scrape_until(
-        f"{pg_stack.url}/metrics",
-        "sightline_jobs",
-        lambda succeeded: succeeded == by_status["succeeded"],
-        timeout_s=30,
-        status="succeeded",
-    )
+    # Each API process reads the database and the broker at most once per metrics_cache_s:
+    # wait for one scrape with figures from after the run and the leftover wake-ups gone.
     api = scrape_until(
         f"{pg_stack.url}/metrics",
-        "sightline_queue_depth",
-        lambda depth: depth == 0,
+        lambda found: (
+            total(found, "sightline_queue_depth", queue="interactive") == 0
+            and total(found, "sightline_jobs", status="succeeded") == by_status["succeeded"]
+        ),
         timeout_s=30,
-        queue="interactive",
+        what="post-run figures with an empty interactive queue",
     )
     for status, count in by_status.items():
         assert total(api, "sightline_jobs", status=status) == count

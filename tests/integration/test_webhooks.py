@@ -135,9 +135,12 @@ def test_events_wait_out_a_receiver_outage_and_arrive_once_each(pg_stack: Stack)
     # Attempts fail against the closed port meanwhile.
     lagging = scrape_until(
         f"{pg_stack.url}/metrics",
-        "sightline_webhook_oldest_pending_seconds",
-        lambda lag: lag >= 2,
+        lambda found: (
+            total(found, "sightline_webhook_oldest_pending_seconds") >= 2
+            and total(found, "sightline_webhook_events", status="pending") == 50
+        ),
         timeout_s=30,
+        what="50 pending webhook events lagging by 2 s",
     )
     assert total(lagging, "sightline_webhook_events", status="pending") == 50
     assert total(lagging, "sightline_webhook_events", status="failed") == 0
@@ -149,10 +152,12 @@ def test_events_wait_out_a_receiver_outage_and_arrive_once_each(pg_stack: Stack)
         # The receiver has the last body before the sender records it: wait for that.
         caught_up = scrape_until(
             f"{pg_stack.url}/metrics",
-            "sightline_webhook_events",
-            lambda pending: pending == 0,
+            lambda found: (
+                total(found, "sightline_webhook_events", status="pending") == 0
+                and total(found, "sightline_webhook_oldest_pending_seconds") == 0
+            ),
             timeout_s=30,
-            status="pending",
+            what="no pending webhook event",
         )
         assert total(caught_up, "sightline_webhook_oldest_pending_seconds") == 0
         ids_by_job: dict[str, set[str]] = {}
