@@ -41,8 +41,8 @@ from worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 # After a full batch a task claims the next one itself, for up to this long, instead of
-# going back to Celery for a message: each round trip (ack, fetch, task set-up) cost
-# ~13 ms between passes here, ~3 % of a CPU pass and far more of a GPU one. Bounded so
+# going back to Celery for a message: each round trip (ack, fetch, task set-up) idles the
+# model between passes, which matters most on a GPU, where passes are short. Bounded so
 # that the worker's own event loop (heartbeats, remote control) still runs often.
 DRAIN_S = 5.0
 

@@ -156,8 +156,8 @@ _SIZES: dict[str, _Dims] = {
         max_image_tokens=4,
     ),
     # About 40 M parameters, ~40 % of them in the vision tower: it runs once per image,
-    # so batch 1 stays near 250 ms for 16 tokens on 2 CPU cores while batch 8 is only
-    # ~4x faster per request, as on a real model whose prefill matters.
+    # so batching helps far less than on a text-only model of the size, as on a real model
+    # whose prefill matters (measured speeds: docs/benchmarks.md).
     "medium": _Dims(
         bpe_vocab_size=512,
         hidden=512,
