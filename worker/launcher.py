@@ -47,6 +47,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from shared.logs import configure_logging
 from shared.settings import Settings
+from shared.workers import node_names
 
 log = logging.getLogger(__name__)
 
@@ -121,21 +122,6 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
-def node_names(devices: list[str]) -> list[str]:
-    """Celery node names, one per device: ``gpu<id>@host`` for a GPU, ``cpu<n>@host`` for
-    the n-th CPU worker (counting CPU entries only, from 0)."""
-    host = socket.gethostname()
-    names: list[str] = []
-    cpus = 0
-    for device in devices:
-        if device == "cpu":
-            names.append(f"cpu{cpus}@{host}")
-            cpus += 1
-        else:
-            names.append(f"gpu{device}@{host}")
-    return names
-
-
 def check_model(model_path: str) -> None:
     """Refuse, before any child starts, a checkpoint that cannot possibly load.
 
@@ -186,7 +172,8 @@ class Launcher:
         self, devices: list[str], metrics_port: int = 0, metrics_host: str = "127.0.0.1"
     ) -> None:
         self._children = [
-            _Child(device=d, node=n) for d, n in zip(devices, node_names(devices), strict=True)
+            _Child(device=d, node=n)
+            for d, n in zip(devices, node_names(devices, socket.gethostname()), strict=True)
         ]
         self._stopping = threading.Event()
         self._metrics_port = metrics_port

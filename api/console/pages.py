@@ -28,7 +28,7 @@ from api.batches import export_results
 from api.console.chart import bar_chart
 from api.console.queries import count_by_status, find_batch, find_job, list_jobs
 from api.console.signin import current_key, sign_in, sign_out, signed_in_key
-from api.console.status import online_workers, recent_throughput
+from api.console.status import recent_throughput
 from api.context import services
 from api.deliveries import job_events, redeliver_events
 from shared import lifecycle
@@ -37,6 +37,7 @@ from shared.broker import queue_depths
 from shared.errors import NotFound, SightlineError
 from shared.models import Batch, JobStatus, utcnow
 from shared.tasks import GPU_QUEUES
+from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def status() -> str:
     svc = services()
     with svc.sessions() as db:
         throughput = recent_throughput(db, utcnow())
+        workers = live_workers(svc.celery, db, utcnow())
     per_minute = bar_chart(
         [(start.strftime("%H:%M"), count) for start, count in throughput.per_minute],
         label_every=5,
@@ -211,7 +213,7 @@ def status() -> str:
     sizes = bar_chart([(str(size), seen.get(size, 0)) for size in range(1, largest + 1)])
     return render_template(
         "console/status.html",
-        workers=online_workers(svc.celery),
+        workers=workers,
         queues=queue_depths(svc.celery, GPU_QUEUES),
         throughput=throughput,
         per_minute=per_minute,

@@ -1,4 +1,4 @@
-"""What the Status page shows: workers online, broker queue depths, recent throughput.
+"""What the Status page shows besides the workers (``shared.workers``): recent throughput.
 
 Workers and queues are asked of the broker with short timeouts, so a slow or absent
 broker makes the page say so instead of hanging. Throughput and batch sizes come from the
@@ -7,41 +7,16 @@ jobs table (service-wide counts; no job content).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from celery import Celery
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus
 
-# A broadcast ping waits this long for replies, whatever the number of workers.
-PING_TIMEOUT_S = 0.5
 WINDOW_MINUTES = 15
 _FINISHED_BY_WORKER = (JobStatus.SUCCEEDED, JobStatus.FAILED)
-_NODE = re.compile(r"^(?P<kind>gpu|cpu)(?P<index>\d+)@")
-
-
-@dataclass(frozen=True)
-class Worker:
-    """A Celery node that answered the ping: its name and what it runs on."""
-
-    name: str
-    device: str
-
-
-def online_workers(celery: Celery) -> list[Worker] | None:
-    """The nodes answering a ping within :data:`PING_TIMEOUT_S`, sorted by name;
-    ``None`` when the broker cannot be reached."""
-    try:
-        # ``None`` only when called with ``reply=False``; the stubs cannot tell.
-        replies = celery.control.ping(timeout=PING_TIMEOUT_S) or []
-    except Exception:  # any broker failure reads as "unreachable" on the page
-        return None
-    names = sorted(name for reply in replies for name in reply)
-    return [Worker(name=name, device=_device(name)) for name in names]
 
 
 @dataclass(frozen=True)
@@ -90,12 +65,3 @@ def _count_between(start: datetime, end: datetime) -> ColumnElement[int]:
     query (0, not NULL, when no row matched)."""
     inside = and_(Job.finished_at >= start, Job.finished_at < end)
     return func.coalesce(func.sum(case((inside, 1), else_=0)), 0)
-
-
-def _device(node: str) -> str:
-    found = _NODE.match(node)
-    if found is None:
-        return "no GPU (webhooks, sweeper)" if node.startswith("ops@") else "unknown"
-    if found["kind"] == "gpu":
-        return f"GPU {found['index']}"
-    return "CPU"
