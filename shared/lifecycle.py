@@ -176,7 +176,8 @@ def claim(
     ``FOR UPDATE SKIP LOCKED`` lets workers claim side by side; on SQLite the
     transaction holds the write lock. Every claimed job gets ``attempts + 1``, the claim
     ``token`` (one per batch; it alone may finish the jobs) and a lease of ``lease_s``
-    seconds. Returns the rows, queued ones in the order above, the abandoned one last.
+    seconds. Returns the rows in no particular order (``worker.scheduling.claim_order``
+    orders them for running).
     """
     now = utcnow()
     order = [case((Job.priority == Priority.INTERACTIVE, 0), else_=1), Job.created_at]
@@ -212,16 +213,7 @@ def claim(
         )
         .returning(Job)
     )
-    jobs = list(changes.session.scalars(stmt, execution_options={"synchronize_session": False}))
-    jobs.sort(
-        key=lambda job: (
-            job.attempts > 1,
-            job.id != prefer,
-            job.priority != Priority.INTERACTIVE,
-            job.created_at,
-        )
-    )
-    return jobs
+    return list(changes.session.scalars(stmt, execution_options={"synchronize_session": False}))
 
 
 def renew(changes: JobChanges, *, token: uuid.UUID, lease_s: int) -> int:

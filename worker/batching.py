@@ -39,6 +39,7 @@ from shared.lifecycle import Outcome
 from shared.models import Job, JobStatus, utcnow
 from shared.presets import Policy
 from shared.settings import Settings
+from worker import scheduling
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
 from worker.result_cache import cached_results
 
@@ -102,10 +103,8 @@ class BatchService:
         if not jobs:
             return BatchReport()
         full = len(jobs) >= self._settings.max_batch_size
-        now = utcnow()
-        expired = [job for job in jobs if job.deadline_at <= now]
-        fresh = [job for job in jobs if job.deadline_at > now and job.attempts == 1]
-        suspects = [job for job in jobs if job.deadline_at > now and job.attempts > 1]
+        split = scheduling.triage(jobs, utcnow())
+        expired, fresh, suspects = split.expired, split.fresh, split.suspects
         outcomes = [_failed(job, "expired", lifecycle.EXPIRED_MESSAGE) for job in expired]
         with self._leases_renewed(token):
             hits = self._from_cache(fresh)
@@ -123,22 +122,17 @@ class BatchService:
         return BatchReport(outcomes, full)
 
     def _collect(self, prefer: uuid.UUID | None, token: uuid.UUID) -> list[Job]:
+        """Claim a batch (``scheduling.collect``), in running order."""
         limit = self._settings.max_batch_size
-        wait_s = self._settings.max_batch_wait_ms / 1000
-        jobs = self._claim(limit, prefer, token, with_abandoned=True)
-        if not jobs:
-            return jobs
-        deadline = self._clock() + wait_s
-        poll_s = wait_s / 4
-        fresh = sum(1 for job in jobs if job.attempts == 1)
-        while fresh < limit and self._clock() + poll_s <= deadline:
-            time.sleep(poll_s)
-            more = self._claim(limit - fresh, None, token, with_abandoned=False)
-            if not more:  # nothing arrived meanwhile: waiting longer only adds latency
-                break
-            jobs.extend(more)
-            fresh += len(more)
-        return jobs
+        jobs = scheduling.collect(
+            self._claim(limit, prefer, token, with_abandoned=True),
+            lambda room: self._claim(room, None, token, with_abandoned=False),
+            limit=limit,
+            wait_s=self._settings.max_batch_wait_ms / 1000,
+            clock=self._clock,
+            sleep=time.sleep,
+        )
+        return sorted(jobs, key=lambda job: scheduling.claim_order(job, prefer))
 
     def _claim(
         self, limit: int, prefer: uuid.UUID | None, token: uuid.UUID, *, with_abandoned: bool
@@ -248,19 +242,22 @@ class BatchService:
             return image.convert("RGB")
 
     def _generate_isolated(self, items: list[_Item]) -> list[Outcome]:
-        """Generate for ``items`` in one pass; on failure split and retry the halves."""
+        """Generate for ``items`` in one pass; on failure split and retry the halves
+        (``scheduling.run_isolated``), so only the culprit fails."""
+
+        def failed(item: _Item, exc: Exception) -> Outcome:
+            log.warning("job %s failed in the model: %r", item.job.id, exc)
+            return _failed(item.job, "inference_error", f"{type(exc).__name__}: {exc}")
+
+        def split(size: int, exc: Exception) -> None:
+            log.warning("batch of %d failed (%r); splitting to isolate the culprit", size, exc)
+
+        return scheduling.run_isolated(items, self._generate, failed, split)
+
+    def _generate(self, items: list[_Item]) -> list[Outcome]:
+        """One forward pass for ``items``; raises what the model raised."""
         started = self._clock()
-        try:
-            results = self._backend.generate([item.request for item in items])
-        except Exception as exc:
-            if len(items) == 1:
-                log.warning("job %s failed in the model: %r", items[0].job.id, exc)
-                return [_failed(items[0].job, "inference_error", f"{type(exc).__name__}: {exc}")]
-            log.warning(
-                "batch of %d failed (%r); splitting to isolate the culprit", len(items), exc
-            )
-            middle = len(items) // 2
-            return self._generate_isolated(items[:middle]) + self._generate_isolated(items[middle:])
+        results = self._backend.generate([item.request for item in items])
         elapsed_ms = int((self._clock() - started) * 1000)
         return [
             Outcome(

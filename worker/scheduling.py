@@ -1,0 +1,127 @@
+"""The worker's scheduling decisions, as pure functions of jobs, a clock and callbacks.
+
+No database, no model, no Celery: the batch loop (``worker/batching.py``) calls these with
+its claims and forward passes, and a step-level engine can call the same ones. Each is
+unit-tested with a fake clock and fake passes (``tests/unit/test_scheduling.py``).
+
+- :func:`claim_order`: the order claimed jobs run in: anything claimed before (a suspect)
+  last, then the job whose message woke the worker, interactive before bulk, oldest first.
+  The claim's SQL orders queued jobs the same way; this orders what one claim returned.
+- :func:`triage`: which claimed jobs expire without running, which run together, and
+  which run alone (suspects: claimed before, so possibly what killed their last worker).
+- :func:`collect`: how long a worker keeps claiming to fill a batch.
+- :func:`run_isolated`: how a failing pass is split until the culprit is alone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from shared.models import Priority
+
+
+class Claimed(Protocol):
+    """What scheduling reads of a claimed job."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def priority(self) -> Priority: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def deadline_at(self) -> datetime: ...
+    @property
+    def attempts(self) -> int: ...
+
+
+J = TypeVar("J", bound=Claimed)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def claim_order(job: Claimed, prefer: uuid.UUID | None) -> tuple[Any, ...]:
+    """Sort key of claimed jobs (see the module docstring)."""
+    return (
+        job.attempts > 1,
+        job.id != prefer,
+        job.priority != Priority.INTERACTIVE,
+        job.created_at,
+    )
+
+
+@dataclass(frozen=True)
+class Triage:
+    """Claimed jobs by what happens to them: ``expired`` fail without running, ``fresh``
+    run together, ``suspects`` (claimed before) run one at a time."""
+
+    expired: list[Any]
+    fresh: list[Any]
+    suspects: list[Any]
+
+
+def triage(jobs: Sequence[J], now: datetime) -> Triage:
+    """Split ``jobs`` (see :class:`Triage`); a job past its deadline expires whatever its
+    attempts."""
+    live = [job for job in jobs if job.deadline_at > now]
+    return Triage(
+        expired=[job for job in jobs if job.deadline_at <= now],
+        fresh=[job for job in live if job.attempts == 1],
+        suspects=[job for job in live if job.attempts > 1],
+    )
+
+
+def collect(
+    first: list[J],
+    claim_more: Callable[[int], list[J]],
+    *,
+    limit: int,
+    wait_s: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> list[J]:
+    """Fill a batch that started with ``first``: every quarter of ``wait_s`` ask
+    ``claim_more(room)`` for up to ``room`` more fresh jobs, until ``limit`` fresh jobs
+    are in, ``wait_s`` has passed since the first claim, or a claim comes back empty
+    (nothing arrived meanwhile: waiting longer only adds latency). An empty ``first``
+    means nothing to do: no waiting at all."""
+    jobs = list(first)
+    if not jobs:
+        return jobs
+    deadline = clock() + wait_s
+    poll_s = wait_s / 4
+    fresh = sum(1 for job in jobs if job.attempts == 1)
+    while fresh < limit and clock() + poll_s <= deadline:
+        sleep(poll_s)
+        more = claim_more(limit - fresh)
+        if not more:
+            break
+        jobs.extend(more)
+        fresh += len(more)
+    return jobs
+
+
+def run_isolated(
+    items: list[T],
+    run: Callable[[list[T]], list[R]],
+    failed: Callable[[T, Exception], R],
+    on_split: Callable[[int, Exception], None] = lambda size, exc: None,
+) -> list[R]:
+    """``run(items)``; if it raises, split the items in halves and run each the same way,
+    so only the culprit fails (``failed(item, exc)``) and its neighbours still get
+    results. Results come back in the order of ``items``. ``on_split`` is told each
+    split (the failed group's size and why)."""
+    try:
+        return run(items)
+    except Exception as exc:
+        if len(items) == 1:
+            return [failed(items[0], exc)]
+        on_split(len(items), exc)
+        middle = len(items) // 2
+        return run_isolated(items[:middle], run, failed, on_split) + run_isolated(
+            items[middle:], run, failed, on_split
+        )
