@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from api.context import Services
 from api.submission import normalise_upload
+from shared.error_codes import ErrorCode
 from shared.errors import PayloadTooLarge, SightlineError, ValidationFailed
 from shared.fetch import fetch_image
 from shared.images import NormalisedImage
@@ -61,7 +62,7 @@ class IntakeDeadline:
         return ValidationFailed(
             f"{what} within the batch's intake deadline of {self.seconds:g} s; "
             "submit this item again (in a smaller batch)",
-            code="intake_deadline",
+            code=ErrorCode.INTAKE_DEADLINE,
         )
 
 
@@ -162,5 +163,5 @@ def _budget_spent(budget: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"this batch's image_url downloads reached the limit of {budget} bytes in all "
         "before this item's started; submit it again in another batch",
-        code="batch_download_budget",
+        code=ErrorCode.BATCH_DOWNLOAD_BUDGET,
     )

@@ -44,6 +44,7 @@ from api.submission import JobDraft, JobRow, draft_job, finish_job_row, normalis
 from shared import lifecycle
 from shared.batches import batch_summary
 from shared.enqueue import enqueue_wakeups
+from shared.error_codes import ErrorCode
 from shared.errors import (
     BadRequest,
     SightlineError,
@@ -113,7 +114,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     if not accepted:
         raise ValidationFailed(
             f"none of the {len(raw_items)} items is valid",
-            code="no_valid_items",
+            code=ErrorCode.NO_VALID_ITEMS,
             rejected=rejected[:100],
         )
     new_jobs = [row for _, row in accepted if isinstance(row, dict)]
@@ -261,7 +262,9 @@ def _read_items(svc: Services) -> tuple[list[Any], str | None]:
         try:
             parsed = BatchRequest.model_validate(loads_strict(raw, what="the body"))
         except (ValueError, RecursionError) as exc:
-            raise BadRequest(f"the body is not a valid batch: {exc}", code="invalid_json") from exc
+            raise BadRequest(
+                f"the body is not a valid batch: {exc}", code=ErrorCode.INVALID_JSON
+            ) from exc
         items, callback = parsed.items, parsed.callback_url
     elif request.mimetype in ("application/x-ndjson", "application/jsonl"):
         items = []
@@ -278,12 +281,14 @@ def _read_items(svc: Services) -> tuple[list[Any], str | None]:
         raise UnsupportedMediaType(
             f"content type {request.mimetype or '(none)'!r} is not accepted; send "
             "application/json or application/x-ndjson",
-            code="unsupported_content_type",
+            code=ErrorCode.UNSUPPORTED_CONTENT_TYPE,
         )
     if not items:
-        raise ValidationFailed("the batch has no items", code="empty_batch")
+        raise ValidationFailed("the batch has no items", code=ErrorCode.EMPTY_BATCH)
     if len(items) > limit:
-        raise ValidationFailed(f"a batch holds at most {limit} items", code="too_many_items")
+        raise ValidationFailed(
+            f"a batch holds at most {limit} items", code=ErrorCode.TOO_MANY_ITEMS
+        )
     return items, callback
 
 
@@ -329,7 +334,7 @@ def _draft_items(
                 problem = ValidationFailed(
                     f"idempotency_key {idempotency_key!r} is used by an earlier item of this "
                     "batch; each item needs its own",
-                    code="duplicate_idempotency_key",
+                    code=ErrorCode.DUPLICATE_IDEMPOTENCY_KEY,
                 )
             seen_keys.add(idempotency_key)
         if problem is not None:
@@ -347,7 +352,7 @@ def _parse(svc: Services, raw: Any) -> BatchItem:
     """One item's fields validated (not yet its image); raises its problem. Text is
     checked as ``POST /v1/jobs`` checks it (no NUL, no unpaired surrogate)."""
     if not isinstance(raw, dict):
-        raise ValidationFailed("an item must be a JSON object", code="invalid_fields")
+        raise ValidationFailed("an item must be a JSON object", code=ErrorCode.INVALID_FIELDS)
     check_texts(raw)
     try:
         item = BatchItem.model_validate(raw)
@@ -355,15 +360,17 @@ def _parse(svc: Services, raw: Any) -> BatchItem:
         detail = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
         )
-        raise ValidationFailed(detail, code="invalid_fields") from exc
+        raise ValidationFailed(detail, code=ErrorCode.INVALID_FIELDS) from exc
     if (item.image is None) == (item.image_url is None):
-        raise ValidationFailed("give exactly one of image and image_url", code="invalid_fields")
+        raise ValidationFailed(
+            "give exactly one of image and image_url", code=ErrorCode.INVALID_FIELDS
+        )
     metadata_bytes = len(json.dumps(item.metadata))
     if metadata_bytes > svc.settings.max_metadata_bytes:
         limit = svc.settings.max_metadata_bytes
         raise ValidationFailed(
             f"metadata is {metadata_bytes} bytes; the limit is {limit}",
-            code="metadata_too_large",
+            code=ErrorCode.METADATA_TOO_LARGE,
         )
     return item
 
@@ -408,7 +415,9 @@ def _decode_base64(encoded: str) -> bytes:
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"'image' is not valid base64: {exc}", code="invalid_base64") from exc
+        raise BadRequest(
+            f"'image' is not valid base64: {exc}", code=ErrorCode.INVALID_BASE64
+        ) from exc
 
 
 def _existing(svc: Services, key: ApiKey, outcomes: list[Outcome]) -> dict[str | None, uuid.UUID]:

@@ -11,6 +11,7 @@ from api.access import load_job
 from api.auth import authenticate
 from api.context import Services, services
 from shared.enqueue import enqueue_events
+from shared.error_codes import ErrorCode
 from shared.errors import Conflict
 from shared.models import EventStatus, WebhookDelivery, WebhookEvent, utcnow
 from shared.schemas import DeliveryOut, EventOut
@@ -36,7 +37,7 @@ def redeliver(job_id: str) -> tuple[dict[str, object], int]:
     if not ids:
         raise Conflict(
             f"job {job.id} has no webhook event to redeliver (not finished, or no callback_url)",
-            code="no_webhook_event",
+            code=ErrorCode.NO_WEBHOOK_EVENT,
         )
     return {"job_id": str(job.id), "redelivering": ids}, 202
 

@@ -16,6 +16,7 @@ from flask import Flask, Response, json, request
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
 
+from shared.error_codes import ErrorCode
 from shared.errors import (
     Conflict,
     PayloadTooLarge,
@@ -56,7 +57,7 @@ def _from_http(exc: HTTPException) -> Response:
         return _from_sightline(
             PayloadTooLarge(
                 f"the request body exceeds the limit of {request.max_content_length} bytes",
-                code="body_too_large",
+                code=ErrorCode.BODY_TOO_LARGE,
             )
         )
     code = (exc.name or "error").lower().replace(" ", "_")
@@ -81,14 +82,14 @@ def _from_constraint(exc: IntegrityError) -> Response:
         Conflict(
             "the request collided with one committed at the same time (an idempotency key "
             "already in use); none of its jobs was created: retry it to see the existing ones",
-            code="conflict",
+            code=ErrorCode.CONFLICT,
         )
     )
 
 
 def _from_anything(exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
-    return problem(500, "Internal error", "an internal error occurred", "internal_error")
+    return problem(500, "Internal error", "an internal error occurred", ErrorCode.INTERNAL_ERROR)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -43,6 +43,7 @@ from werkzeug.sansio.multipart import (
     NeedData,
 )
 
+from shared.error_codes import ErrorCode
 from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from shared.schemas import JobRequest
 
@@ -81,7 +82,7 @@ def read_job_input(request: Request) -> JobInput:
     raise UnsupportedMediaType(
         f"content type {mimetype or '(none)'!r} is not accepted; "
         "send multipart/form-data (an 'image' file part) or application/json",
-        code="unsupported_content_type",
+        code=ErrorCode.UNSUPPORTED_CONTENT_TYPE,
     )
 
 
@@ -90,24 +91,25 @@ def _from_json(request: Request) -> JobInput:
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType(
             f"JSON must be UTF-8; charset {charset!r} is not accepted",
-            code="unsupported_content_type",
+            code=ErrorCode.UNSUPPORTED_CONTENT_TYPE,
         )
     body = _parse_json_object(request.get_data(cache=False))
     encoded = body.pop("image", None)
     if not isinstance(encoded, str) or not encoded:
-        raise BadRequest("'image' must be a base64 string", code="image_missing")
+        raise BadRequest("'image' must be a base64 string", code=ErrorCode.IMAGE_MISSING)
     return JobInput(fields=_validate(body), image=_decode_base64(encoded))
 
 
 def _parse_json_object(raw: bytes) -> dict[str, Any]:
     """``raw`` as a JSON object, under the rules in the module docstring (400 if not)."""
     if not raw.strip():
-        raise BadRequest("the body is empty; send a JSON object", code="invalid_json")
+        raise BadRequest("the body is empty; send a JSON object", code=ErrorCode.INVALID_JSON)
     check_json_shape(raw)
     body = loads_strict(raw, what="the body")
     if not isinstance(body, dict):
         raise BadRequest(
-            f"the body is a JSON {type(body).__name__}; send a JSON object", code="invalid_json"
+            f"the body is a JSON {type(body).__name__}; send a JSON object",
+            code=ErrorCode.INVALID_JSON,
         )
     return body
 
@@ -121,12 +123,12 @@ def loads_strict(raw: bytes, *, what: str) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest(
             f"{what} is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
-            code="invalid_json",
+            code=ErrorCode.INVALID_JSON,
         ) from exc
     try:
         return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except ValueError as exc:  # JSONDecodeError, duplicate keys, >4300-digit integers
-        raise BadRequest(f"{what} is not valid JSON: {exc}", code="invalid_json") from exc
+        raise BadRequest(f"{what} is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from exc
 
 
 def check_json_shape(raw: bytes, max_values: int = MAX_JSON_VALUES) -> int:
@@ -147,12 +149,12 @@ def check_json_shape(raw: bytes, max_values: int = MAX_JSON_VALUES) -> int:
         if depth > MAX_JSON_DEPTH:
             raise BadRequest(
                 f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels",
-                code="json_too_deep",
+                code=ErrorCode.JSON_TOO_DEEP,
             )
     values = structure.count(b",") + len(brackets) // 2
     if values > max_values:
         raise BadRequest(
-            f"the JSON body has more than {max_values} values", code="json_too_complex"
+            f"the JSON body has more than {max_values} values", code=ErrorCode.JSON_TOO_COMPLEX
         )
     return values
 
@@ -178,7 +180,9 @@ def _decode_base64(encoded: str) -> bytes:
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"'image' is not valid base64: {exc}", code="invalid_base64") from exc
+        raise BadRequest(
+            f"'image' is not valid base64: {exc}", code=ErrorCode.INVALID_BASE64
+        ) from exc
 
 
 def _read_multipart(request: Request) -> tuple[dict[str, str], bytes]:
@@ -192,7 +196,7 @@ def _read_multipart(request: Request) -> tuple[dict[str, str], bytes]:
     if not boundary:
         raise BadRequest(
             "the multipart/form-data content type has no boundary parameter",
-            code="invalid_multipart",
+            code=ErrorCode.INVALID_MULTIPART,
         )
     decoder = MultipartDecoder(boundary.encode("latin-1", "replace"), max_parts=MAX_FORM_PARTS)
     parts: dict[str, bytes] = {}
@@ -210,7 +214,7 @@ def _read_multipart(request: Request) -> tuple[dict[str, str], bytes]:
                 if current.name != "image" and size > MAX_TEXT_PART_BYTES:
                     raise PayloadTooLarge(
                         f"form field {current.name!r} is larger than {MAX_TEXT_PART_BYTES} bytes",
-                        code="body_too_large",
+                        code=ErrorCode.BODY_TOO_LARGE,
                     )
                 chunks.append(event.data)
                 if not event.more_data:
@@ -219,7 +223,9 @@ def _read_multipart(request: Request) -> tuple[dict[str, str], bytes]:
             break
     image = parts.pop("image", None)
     if image is None:
-        raise BadRequest("the multipart body has no 'image' file part", code="image_missing")
+        raise BadRequest(
+            "the multipart body has no 'image' file part", code=ErrorCode.IMAGE_MISSING
+        )
     return {name: _utf8(name, value) for name, value in parts.items()}, image
 
 
@@ -235,26 +241,27 @@ def _events(decoder: MultipartDecoder, chunk: bytes) -> list[Event]:
             event = decoder.next_event()
     except RequestEntityTooLarge as exc:  # the decoder's way of saying: too many parts
         raise BadRequest(
-            f"the multipart body has more than {MAX_FORM_PARTS} parts", code="invalid_multipart"
+            f"the multipart body has more than {MAX_FORM_PARTS} parts",
+            code=ErrorCode.INVALID_MULTIPART,
         ) from exc
     except ValueError as exc:
         raise BadRequest(
-            f"the multipart body is malformed: {exc}", code="invalid_multipart"
+            f"the multipart body is malformed: {exc}", code=ErrorCode.INVALID_MULTIPART
         ) from exc
     return events
 
 
 def _start_part(event: Field | File, seen: dict[str, bytes]) -> Field | File:
     if not event.name:
-        raise BadRequest("a multipart part has no name", code="invalid_multipart")
+        raise BadRequest("a multipart part has no name", code=ErrorCode.INVALID_MULTIPART)
     if event.name in seen:
         raise BadRequest(
-            f"the multipart field {event.name!r} is repeated", code="invalid_multipart"
+            f"the multipart field {event.name!r} is repeated", code=ErrorCode.INVALID_MULTIPART
         )
     if isinstance(event, File) and event.name != "image":
         raise BadRequest(
             f"the multipart part {event.name!r} is a file; only 'image' may be one",
-            code="invalid_multipart",
+            code=ErrorCode.INVALID_MULTIPART,
         )
     return event
 
@@ -265,7 +272,7 @@ def _utf8(name: str, value: bytes) -> str:
     except UnicodeDecodeError as exc:
         raise ValidationFailed(
             f"{name} is not valid UTF-8: byte 0x{value[exc.start]:02x} at offset {exc.start}",
-            code="invalid_text",
+            code=ErrorCode.INVALID_TEXT,
         ) from exc
 
 
@@ -274,10 +281,10 @@ def _validate(fields: dict[str, Any]) -> JobRequest:
     try:
         return JobRequest.model_validate(fields)
     except ValidationError as exc:
-        raise ValidationFailed(_describe(exc), code="invalid_fields") from exc
+        raise ValidationFailed(_describe(exc), code=ErrorCode.INVALID_FIELDS) from exc
     except RecursionError as exc:  # a field parsed from JSON text (multipart) nests too deep
         raise ValidationFailed(
-            "a field holds JSON nested too deeply to read", code="invalid_fields"
+            "a field holds JSON nested too deeply to read", code=ErrorCode.INVALID_FIELDS
         ) from exc
 
 
@@ -302,14 +309,15 @@ def _check_text(name: str, text: str) -> None:
     nul = text.find("\0")
     if nul >= 0:
         raise ValidationFailed(
-            f"{name} contains a NUL character (U+0000) at position {nul}", code="invalid_text"
+            f"{name} contains a NUL character (U+0000) at position {nul}",
+            code=ErrorCode.INVALID_TEXT,
         )
     surrogate = _UNPAIRED_SURROGATE.search(text)
     if surrogate is not None:
         raise ValidationFailed(
             f"{name} contains an unpaired surrogate (U+{ord(surrogate.group()):04X}) "
             f"at position {surrogate.start()}",
-            code="invalid_text",
+            code=ErrorCode.INVALID_TEXT,
         )
 
 

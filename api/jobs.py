@@ -14,6 +14,7 @@ from api.listing import JobFilter, encode_cursor
 from api.submission import submit_job
 from api.wait_limits import wait_limits
 from shared import lifecycle
+from shared.error_codes import ErrorCode
 from shared.errors import Conflict, ValidationFailed
 from shared.models import Job
 from shared.schemas import JobOut
@@ -83,9 +84,13 @@ def _wait_seconds(raw: str | None) -> float:
     try:
         wait_s = float(raw)
     except ValueError as exc:
-        raise ValidationFailed("wait must be a number of seconds", code="invalid_query") from exc
+        raise ValidationFailed(
+            "wait must be a number of seconds", code=ErrorCode.INVALID_QUERY
+        ) from exc
     if not 0 <= wait_s <= MAX_WAIT_S:
-        raise ValidationFailed(f"wait must be from 0 to {MAX_WAIT_S} seconds", code="invalid_query")
+        raise ValidationFailed(
+            f"wait must be from 0 to {MAX_WAIT_S} seconds", code=ErrorCode.INVALID_QUERY
+        )
     return wait_s
 
 
@@ -100,7 +105,7 @@ def delete_job(job_id: str) -> Body:
     if not canceled:
         raise Conflict(
             f"job {job.id} already {job.status.value}; only queued or running jobs can be canceled",
-            code="job_finished",
+            code=ErrorCode.JOB_FINISHED,
         )
     return _render(job)
 

@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import func, select
 
 from api.context import Services
+from shared.error_codes import ErrorCode
 from shared.errors import TooManyRequests
 from shared.models import ApiKey, Job, JobStatus
 
@@ -70,7 +71,7 @@ def enforce_item_rate(svc: Services, client: redis.Redis, key: ApiKey, items: in
         f"this batch's {items} items would pass the limit of {count} batch items per "
         f"{window} s ({used - items} used); retry in {retry_after} s",
         retry_after=retry_after,
-        code="item_rate_limited",
+        code=ErrorCode.ITEM_RATE_LIMITED,
     )
 
 
@@ -108,6 +109,6 @@ def enforce_queue_cap(svc: Services, key: ApiKey, adding: int) -> None:
         raise TooManyRequests(
             f"{queued} jobs already queued for this tenant; this key's cap is {cap}",
             retry_after=QUEUE_CAP_RETRY_S,
-            code="queue_full",
+            code=ErrorCode.QUEUE_FULL,
         )
     svc.queued.counted(key.tenant_id, queued + adding)

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import Select, and_, or_, select
 
+from shared.error_codes import ErrorCode
 from shared.errors import ValidationFailed
 from shared.models import Job, JobStatus
 
@@ -39,7 +40,7 @@ class JobFilter:
         unknown = set(args) - {"status", "action", "batch_id", "created_after", "limit", "cursor"}
         if unknown:
             raise ValidationFailed(
-                f"unknown query parameter(s): {sorted(unknown)}", code="invalid_query"
+                f"unknown query parameter(s): {sorted(unknown)}", code=ErrorCode.INVALID_QUERY
             )
         status = None
         if "status" in args:
@@ -48,18 +49,20 @@ class JobFilter:
             except ValueError as exc:
                 allowed = ", ".join(s.value for s in JobStatus)
                 raise ValidationFailed(
-                    f"status must be one of {allowed}", code="invalid_query"
+                    f"status must be one of {allowed}", code=ErrorCode.INVALID_QUERY
                 ) from exc
         action = args.get("action")
         if action is not None and action not in ("allow", "flag", "block"):
-            raise ValidationFailed("action must be allow, flag or block", code="invalid_query")
+            raise ValidationFailed(
+                "action must be allow, flag or block", code=ErrorCode.INVALID_QUERY
+            )
         batch_id = None
         if "batch_id" in args:
             try:
                 batch_id = uuid.UUID(args["batch_id"])
             except ValueError as exc:
                 raise ValidationFailed(
-                    "batch_id must be a batch's id", code="invalid_query"
+                    "batch_id must be a batch's id", code=ErrorCode.INVALID_QUERY
                 ) from exc
         return cls(
             status=status,
@@ -102,7 +105,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created, _, job_id = raw.partition("|")
         return datetime.fromisoformat(created), uuid.UUID(job_id)
     except ValueError as exc:
-        raise ValidationFailed("cursor is not one this API returned", code="invalid_query") from exc
+        raise ValidationFailed(
+            "cursor is not one this API returned", code=ErrorCode.INVALID_QUERY
+        ) from exc
 
 
 def _timestamp(value: str) -> datetime:
@@ -110,10 +115,13 @@ def _timestamp(value: str) -> datetime:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ValidationFailed(
-            f"created_after must be an ISO 8601 timestamp, got {value!r}", code="invalid_query"
+            f"created_after must be an ISO 8601 timestamp, got {value!r}",
+            code=ErrorCode.INVALID_QUERY,
         ) from exc
     if parsed.tzinfo is None:
-        raise ValidationFailed("created_after needs a time zone (e.g. Z)", code="invalid_query")
+        raise ValidationFailed(
+            "created_after needs a time zone (e.g. Z)", code=ErrorCode.INVALID_QUERY
+        )
     return parsed
 
 
@@ -122,6 +130,6 @@ def _limit(value: str | None) -> int:
         return DEFAULT_PAGE
     if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
         raise ValidationFailed(
-            f"limit must be an integer from 1 to {MAX_PAGE}", code="invalid_query"
+            f"limit must be an integer from 1 to {MAX_PAGE}", code=ErrorCode.INVALID_QUERY
         )
     return int(value)

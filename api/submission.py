@@ -21,6 +21,7 @@ from api.context import Services
 from api.job_input import JobInput
 from api.limits import enforce_queue_cap
 from shared.enqueue import enqueue_job
+from shared.error_codes import ErrorCode
 from shared.errors import BadRequest, ValidationFailed
 from shared.images import NormalisedImage, normalise_image
 from shared.json_schema import SchemaError, min_new_tokens
@@ -125,7 +126,7 @@ def draft_job(
     if timeout_s > settings.max_timeout_s:
         raise ValidationFailed(
             f"timeout_s is {timeout_s}; the limit is {settings.max_timeout_s}",
-            code="timeout_too_large",
+            code=ErrorCode.TIMEOUT_TOO_LARGE,
         )
     options = JobOptions(max_new_tokens=plan.max_new_tokens, temperature=fields.temperature)
     callback_url = fields.callback_url or key.callback_url
@@ -249,15 +250,17 @@ def plan_generation(svc: Services, fields: JobRequest) -> GenerationPlan:
         if preset is None:
             known = ", ".join(sorted(svc.presets)) or "none"
             raise ValidationFailed(
-                f"unknown preset {fields.preset!r}; known: {known}", code="unknown_preset"
+                f"unknown preset {fields.preset!r}; known: {known}", code=ErrorCode.UNKNOWN_PRESET
             )
     prompt = fields.prompt or (preset.prompt if preset else None)
     if prompt is None:
-        raise ValidationFailed("prompt is required unless a preset is given", code="invalid_fields")
+        raise ValidationFailed(
+            "prompt is required unless a preset is given", code=ErrorCode.INVALID_FIELDS
+        )
     if len(prompt) > settings.max_prompt_chars:
         raise ValidationFailed(
             f"prompt is {len(prompt)} characters; the limit is {settings.max_prompt_chars}",
-            code="prompt_too_long",
+            code=ErrorCode.PROMPT_TOO_LONG,
         )
     schema = preset.schema_ if preset else None
     if fields.response_format is not None:
@@ -272,13 +275,13 @@ def plan_generation(svc: Services, fields: JobRequest) -> GenerationPlan:
     if max_new_tokens > settings.max_new_tokens_limit:
         raise ValidationFailed(
             f"max_new_tokens is {max_new_tokens}; the limit is {settings.max_new_tokens_limit}",
-            code="max_new_tokens_too_large",
+            code=ErrorCode.MAX_NEW_TOKENS_TOO_LARGE,
         )
     if max_new_tokens < needed:
         raise ValidationFailed(
             f"max_new_tokens is {max_new_tokens}; this schema needs at least {needed} tokens "
             "to guarantee a complete answer",
-            code="max_new_tokens_too_small",
+            code=ErrorCode.MAX_NEW_TOKENS_TOO_SMALL,
         )
     policy = preset.policy.model_dump() if preset and preset.policy else None
     return GenerationPlan(prompt, schema, thinking, max_new_tokens, policy)
@@ -291,13 +294,14 @@ def _check_schema(schema: dict[str, Any] | None, thinking: bool, max_bytes: int)
     size = len(json.dumps(schema))
     if size > max_bytes:
         raise ValidationFailed(
-            f"the JSON schema is {size} bytes; the limit is {max_bytes}", code="schema_too_large"
+            f"the JSON schema is {size} bytes; the limit is {max_bytes}",
+            code=ErrorCode.SCHEMA_TOO_LARGE,
         )
     try:
         return min_new_tokens(schema, thinking)
     except SchemaError as exc:
         raise ValidationFailed(
-            f"unsupported JSON schema: {exc}", code="unsupported_schema"
+            f"unsupported JSON schema: {exc}", code=ErrorCode.UNSUPPORTED_SCHEMA
         ) from exc
 
 
@@ -323,7 +327,7 @@ def _check_idempotency_key(value: str) -> None:
     if not value or len(value) > MAX_IDEMPOTENCY_KEY_CHARS or not value.isprintable():
         raise BadRequest(
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
-            code="invalid_idempotency_key",
+            code=ErrorCode.INVALID_IDEMPOTENCY_KEY,
         )
 
 
@@ -339,6 +343,6 @@ def _earlier(
     if job is not None and job.request_sha256 != fingerprint:
         raise ValidationFailed(
             "this Idempotency-Key was already used with a different request",
-            code="idempotency_key_reused",
+            code=ErrorCode.IDEMPOTENCY_KEY_REUSED,
         )
     return job

@@ -15,6 +15,7 @@ import uuid
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from shared.error_codes import ErrorCode
 from shared.errors import SightlineError
 
 
@@ -22,7 +23,7 @@ class BlobMissing(SightlineError):
     """A job refers to an image the store does not have."""
 
     status = 500
-    code = "image_missing"
+    code = ErrorCode.IMAGE_MISSING
     title = "Stored image missing"
 
 

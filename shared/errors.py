@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.error_codes import ErrorCode
+
 
 class SightlineError(Exception):
     """Base class: ``status`` is the HTTP status, ``code`` a stable snake_case identifier,
@@ -22,7 +24,7 @@ class SightlineError(Exception):
     """
 
     status: int = 500
-    code: str = "internal_error"
+    code: str = ErrorCode.INTERNAL_ERROR
     title: str = "Internal error"
 
     def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
@@ -37,7 +39,7 @@ class BadRequest(SightlineError):
     """The request is malformed (bad JSON, bad base64, missing multipart part)."""
 
     status = 400
-    code = "bad_request"
+    code = ErrorCode.BAD_REQUEST
     title = "Bad request"
 
 
@@ -45,7 +47,7 @@ class Unauthorized(SightlineError):
     """No API key, or one that is unknown or revoked."""
 
     status = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
     title = "Unauthorized"
 
 
@@ -53,7 +55,7 @@ class NotFound(SightlineError):
     """The resource does not exist (or belongs to someone else)."""
 
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
     title = "Not found"
 
 
@@ -61,7 +63,7 @@ class Conflict(SightlineError):
     """The resource is in a state that forbids the request (e.g. cancel a finished job)."""
 
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
     title = "Conflict"
 
 
@@ -69,7 +71,7 @@ class PayloadTooLarge(SightlineError):
     """The body or the image exceeds its configured limit."""
 
     status = 413
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
     title = "Payload too large"
 
 
@@ -77,7 +79,7 @@ class UnsupportedMediaType(SightlineError):
     """The request body or the image is of a type sightline does not accept."""
 
     status = 415
-    code = "unsupported_media_type"
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
     title = "Unsupported media type"
 
 
@@ -85,7 +87,7 @@ class ValidationFailed(SightlineError):
     """Well-formed but invalid input: a field out of range, an image that cannot be used."""
 
     status = 422
-    code = "validation_failed"
+    code = ErrorCode.VALIDATION_FAILED
     title = "Validation failed"
 
 
@@ -93,7 +95,7 @@ class TooManyRequests(SightlineError):
     """A rate limit or queue cap is reached; ``retry_after`` is seconds to wait."""
 
     status = 429
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
     title = "Too many requests"
 
     def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
@@ -105,5 +107,5 @@ class ServiceUnavailable(SightlineError):
     """A dependency (database, broker) cannot be reached right now; retry later."""
 
     status = 503
-    code = "service_unavailable"
+    code = ErrorCode.SERVICE_UNAVAILABLE
     title = "Service unavailable"

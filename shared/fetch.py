@@ -3,6 +3,7 @@ address pinned, a size cap and a total deadline."""
 
 from __future__ import annotations
 
+from shared.error_codes import ErrorCode
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.outbound import DeadlineExceeded, OutboundClient, OutboundFailed
 from shared.ssrf import OutboundPolicy
@@ -26,16 +27,18 @@ def fetch_image(
         )
     except DeadlineExceeded as exc:
         raise ValidationFailed(
-            f"image_url did not answer within {timeout_s:g} s", code="image_fetch_failed"
+            f"image_url did not answer within {timeout_s:g} s", code=ErrorCode.IMAGE_FETCH_FAILED
         ) from exc
     except OutboundFailed as exc:
         raise ValidationFailed(
-            f"image_url could not be fetched: {exc}", code="image_fetch_failed"
+            f"image_url could not be fetched: {exc}", code=ErrorCode.IMAGE_FETCH_FAILED
         ) from exc
     if response.status != 200:
         raise ValidationFailed(
-            f"image_url answered HTTP {response.status}", code="image_fetch_failed"
+            f"image_url answered HTTP {response.status}", code=ErrorCode.IMAGE_FETCH_FAILED
         )
     if response.truncated:
-        raise PayloadTooLarge(f"image_url body exceeds {max_bytes} bytes", code="image_too_large")
+        raise PayloadTooLarge(
+            f"image_url body exceeds {max_bytes} bytes", code=ErrorCode.IMAGE_TOO_LARGE
+        )
     return response.body

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from shared.error_codes import ErrorCode
 from shared.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
@@ -105,10 +106,11 @@ def normalise_image(
     reduced scale (DCT scaling) when the result is scaled down anyway.
     """
     if not data:
-        raise ValidationFailed("the image is empty (0 bytes)", code="image_empty")
+        raise ValidationFailed("the image is empty (0 bytes)", code=ErrorCode.IMAGE_EMPTY)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
-            f"the image is {len(data)} bytes; the limit is {max_bytes}", code="image_too_large"
+            f"the image is {len(data)} bytes; the limit is {max_bytes}",
+            code=ErrorCode.IMAGE_TOO_LARGE,
         )
     image = _open(data)
     with image:
@@ -119,7 +121,8 @@ def normalise_image(
             rgb = _decode_first_frame(image, max_side)
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
             raise ValidationFailed(
-                f"the {source_format} image cannot be decoded: {exc}", code="image_undecodable"
+                f"the {source_format} image cannot be decoded: {exc}",
+                code=ErrorCode.IMAGE_UNDECODABLE,
             ) from exc
     if source_format == "PNG" and max(rgb.size) <= max_side and _bare_rgb_png(data):
         # Already what re-encoding would produce (8-bit RGB pixels and nothing else):
@@ -164,12 +167,12 @@ def _open(data: bytes) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ValidationFailed(str(exc), code="image_too_many_pixels") from exc
+        raise ValidationFailed(str(exc), code=ErrorCode.IMAGE_TOO_MANY_PIXELS) from exc
     except UnidentifiedImageError as exc:
         raise _unidentified(data) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ValidationFailed(
-            f"the image header cannot be read: {exc}", code="image_undecodable"
+            f"the image header cannot be read: {exc}", code=ErrorCode.IMAGE_UNDECODABLE
         ) from exc
 
 
@@ -182,14 +185,14 @@ def _unidentified(data: bytes) -> ValidationFailed | UnsupportedMediaType:
     if accepted is not None:
         return ValidationFailed(
             f"the data starts like a {accepted} image but its header is corrupt",
-            code="image_undecodable",
+            code=ErrorCode.IMAGE_UNDECODABLE,
         )
     refused = _sniff(data, _REFUSED_MAGIC) or _sniff(data[:256].lstrip().lower(), _REFUSED_TEXT)
     if refused is None and data[4:8] == b"ftyp":
         refused = "HEIF/AVIF (ISO media)"
     what = f"{refused} is not accepted" if refused else "not a recognised image"
     return UnsupportedMediaType(
-        f"{what}; accepted formats: {_ACCEPTED_TEXT}", code="unsupported_image_format"
+        f"{what}; accepted formats: {_ACCEPTED_TEXT}", code=ErrorCode.UNSUPPORTED_IMAGE_FORMAT
     )
 
 
@@ -200,12 +203,14 @@ def _sniff(head: bytes, table: tuple[tuple[bytes, str], ...]) -> str | None:
 def _check_declared_size(image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width < 1 or height < 1:
-        raise ValidationFailed(f"the image has no pixels ({width}x{height})", code="image_empty")
+        raise ValidationFailed(
+            f"the image has no pixels ({width}x{height})", code=ErrorCode.IMAGE_EMPTY
+        )
     if width * height > max_pixels:
         raise ValidationFailed(
             f"the image declares {width}x{height} = {width * height} pixels; "
             f"the limit is {max_pixels}",
-            code="image_too_many_pixels",
+            code=ErrorCode.IMAGE_TOO_MANY_PIXELS,
         )
 
 
@@ -221,7 +226,7 @@ def _check_frames(image: Image.Image, data: bytes, max_frames: int) -> None:
         counted = f"more than {max_frames}" if image.format == "GIF" else str(frames)
         raise ValidationFailed(
             f"the animated {image.format} image has {counted} frames; the limit is {max_frames}",
-            code="image_too_many_frames",
+            code=ErrorCode.IMAGE_TOO_MANY_FRAMES,
         )
 
 

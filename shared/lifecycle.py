@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.batches import complete_batches
 from shared.db import transaction
 from shared.enqueue import enqueue_events
+from shared.error_codes import JobErrorCode
 from shared.models import Job, JobStatus, Priority, utcnow
 from shared.webhooks import record_events
 
@@ -365,7 +366,7 @@ def expire_overdue(changes: JobChanges, now: datetime) -> int:
         .where(Job.status == JobStatus.QUEUED, Job.deadline_at <= now)
         .values(
             status=JobStatus.FAILED,
-            error_code="expired",
+            error_code=JobErrorCode.EXPIRED,
             error_message=EXPIRED_MESSAGE,
             finished_at=now,
         )
@@ -387,7 +388,7 @@ def fail_lost(changes: JobChanges, now: datetime, max_attempts: int) -> int:
         )
         .values(
             status=JobStatus.FAILED,
-            error_code="worker_lost",
+            error_code=JobErrorCode.WORKER_LOST,
             error_message=(
                 f"the worker running this job stopped {max_attempts} times; it is not retried again"
             ),

@@ -33,6 +33,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from shared.error_codes import ErrorCode
 from shared.errors import ValidationFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -61,7 +62,7 @@ class ForbiddenDestination(ValidationFailed):
     """A URL sightline will not call: malformed or ambiguous, wrong scheme, unresolvable,
     or a non-public address."""
 
-    code = "forbidden_destination"
+    code = ErrorCode.FORBIDDEN_DESTINATION
     title = "Forbidden destination"
 
 

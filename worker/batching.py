@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import lifecycle
 from shared.blobs import BlobStore
 from shared.db import transaction
+from shared.error_codes import JobErrorCode
 from shared.lifecycle import Outcome
 from shared.models import Job, JobStatus, utcnow
 from shared.presets import Policy
@@ -105,7 +106,9 @@ class BatchService:
         full = len(jobs) >= self._settings.max_batch_size
         split = scheduling.triage(jobs, utcnow())
         expired, fresh, suspects = split.expired, split.fresh, split.suspects
-        outcomes = [_failed(job, "expired", lifecycle.EXPIRED_MESSAGE) for job in expired]
+        outcomes = [
+            _failed(job, JobErrorCode.EXPIRED, lifecycle.EXPIRED_MESSAGE) for job in expired
+        ]
         with self._leases_renewed(token):
             hits = self._from_cache(fresh)
             outcomes += hits
@@ -218,7 +221,9 @@ class BatchService:
             try:
                 image = self._load_image(job)
             except Exception as exc:
-                outcomes.append(_failed(job, "image_undecodable", f"cannot decode image: {exc}"))
+                outcomes.append(
+                    _failed(job, JobErrorCode.IMAGE_UNDECODABLE, f"cannot decode image: {exc}")
+                )
                 continue
             options = GenerationOptions(
                 max_new_tokens=int(job.options["max_new_tokens"]),
@@ -247,7 +252,7 @@ class BatchService:
 
         def failed(item: _Item, exc: Exception) -> Outcome:
             log.warning("job %s failed in the model: %r", item.job.id, exc)
-            return _failed(item.job, "inference_error", f"{type(exc).__name__}: {exc}")
+            return _failed(item.job, JobErrorCode.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}")
 
         def split(size: int, exc: Exception) -> None:
             log.warning("batch of %d failed (%r); splitting to isolate the culprit", size, exc)

@@ -15,6 +15,7 @@ from flask import Response, request, session
 from flask.blueprints import BlueprintSetupState
 
 from api.context import Services
+from shared.error_codes import ErrorCode
 from shared.errors import SightlineError
 
 CSRF_FIELD = "csrf_token"
@@ -43,7 +44,7 @@ class CsrfRejected(SightlineError):
     """A state-changing request without the session's CSRF token (forged, or a stale page)."""
 
     status = 403
-    code = "csrf_failed"
+    code = ErrorCode.CSRF_FAILED
     title = "Request refused"
 
 
