@@ -9,7 +9,8 @@ is text, so arrays become comma-separated strings and objects JSON strings (both
 parsed back by the model's own validators).
 
 Every error is documented as ``application/problem+json`` with the :class:`Problem`
-schema and, per status, the stable ``code`` values that route can answer.
+schema and, per status, the stable ``code`` values of that status in the registry
+(:mod:`shared.error_codes`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.errors import PROBLEM_MIMETYPE
 from api.listing import MAX_PAGE
+from shared.error_codes import api_codes
 from shared.images import ACCEPTED_FORMATS
 from shared.models import JobStatus
 from shared.schemas import BatchItem, BatchRequest, EventOut, JobOut, JobRequest
@@ -111,27 +113,6 @@ _MODELS: list[type[BaseModel]] = [
     Health,
     Readiness,
 ]
-
-# Per status, the codes any route may answer; each operation picks the statuses it has.
-_ERROR_CODES = {
-    400: ["invalid_json", "json_too_deep", "json_too_complex", "invalid_multipart",
-          "invalid_base64", "image_missing", "invalid_idempotency_key"],
-    401: ["unauthorized"],
-    404: ["not_found"],
-    409: ["job_finished", "no_webhook_event", "conflict"],
-    413: ["body_too_large", "image_too_large"],
-    415: ["unsupported_content_type", "unsupported_image_format"],
-    422: ["invalid_fields", "invalid_text", "prompt_too_long", "max_new_tokens_too_large",
-          "max_new_tokens_too_small", "timeout_too_large", "unknown_preset",
-          "schema_too_large", "unsupported_schema", "idempotency_key_reused",
-          "forbidden_destination", "image_empty", "image_undecodable",
-          "image_too_many_pixels", "image_too_many_frames", "invalid_query",
-          "empty_batch", "too_many_items", "no_valid_items", "metadata_too_large",
-          "image_fetch_failed", "intake_deadline", "batch_download_budget",
-          "duplicate_idempotency_key"],
-    429: ["rate_limited", "item_rate_limited", "queue_full"],
-    503: ["service_unavailable"],
-}  # fmt: skip
 
 
 def build_document(settings: Settings) -> dict[str, Any]:
@@ -479,9 +460,10 @@ def _operation(
         if headers:
             response["headers"] = headers
         responses[str(status)] = response
-    # Every authenticated route counts against the key's rate limit.
-    for status in [*errors, *([] if public else [429])]:
-        codes = ", ".join(f"`{code}`" for code in _ERROR_CODES[status])
+    # Every authenticated route counts against the key's rate limit; any route can fail.
+    for status in [*errors, *([] if public else [429]), 500]:
+        # Per status, the codes any route may answer (shared.error_codes, the one registry).
+        codes = ", ".join(f"`{code}`" for code in api_codes(status))
         responses[str(status)] = {
             "description": f"Problem; `code` is one of {codes}.",
             "content": {PROBLEM_MIMETYPE: {"schema": {"$ref": REF.format(model="Problem")}}},

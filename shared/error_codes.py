@@ -222,7 +222,9 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
         Where.ITEM,
     ),
     E.INTAKE_DEADLINE: ErrorInfo(
-        422, "an item not taken in within the batch's intake deadline; submit it again", Where.ITEM
+        422,
+        "an item not fetched or checked within the batch's intake deadline; submit it again",
+        Where.ITEM,
     ),
     E.DUPLICATE_IDEMPOTENCY_KEY: ErrorInfo(
         422, "an item repeats an earlier item's `idempotency_key`", Where.ITEM
@@ -263,7 +265,7 @@ def markdown_table() -> str:
     rows = ["| status | `code` | when |", "|---|---|---|"]
     for status in sorted({info.status for info in ERRORS.values()}):
         for code in api_codes(status):
-            item = " (per batch item, in `rejected`)" if code.where is Where.ITEM else ""
+            item = "; only on a batch item, in `rejected`" if code.where is Where.ITEM else ""
             rows.append(f"| {status} | `{code}` | {code.when}{item} |")
     return "\n".join(rows) + "\n"
 
