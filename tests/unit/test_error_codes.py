@@ -155,3 +155,10 @@ def test_codes_serialise_as_their_plain_string() -> None:
     assert json.dumps({"code": ErrorCode.QUEUE_FULL}) == '{"code": "queue_full"}'
     assert f"urn:sightline:problem:{ErrorCode.QUEUE_FULL}" == "urn:sightline:problem:queue_full"
     assert str(JobErrorCode.WORKER_LOST) == "worker_lost"
+
+
+def test_docs_name_every_job_error_code() -> None:
+    text = (ROOT / "docs" / "http-api.md").read_text(encoding="utf-8")
+    start = text.index('`{"code", "message"}` when failed')
+    listed = set(re.findall(r"`([a-z_]+)`", text[start : text.index("\n\n", start)]))
+    assert listed == {code.value for code in JobErrorCode}
