@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     max_batch_wait_ms: int = Field(
         default=20, ge=0, le=10_000, description="Longest wait to fill a batch (ms)."
     )
+    worker_drain_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long a task whose batches come out full goes on claiming the next "
+        "itself before it hands back to Celery (leaving a wake-up for what is left).",
+    )
     max_image_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1024, description="Largest accepted image upload (bytes)."
     )

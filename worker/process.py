@@ -98,7 +98,7 @@ def run_worker(
         worker_name=node_name,
         after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
     )
-    register_tasks(app, service, metrics, sessions)
+    register_tasks(app, service, metrics, sessions, settings.worker_drain_s)
     if ready_fd is not None:
 
         def report_ready(**_: object) -> None:

@@ -2,7 +2,9 @@
 
 A message wakes a batch that settles its own job and up to ``max_batch_size - 1`` others,
 whose messages are processed later (and then find nothing to do) or never; while batches
-come out full, the same task goes on with the next (``DRAIN_S``). So that
+come out full, the same task goes on with the next, for ``worker_drain_s``; when it stops
+while its last batch was full, it leaves a wake-up for the oldest job still queued, so
+what is left does not wait for the sweeper. So that
 monitors following task events (Flower) show every job with its real final state, the
 task that ran the batch sends ``task-succeeded`` / ``task-failed`` for each of those
 other jobs itself (the task id is the job id), and every task reports its own job's
@@ -29,22 +31,18 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.utils.saferepr import saferepr
 from celery.worker import state as worker_state
+from sqlalchemy import case, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.enqueue import enqueue_job
 from shared.lifecycle import Outcome
 from shared.logs import log_context
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, Priority
 from shared.tasks import INFER_TASK
 from worker.batching import BatchReport, BatchService
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
-
-# After a full batch a task claims the next one itself, for up to this long, instead of
-# going back to Celery for a message: each round trip (ack, fetch, task set-up) idles the
-# model between passes, which matters most on a GPU, where passes are short. Bounded so
-# that the worker's own event loop (heartbeats, remote control) still runs often.
-DRAIN_S = 5.0
 
 
 class JobFailed(Exception):
@@ -55,10 +53,14 @@ class JobFailed(Exception):
 
 
 def register_tasks(
-    app: Celery, service: BatchService, metrics: WorkerMetrics, sessions: sessionmaker[Session]
+    app: Celery,
+    service: BatchService,
+    metrics: WorkerMetrics,
+    sessions: sessionmaker[Session],
+    drain_s: float,
 ) -> None:
     """Register ``sightline.infer`` on ``app``, bound to this process's batch service,
-    metrics and database."""
+    metrics and database; a task goes on with full batches for ``drain_s`` seconds."""
 
     @app.task(name=INFER_TASK, bind=True, throws=(JobFailed,))
     def infer(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
@@ -73,7 +75,11 @@ def register_tasks(
             return {"job_id": job_id, "status": "malformed"}
         outcome = None
         prefer: uuid.UUID | None = wanted
-        until = time.monotonic() + DRAIN_S
+        # After a full batch the task claims the next one itself instead of going back to
+        # Celery for a message: each round trip (ack, fetch, task set-up) idles the model
+        # between passes, which matters most on a GPU. Bounded, so that the worker's own
+        # event loop (heartbeats, remote control) still runs often.
+        until = time.monotonic() + drain_s
         while True:
             with log_context(batch_id=uuid.uuid4().hex):
                 started = time.monotonic()
@@ -82,7 +88,10 @@ def register_tasks(
                 _log_batch(report, time.monotonic() - started)
                 _announce(self, report, skip=wanted)
             outcome = outcome or next((o for o in report.outcomes if o.job_id == wanted), None)
-            if not report.full or _shutting_down() or time.monotonic() >= until:
+            if not report.full:
+                break
+            if _shutting_down() or time.monotonic() >= until:
+                _wake_next(app, sessions)
                 break
             prefer = None  # the next batch: whatever waits, interactive first
         if outcome is not None:
@@ -92,6 +101,26 @@ def register_tasks(
             if row is None:  # deleted, or never committed: nothing to report
                 raise Ignore()
             return _settled(self, wanted, row.status, row.error_code, row.error_message)
+
+
+def _wake_next(app: Celery, sessions: sessionmaker[Session]) -> None:
+    """Leave a wake-up for the job a worker would claim next (interactive first, oldest
+    first), if any is queued: a drain that stops after a full batch may have left work
+    whose own wake-ups another claim already consumed. A broker error is logged; the
+    sweeper re-sends what is left then."""
+    with sessions() as session:
+        row = session.execute(
+            select(Job.id, Job.priority)
+            .where(Job.status == JobStatus.QUEUED)
+            .order_by(case((Job.priority == Priority.INTERACTIVE, 0), else_=1), Job.created_at)
+            .limit(1)
+        ).first()
+    if row is None:
+        return
+    try:
+        enqueue_job(app, row.id, row.priority)
+    except Exception:  # the sweeper covers a lost wake-up
+        log.exception("could not leave a wake-up for job %s", row.id)
 
 
 def _shutting_down() -> bool:
