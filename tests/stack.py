@@ -160,7 +160,8 @@ class Stack:
                 return parked.process
             stop(parked.process)  # one cpu0@ node at a time
         process = start_worker(self._env(settings), self._log("worker"))
-        node = self._node_of(self._started(process, "cpu0@"), "cpu0@")
+        self._workers.append(process)
+        node = self._answering_node(process, "cpu0@")
         if "devices" not in settings:
             self._reusable[process.pid] = _Reusable(process, node, key)
         return process
@@ -196,11 +197,19 @@ class Stack:
     ) -> subprocess.Popen[bytes]:
         """Track ``process`` and wait until a node named ``node_prefix…`` answers a ping."""
         self._workers.append(process)
+        self._answering_node(process, node_prefix)
+        return process
+
+    def _answering_node(self, process: subprocess.Popen[bytes], node_prefix: str) -> str:
+        """The full name of the node ``node_prefix…``, once it answers a ping. Only that
+        first answer counts: a worker that finds jobs waiting goes straight into a batch,
+        and a solo worker in a batch answers no ping."""
         deadline = time.monotonic() + 120
         while True:
             replies = self.celery.control.ping(timeout=0.5)
-            if any(name.startswith(node_prefix) for reply in replies for name in reply):
-                return process
+            for name in (name for reply in replies for name in reply):
+                if name.startswith(node_prefix):
+                    return name
             if process.poll() is not None:
                 raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
             if time.monotonic() > deadline:
@@ -231,14 +240,6 @@ class Stack:
             if not any("ok" in reply.get(worker.node, {}) for reply in replies):
                 return False
         return True
-
-    def _node_of(self, process: subprocess.Popen[bytes], node_prefix: str) -> str:
-        """The full name of the node ``node_prefix…`` that answers a ping."""
-        for reply in self.celery.control.ping(timeout=2):
-            for name in reply:
-                if name.startswith(node_prefix):
-                    return name
-        raise RuntimeError(f"{process.args!r}: no {node_prefix} node answers a ping")
 
     def reset(self) -> None:
         """Stop (or park) workers, delete every job and flush the broker: a clean slate per
