@@ -151,6 +151,11 @@ def abandoned(max_attempts: int) -> ColumnElement[bool]:
     )
 
 
+def next_queued() -> list[ColumnElement[Any]]:
+    """The order workers take queued jobs in: interactive before bulk, oldest first."""
+    return [case((Job.priority == Priority.INTERACTIVE, 0), else_=1), Job.created_at.asc()]
+
+
 def claimable(max_attempts: int) -> ColumnElement[bool]:
     """Jobs a worker may take: queued, or abandoned (see :func:`abandoned`)."""
     return or_(Job.status == JobStatus.QUEUED, abandoned(max_attempts))
@@ -181,7 +186,7 @@ def claim(
     orders them for running).
     """
     now = utcnow()
-    order = [case((Job.priority == Priority.INTERACTIVE, 0), else_=1), Job.created_at]
+    order = next_queued()
     if prefer is not None:
         order.insert(0, case((Job.id == prefer, 0), else_=1))
     queued = (

@@ -31,13 +31,14 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.utils.saferepr import saferepr
 from celery.worker import state as worker_state
-from sqlalchemy import case, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import lifecycle
 from shared.enqueue import enqueue_job
 from shared.lifecycle import Outcome
 from shared.logs import log_context
-from shared.models import Job, JobStatus, Priority
+from shared.models import Job, JobStatus
 from shared.tasks import INFER_TASK
 from worker.batching import BatchReport, BatchService
 from worker.metrics import WorkerMetrics
@@ -112,7 +113,7 @@ def _wake_next(app: Celery, sessions: sessionmaker[Session]) -> None:
         row = session.execute(
             select(Job.id, Job.priority)
             .where(Job.status == JobStatus.QUEUED)
-            .order_by(case((Job.priority == Priority.INTERACTIVE, 0), else_=1), Job.created_at)
+            .order_by(*lifecycle.next_queued())
             .limit(1)
         ).first()
     if row is None:
