@@ -6,6 +6,10 @@ Partial acceptance: every item is validated like a single job; valid items becom
 items were taken. Only when no item is valid is the request refused (422). Items with an
 ``idempotency_key`` already used by this API key are reported as accepted with the
 existing job's id (``"existing": true``), so a pipeline can resubmit after a failure.
+
+Every answer is rendered through its model in :mod:`shared.schemas` (``BatchCreated``,
+``BatchOut``, ``BatchCanceled``, ``BatchResultLine``), the models the OpenAPI document's
+schemas are generated from.
 """
 
 from __future__ import annotations
@@ -53,7 +57,17 @@ from shared.errors import (
 )
 from shared.images import NormalisedImage
 from shared.models import ApiKey, Batch, Job, JobStatus, Priority, utcnow
-from shared.schemas import BatchItem, BatchRequest
+from shared.schemas import (
+    BatchAccepted,
+    BatchCanceled,
+    BatchCreated,
+    BatchExisting,
+    BatchItem,
+    BatchOut,
+    BatchRejected,
+    BatchRequest,
+    BatchResultLine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +116,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     for index, row in rows.items():
         outcomes[index] = row
     rejected = [
-        {"index": i, "code": outcome.code, "detail": outcome.detail}
+        BatchRejected(index=i, code=outcome.code, detail=outcome.detail)
         for i, outcome in enumerate(outcomes)
         if isinstance(outcome, SightlineError)
     ]
@@ -115,7 +129,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         raise ValidationFailed(
             f"none of the {len(raw_items)} items is valid",
             code=ErrorCode.NO_VALID_ITEMS,
-            rejected=rejected[:100],
+            rejected=[item.model_dump(mode="json") for item in rejected[:100]],
         )
     new_jobs = [row for _, row in accepted if isinstance(row, dict)]
     batch = Batch(
@@ -136,24 +150,23 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         insert_jobs(session, new_jobs)
     wake = [row["id"] for row in new_jobs]
     after_this_request(lambda response: _wake_after(response, svc, batch.id, wake))
-    body = {
-        "id": str(batch.id),
-        "items_submitted": len(raw_items),
-        "items_accepted": len(accepted),
-        "items_rejected": len(rejected),
-        "accepted": [
-            {"index": i, "id": str(row["id"])}
+    created = BatchCreated(
+        id=batch.id,
+        items_submitted=len(raw_items),
+        items_accepted=len(accepted),
+        items_rejected=len(rejected),
+        accepted=[
+            BatchAccepted(index=i, id=row["id"])
             if isinstance(row, dict)
-            else {
-                "index": i,
-                "id": str(existing[row.draft.row["idempotency_key"]]),
-                "existing": True,
-            }
+            else BatchExisting(
+                index=i, id=existing[row.draft.row["idempotency_key"]], existing=True
+            )
             for i, row in accepted
         ],
-        "rejected": rejected,
-    }
-    return body, 202, {"Location": url_for("batches.get_batch", batch_id=batch.id)}
+        rejected=rejected,
+    )
+    location = url_for("batches.get_batch", batch_id=batch.id)
+    return created.model_dump(mode="json"), 202, {"Location": location}
 
 
 @batches.get("/<batch_id>")
@@ -161,7 +174,7 @@ def get_batch(batch_id: str) -> Body:
     """Counts by status and progress (finished / accepted)."""
     batch = _load(batch_id)
     with services().sessions() as session:
-        return batch_summary(session, batch)
+        return BatchOut.model_validate(batch_summary(session, batch)).model_dump(mode="json")
 
 
 @batches.get("/<batch_id>/results")
@@ -171,9 +184,8 @@ def batch_results(batch_id: str) -> Response:
 
 
 def export_results(batch: Batch) -> Response:
-    """NDJSON, one line per finished item in item order: ``index``, ``id``, ``metadata``,
-    ``status``, ``result``, ``result_json``, ``action``, ``cached``, ``error``. Streamed
-    from the database in chunks, so 50,000 results never sit in memory at once."""
+    """NDJSON, one :class:`BatchResultLine` per finished item in item order. Streamed from
+    the database in chunks, so 50,000 results never sit in memory at once."""
     sessions = services().sessions
 
     def lines() -> Iterator[str]:
@@ -188,27 +200,7 @@ def export_results(batch: Batch) -> Response:
                 .execution_options(yield_per=1000)
             )
             for job in rows:
-                error = (
-                    {"code": job.error_code, "message": job.error_message}
-                    if job.error_code
-                    else None
-                )
-                yield (
-                    json.dumps(
-                        {
-                            "index": job.item_index,
-                            "id": str(job.id),
-                            "metadata": job.item_metadata,
-                            "status": job.status.value,
-                            "result": job.result,
-                            "result_json": job.result_json,
-                            "action": job.action,
-                            "cached": job.cached,
-                            "error": error,
-                        }
-                    )
-                    + "\n"
-                )
+                yield json.dumps(BatchResultLine.from_job(job).model_dump(mode="json")) + "\n"
 
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
 
@@ -221,9 +213,8 @@ def cancel_batch(batch_id: str) -> Body:
     with lifecycle.unit_of_work(svc.sessions, svc.celery) as changes:
         canceled = lifecycle.cancel_batch(changes, batch.id)
     with svc.sessions() as session:
-        return batch_summary(session, session.get(Batch, batch.id) or batch) | {
-            "canceled": canceled
-        }
+        summary = batch_summary(session, session.get(Batch, batch.id) or batch)
+    return BatchCanceled.model_validate(summary | {"canceled": canceled}).model_dump(mode="json")
 
 
 def _wake_after(

@@ -1,7 +1,8 @@
 """Pydantic schemas: what callers send and what they get back.
 
 The API validates every request against these before anything is written, and renders
-every job through :class:`JobOut`, so the HTTP contract lives in one place.
+every job through :class:`JobOut` and every batch answer through the ``Batch*`` models
+below, so the HTTP contract lives in one place.
 """
 
 from __future__ import annotations
@@ -240,3 +241,111 @@ class BatchRequest(BaseModel):
 
     items: list[dict[str, Any]]
     callback_url: str | None = Field(default=None, max_length=2048)
+
+
+# The batch answers. Closed (``extra="forbid"``): their OpenAPI schemas say
+# ``additionalProperties: false``, so a key a route adds without its model is a contract
+# violation, and rendering a dict with an unknown key through them fails.
+
+
+class BatchAccepted(BaseModel):
+    """An item that became a new job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, description="The item's position in the request.")
+    id: uuid.UUID = Field(description="Its job.")
+
+
+class BatchExisting(BaseModel):
+    """An item whose ``idempotency_key`` this tenant used before: the earlier job is
+    returned and nothing is created."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, description="The item's position in the request.")
+    id: uuid.UUID = Field(description="The existing job.")
+    existing: Literal[True] = Field(description="Marks an item answered by an earlier job.")
+
+
+class BatchRejected(BaseModel):
+    """An item that was refused (and created nothing), with its problem."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, description="The item's position in the request.")
+    code: str = Field(description="Stable snake_case identifier, as in a problem's ``code``.")
+    detail: str = Field(description="What exactly is wrong, for a human.")
+
+
+class BatchCreated(BaseModel):
+    """``POST /v1/batches``'s answer: which items became jobs and which were refused, by
+    index (partial acceptance)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: uuid.UUID
+    items_submitted: int = Field(ge=1)
+    items_accepted: int = Field(ge=1)
+    items_rejected: int = Field(ge=0)
+    accepted: list[BatchAccepted | BatchExisting]
+    rejected: list[BatchRejected]
+
+
+class BatchOut(BaseModel):
+    """A batch as ``GET /v1/batches/{id}`` returns it (and as the ``batch.completed``
+    webhook's ``data`` carries it). Times are UTC."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: uuid.UUID
+    created_at: datetime
+    completed_at: datetime | None = Field(
+        description="When its last item ended; null while any is queued or running."
+    )
+    items_submitted: int
+    items_accepted: int
+    counts: dict[JobStatus, int] = Field(description="Its jobs by status, every status present.")
+    progress: float = Field(ge=0, le=1, description="Finished items / accepted items.")
+    callback_url: str | None = Field(description="Where ``batch.completed`` is sent.")
+
+
+class BatchCanceled(BatchOut):
+    """``DELETE /v1/batches/{id}``'s answer: the batch after its queued jobs were canceled."""
+
+    canceled: int = Field(ge=0, description="Jobs this request canceled.")
+
+
+class BatchResultLine(BaseModel):
+    """One line of ``GET /v1/batches/{id}/results``: a finished item of the batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, description="The item's position in the request.")
+    id: uuid.UUID
+    metadata: Any = Field(description="The item's ``metadata``, as sent.")
+    status: JobStatus
+    result: str | None
+    result_json: Any
+    action: str | None
+    cached: bool
+    error: ErrorOut | None
+
+    @classmethod
+    def from_job(cls, job: Job) -> BatchResultLine:
+        if job.item_index is None:  # every job of a batch has one (api/batches.py)
+            raise ValueError(f"job {job.id} has no item_index; it is not a batch item")
+        error = None
+        if job.error_code is not None:
+            error = ErrorOut(code=job.error_code, message=job.error_message or "")
+        return cls(
+            index=job.item_index,
+            id=job.id,
+            metadata=job.item_metadata,
+            status=job.status,
+            result=job.result,
+            result_json=job.result_json,
+            action=job.action,
+            cached=job.cached,
+            error=error,
+        )
