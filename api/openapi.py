@@ -1,5 +1,10 @@
 """The OpenAPI 3.1 document (served at ``GET /openapi.json``), generated, never by hand.
 
+Paths and methods come from the app's routes (its ``url_map``): each API route's view has
+one operation here (summary, success and error statuses, by the view's Flask endpoint),
+and a route without one, or one without a route, fails the build (:class:`RouteMismatch`)
+rather than leaving a gap; path parameters come from the rule's arguments.
+
 Request and response bodies come from the pydantic models that validate and render them
 (``shared.schemas``), through ``model_json_schema``; the limits enforced outside the
 models (prompt length, ``max_new_tokens`` and ``timeout_s`` ceilings, image bytes) come
@@ -16,21 +21,36 @@ schema and, per status, the stable ``code`` values of that status in the registr
 from __future__ import annotations
 
 import copy
+import re
+import tempfile
 import uuid
 from typing import Any
 
+from flask import Flask, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
+from werkzeug.routing import Map, Rule
 
 from api.errors import PROBLEM_MIMETYPE
 from api.listing import MAX_PAGE
 from shared.error_codes import api_codes
 from shared.images import ACCEPTED_FORMATS
 from shared.models import JobStatus
-from shared.schemas import BatchItem, BatchRequest, EventOut, JobOut, JobRequest
+from shared.schemas import (
+    BatchCanceled,
+    BatchCreated,
+    BatchItem,
+    BatchOut,
+    BatchRequest,
+    BatchResultLine,
+    EventOut,
+    JobOut,
+    JobRequest,
+)
 from shared.settings import Settings
 
 REF = "#/components/schemas/{model}"
+NDJSON = "application/x-ndjson"
 # An 8x8 PNG, so that the examples in the document (and in the docs page) are accepted.
 EXAMPLE_PNG_BASE64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGOsWHCCARtgwio6aCUAegcB8I7IDX"
@@ -110,32 +130,25 @@ _MODELS: list[type[BaseModel]] = [
     JobList,
     Deliveries,
     Redelivery,
+    BatchCreated,
+    BatchOut,
+    BatchCanceled,
+    BatchResultLine,
     Health,
     Readiness,
 ]
 
 
-def build_document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for a server running with ``settings``."""
+def build_document(settings: Settings, url_map: Map | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a server running with ``settings`` and the routes of
+    ``url_map``: by default those of the app serving the current request or, outside a
+    request (the docs site, tests), those of the API's blueprints. Raises
+    :class:`RouteMismatch` when an API route has no operation or an operation no route."""
+    paths = _paths(url_map if url_map is not None else _default_url_map(settings))
     _, top = models_json_schema([(model, _mode(model)) for model in _MODELS], ref_template=REF)
     schemas: dict[str, Any] = top["$defs"]
     _apply_limits(schemas["JobSubmission"], settings)
     schemas["JobSubmissionForm"] = _form_schema(schemas["JobSubmission"], settings)
-    job_id = {
-        "name": "job_id",
-        "in": "path",
-        "required": True,
-        "description": "A job id as returned by ``POST /v1/jobs``; any other value is 404.",
-        "schema": {"type": "string", "format": "uuid"},
-    }
-    batch_id = {
-        "name": "batch_id",
-        "in": "path",
-        "required": True,
-        "description": "A batch id as returned by ``POST /v1/batches``; any other value is 404.",
-        "schema": {"type": "string", "format": "uuid"},
-    }
-    jobs_v1 = "Jobs"
     return {
         "openapi": "3.1.0",
         "info": {
@@ -158,136 +171,231 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 }
             },
         },
-        "paths": {
-            "/v1/jobs": {
-                "post": _operation(
-                    "createJob",
-                    jobs_v1,
-                    "Submit a job",
-                    ok={
-                        202: ("Accepted: the job is queued.", "JobOut", _LOCATION),
-                        200: ("The original job of a repeated Idempotency-Key.", "JobOut", None),
-                    },
-                    errors=[400, 401, 413, 415, 422, 503],
-                    parameters=[_IDEMPOTENCY_KEY],
-                    body=_submission_body(),
-                ),
-                "get": _operation(
-                    "listJobs",
-                    jobs_v1,
-                    "List the jobs of the caller's tenant, newest first",
-                    ok={200: ("One page of jobs.", "JobList", None)},
-                    errors=[401, 422, 503],
-                    parameters=_list_parameters(),
-                ),
+        "paths": paths,
+    }
+
+
+class RouteMismatch(RuntimeError):
+    """The app's routes and the operations described here disagree."""
+
+
+# Routes that are not part of the HTTP API, so not in the document: the operator's console
+# (HTML pages), Swagger UI's page and files, Prometheus' scrape, Flask's static files.
+# Every other route needs an operation in :func:`_operations`.
+NOT_API_BLUEPRINTS = frozenset({"console"})
+NOT_API_ENDPOINTS = frozenset({"static", "metrics.scrape", "docs.page", "docs.start", "docs.asset"})
+# Methods Flask adds on its own (OPTIONS to every route, HEAD beside GET); an operation
+# describes the one method its view serves.
+_IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
+
+
+def _is_api_endpoint(endpoint: str) -> bool:
+    """Whether the route of Flask ``endpoint`` belongs in the document."""
+    return endpoint not in NOT_API_ENDPOINTS and endpoint.split(".")[0] not in NOT_API_BLUEPRINTS
+
+
+def _openapi_path(rule: Rule) -> str:
+    """A Flask rule as an OpenAPI path: ``/v1/jobs/<job_id>`` is ``/v1/jobs/{job_id}``."""
+    return re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", rule.rule)
+
+
+def _default_url_map(settings: Settings) -> Map:
+    """The routes of the app serving the current request; outside a request, those of an
+    app of the API's blueprints (``create_app`` registers them too, beside the console and
+    ``/metrics``, which are not in the document; ``tests/unit/test_openapi.py`` checks that
+    both give one document). Its services are real but store nowhere: an in-memory
+    database and a scratch blob directory, neither ever used, since only routes are read."""
+    if has_app_context():
+        return current_app.url_map
+    # Imported here: api.docs, which serves the document, imports this module.
+    from api.batches import batches
+    from api.context import Services
+    from api.deliveries import deliveries
+    from api.docs import docs
+    from api.health import health
+    from api.jobs import jobs
+
+    app = Flask("sightline-openapi", static_folder=None)
+    with tempfile.TemporaryDirectory(prefix="sightline-openapi-") as scratch:
+        scratch_settings = settings.model_copy(
+            update={"database_url": "sqlite://", "blob_url": scratch}
+        )
+        services = Services.build(scratch_settings)
+        app.extensions["sightline"] = services  # blueprints find it when registered
+        for blueprint in (health, jobs, deliveries, docs, batches):
+            app.register_blueprint(blueprint)
+        services.engine.dispose()
+    return app.url_map
+
+
+def _paths(url_map: Map) -> dict[str, Any]:
+    """The document's paths: one operation per API route of ``url_map``, in the order of
+    :func:`_operations`; path parameters from the rule's arguments."""
+    rules: dict[str, Rule] = {}
+    for rule in url_map.iter_rules():
+        if not _is_api_endpoint(rule.endpoint):
+            continue
+        if rule.endpoint in rules:
+            raise RouteMismatch(f"{rule.endpoint} serves two paths; describe one per view")
+        rules[rule.endpoint] = rule
+    operations = _operations()
+    undocumented = [
+        f"{r.rule} ({r.endpoint})" for r in rules.values() if r.endpoint not in operations
+    ]
+    if undocumented:
+        raise RouteMismatch(
+            f"served but not in the OpenAPI document: {', '.join(undocumented)}; give each an "
+            "operation in api/openapi.py, or list it there as not part of the API"
+        )
+    unserved = [endpoint for endpoint in operations if endpoint not in rules]
+    if unserved:
+        raise RouteMismatch(f"described but not served: {', '.join(unserved)}")
+    paths: dict[str, Any] = {}
+    for endpoint, operation in operations.items():
+        rule = rules[endpoint]
+        methods = sorted((rule.methods or set()) - _IMPLICIT_METHODS)
+        if len(methods) != 1:
+            raise RouteMismatch(f"{rule.rule} ({endpoint}) serves {methods}; describe one method")
+        item = paths.setdefault(_openapi_path(rule), {})
+        if rule.arguments and "parameters" not in item:
+            unknown = sorted(rule.arguments - set(_PATH_PARAMETERS))
+            if unknown:
+                raise RouteMismatch(f"{rule.rule}: describe path parameter(s) {unknown}")
+            item["parameters"] = [_PATH_PARAMETERS[name] for name in sorted(rule.arguments)]
+        item[methods[0].lower()] = operation
+    return paths
+
+
+def _path_parameter(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+
+
+_PATH_PARAMETERS = {
+    "job_id": _path_parameter(
+        "job_id", "A job id as returned by ``POST /v1/jobs``; any other value is 404."
+    ),
+    "batch_id": _path_parameter(
+        "batch_id", "A batch id as returned by ``POST /v1/batches``; any other value is 404."
+    ),
+}
+
+
+def _operations() -> dict[str, dict[str, Any]]:
+    """Each API route's operation, by the Flask endpoint of its view; the document lists
+    them in this order (Swagger UI's order)."""
+    jobs_v1 = "Jobs"
+    return {
+        "jobs.create_job": _operation(
+            "createJob",
+            jobs_v1,
+            "Submit a job",
+            ok={
+                202: ("Accepted: the job is queued.", "JobOut", _location("job")),
+                200: ("The original job of a repeated Idempotency-Key.", "JobOut", None),
             },
-            "/v1/jobs/{job_id}": {
-                "parameters": [job_id],
-                "get": _operation(
-                    "getJob",
-                    jobs_v1,
-                    "Read a job; ?wait=N (≤ 60 s) long-polls, answered at once over the wait cap",
-                    ok={200: ("The job.", "JobOut", None)},
-                    errors=[401, 404, 503],
-                ),
-                "delete": _operation(
-                    "cancelJob",
-                    jobs_v1,
-                    "Cancel a queued or running job",
-                    ok={200: ("The job, now canceled.", "JobOut", None)},
-                    errors=[401, 404, 409, 503],
-                ),
+            errors=[400, 401, 413, 415, 422, 503],
+            parameters=[_IDEMPOTENCY_KEY],
+            body=_submission_body(),
+        ),
+        "jobs.list_jobs": _operation(
+            "listJobs",
+            jobs_v1,
+            "List the jobs of the caller's tenant, newest first",
+            ok={200: ("One page of jobs.", "JobList", None)},
+            errors=[401, 422, 503],
+            parameters=_list_parameters(),
+        ),
+        "jobs.get_job": _operation(
+            "getJob",
+            jobs_v1,
+            "Read a job; ?wait=N (≤ 60 s) long-polls, answered at once over the wait cap",
+            ok={200: ("The job.", "JobOut", None)},
+            errors=[401, 404, 503],
+        ),
+        "jobs.delete_job": _operation(
+            "cancelJob",
+            jobs_v1,
+            "Cancel a queued or running job",
+            ok={200: ("The job, now canceled.", "JobOut", None)},
+            errors=[401, 404, 409, 503],
+        ),
+        "deliveries.list_deliveries": _operation(
+            "listDeliveries",
+            "Webhooks",
+            "A job's webhook events and delivery attempts",
+            ok={200: ("Events, oldest first.", "Deliveries", None)},
+            errors=[401, 404, 503],
+        ),
+        "deliveries.redeliver": _operation(
+            "redeliver",
+            "Webhooks",
+            "Send a job's webhook events again, with the same webhook-id",
+            ok={202: ("Redelivery queued.", "Redelivery", None)},
+            errors=[401, 404, 409, 503],
+        ),
+        "batches.create_batch": _operation(
+            "createBatch",
+            "Batches",
+            "Submit many jobs at once (bulk priority); invalid items are reported",
+            ok={
+                202: ("Accepted and rejected items, by index.", "BatchCreated", _location("batch"))
             },
-            "/v1/jobs/{job_id}/deliveries": {
-                "parameters": [job_id],
-                "get": _operation(
-                    "listDeliveries",
-                    "Webhooks",
-                    "A job's webhook events and delivery attempts",
-                    ok={200: ("Events, oldest first.", "Deliveries", None)},
-                    errors=[401, 404, 503],
-                ),
-            },
-            "/v1/jobs/{job_id}/deliveries/redeliver": {
-                "parameters": [job_id],
-                "post": _operation(
-                    "redeliver",
-                    "Webhooks",
-                    "Send a job's webhook events again, with the same webhook-id",
-                    ok={202: ("Redelivery queued.", "Redelivery", None)},
-                    errors=[401, 404, 409, 503],
-                ),
-            },
-            "/v1/batches": {
-                "post": _operation(
-                    "createBatch",
-                    "Batches",
-                    "Submit many jobs at once (bulk priority); invalid items are reported",
-                    ok={202: ("Accepted and rejected items, by index.", None, _LOCATION)},
-                    errors=[400, 401, 413, 415, 422, 503],
-                    body=_batch_body(),
-                ),
-            },
-            "/v1/batches/{batch_id}": {
-                "parameters": [batch_id],
-                "get": _operation(
-                    "getBatch",
-                    "Batches",
-                    "A batch's progress and counts by status",
-                    ok={200: ("The batch.", None, None)},
-                    errors=[401, 404, 503],
-                ),
-                "delete": _operation(
-                    "cancelBatch",
-                    "Batches",
-                    "Cancel the queued jobs of a batch (running ones finish)",
-                    ok={200: ("The batch, with what was canceled.", None, None)},
-                    errors=[401, 404, 503],
-                ),
-            },
-            "/v1/batches/{batch_id}/results": {
-                "parameters": [batch_id],
-                "get": _operation(
-                    "batchResults",
-                    "Batches",
-                    "Finished items as NDJSON, one line per item in item order",
-                    ok={200: ("Streamed results.", None, None)},
-                    errors=[401, 404, 503],
-                    media_type="application/x-ndjson",
-                ),
-            },
-            "/healthz": {
-                "get": _operation(
-                    "healthz",
-                    "Health",
-                    "Liveness",
-                    ok={200: ("The process is up.", "Health", None)},
-                    errors=[],
-                    public=True,
-                )
-            },
-            "/readyz": {
-                "get": _operation(
-                    "readyz",
-                    "Health",
-                    "Readiness: the database and the broker answer",
-                    ok={200: ("Ready.", "Readiness", None)},
-                    errors=[503],
-                    public=True,
-                )
-            },
-            "/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "tags": ["Meta"],
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "OpenAPI 3.1.",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
-                    },
+            errors=[400, 401, 413, 415, 422, 503],
+            body=_batch_body(),
+        ),
+        "batches.get_batch": _operation(
+            "getBatch",
+            "Batches",
+            "A batch's progress and counts by status",
+            ok={200: ("The batch.", "BatchOut", None)},
+            errors=[401, 404, 503],
+        ),
+        "batches.cancel_batch": _operation(
+            "cancelBatch",
+            "Batches",
+            "Cancel the queued jobs of a batch (running ones finish)",
+            ok={200: ("The batch, with what was canceled.", "BatchCanceled", None)},
+            errors=[401, 404, 503],
+        ),
+        "batches.batch_results": _operation(
+            "batchResults",
+            "Batches",
+            "Finished items as NDJSON, one line per item in item order",
+            ok={200: ("Streamed results.", "BatchResultLine", None)},
+            errors=[401, 404, 503],
+            media_type=NDJSON,
+        ),
+        "health.healthz": _operation(
+            "healthz",
+            "Health",
+            "Liveness",
+            ok={200: ("The process is up.", "Health", None)},
+            errors=[],
+            public=True,
+        ),
+        "health.readyz": _operation(
+            "readyz",
+            "Health",
+            "Readiness: the database and the broker answer",
+            ok={200: ("Ready.", "Readiness", None)},
+            errors=[503],
+            public=True,
+        ),
+        "docs.openapi_json": {
+            "operationId": "openapi",
+            "tags": ["Meta"],
+            "summary": "This document",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
                 }
             },
         },
@@ -376,11 +484,13 @@ def _submission_body() -> dict[str, Any]:
     }
 
 
-# Bodies built as dicts without a response model yet (batches): their media type only.
-_UNMODELLED = {
-    "application/json": {"type": "object"},
-    "application/x-ndjson": {"type": "string"},
-}
+def _ndjson(model: str, description: str) -> dict[str, Any]:
+    """An NDJSON media type, one ``model`` object per line. OpenAPI 3.1 has no schema for
+    a stream's items (3.2's ``itemSchema``), so the line schema is ``x-itemSchema``."""
+    return {
+        "schema": {"type": "string", "description": description},
+        "x-itemSchema": {"$ref": REF.format(model=model)},
+    }
 
 
 def _batch_body() -> dict[str, Any]:
@@ -388,15 +498,11 @@ def _batch_body() -> dict[str, Any]:
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": REF.format(model="BatchRequest")}},
-            "application/x-ndjson": {
-                "schema": {
-                    "type": "string",
-                    "description": (
-                        "One BatchItem (a JSON object) per line; the callback URL goes in "
-                        "the ``callback_url`` query parameter."
-                    ),
-                },
-            },
+            NDJSON: _ndjson(
+                "BatchItem",
+                "One BatchItem (a JSON object) per line; the callback URL goes in the "
+                "``callback_url`` query parameter.",
+            ),
         },
     }
 
@@ -411,12 +517,15 @@ _IDEMPOTENCY_KEY = {
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
-_LOCATION = {
-    "Location": {
-        "description": "The job's URL.",
-        "schema": {"type": "string", "format": "uri-reference"},
+
+
+def _location(what: str) -> dict[str, Any]:
+    return {
+        "Location": {
+            "description": f"The {what}'s URL.",
+            "schema": {"type": "string", "format": "uri-reference"},
+        }
     }
-}
 
 
 def _list_parameters() -> list[dict[str, Any]]:
@@ -441,21 +550,25 @@ def _operation(
     tag: str,
     summary: str,
     *,
-    ok: dict[int, tuple[str, str | None, dict[str, Any] | None]],
+    ok: dict[int, tuple[str, str, dict[str, Any] | None]],
     errors: list[int],
     parameters: list[dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
     public: bool = False,
     media_type: str = "application/json",
 ) -> dict[str, Any]:
-    """One operation; ``ok`` maps a success status to (description, response model or
-    None for a body without a model yet, headers)."""
+    """One operation; ``ok`` maps a success status to (description, response model,
+    headers). An NDJSON answer is a stream of the model, one object per line."""
     responses: dict[str, Any] = {}
     for status, (description, model, headers) in ok.items():
-        schema = {"$ref": REF.format(model=model)} if model else _UNMODELLED[media_type]
+        content = (
+            _ndjson(model, f"One {model} (a JSON object) per line.")
+            if media_type == NDJSON
+            else {"schema": {"$ref": REF.format(model=model)}}
+        )
         response: dict[str, Any] = {
             "description": description,
-            "content": {media_type: {"schema": schema}},
+            "content": {media_type: content},
         }
         if headers:
             response["headers"] = headers

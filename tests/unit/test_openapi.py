@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from openapi_spec_validator import validate
+from pydantic import BaseModel
+from werkzeug.routing import Map
 
 from api import create_app
 from api.errors import PROBLEM_MIMETYPE
+from api.openapi import NDJSON, REF, RouteMismatch, build_document
 from shared.error_codes import ERRORS, Where
-from shared.schemas import JobRequest
+from shared.schemas import BatchCanceled, BatchCreated, BatchOut, JobRequest
 from shared.settings import Settings
 
 
@@ -126,3 +130,72 @@ def test_every_code_a_client_can_meet_is_documented_under_its_status(
             assert info.status in listed.get(code, set()), code
         else:
             assert code not in listed, code
+
+
+def test_the_document_built_outside_a_request_is_the_served_one(
+    app: Flask, document: dict[str, Any]
+) -> None:
+    """The docs site and the contract test build the document with no app at hand (from the
+    API's blueprints); it must be the one the app serves (from its own routes)."""
+    settings = app.extensions["sightline"].settings
+    assert json.loads(json.dumps(build_document(settings))) == document
+
+
+def test_a_route_without_an_operation_fails_the_build(tmp_path: Path) -> None:
+    """Paths come from the routes: a new route is never silently left out, whatever its
+    prefix, and an operation whose route went away is not kept either."""
+    settings = Settings(data_dir=tmp_path)
+    for extra in ("/v1/batches/<batch_id>/pause", "/v2/jobs"):
+        app = create_app(settings)
+        app.add_url_rule(extra, "added", lambda: "", methods=["POST"])
+        with pytest.raises(
+            RouteMismatch, match=re.escape(f"served but not in the OpenAPI document: {extra}")
+        ):
+            build_document(settings, app.url_map)
+    served = create_app(settings).url_map.iter_rules()
+    without = Map([rule.empty() for rule in served if rule.endpoint != "batches.cancel_batch"])
+    with pytest.raises(
+        RouteMismatch, match=re.escape("described but not served: batches.cancel_batch")
+    ):
+        build_document(settings, without)
+
+
+def test_every_success_body_is_a_model(document: dict[str, Any]) -> None:
+    """No placeholder schema (``{"type": "object"}``) for a 2xx body: each names a
+    component generated from the model that renders it (NDJSON: one per line), and
+    response models are closed, so a key their route adds is a contract violation."""
+    schemas = document["components"]["schemas"]
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters" or path == "/openapi.json":
+                continue
+            for status, response in operation["responses"].items():
+                if int(status) >= 300:
+                    continue
+                for media_type, content in response["content"].items():
+                    ref = content["x-itemSchema" if media_type == NDJSON else "schema"]["$ref"]
+                    name = ref.removeprefix("#/components/schemas/")
+                    assert name in schemas, (path, method, status)
+                    if name.startswith("Batch"):
+                        assert schemas[name]["additionalProperties"] is False, name
+
+
+@pytest.mark.parametrize(
+    ("operation", "model"),
+    [
+        (("/v1/batches", "post", "202"), BatchCreated),
+        (("/v1/batches/{batch_id}", "get", "200"), BatchOut),
+        (("/v1/batches/{batch_id}", "delete", "200"), BatchCanceled),
+    ],
+)
+def test_batch_answers_are_documented_by_their_models(
+    document: dict[str, Any], operation: tuple[str, str, str], model: type[BaseModel]
+) -> None:
+    path, method, status = operation
+    content = document["paths"][path][method]["responses"][status]["content"]
+    assert content == {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}
+    component = document["components"]["schemas"][model.__name__]
+    assert list(component["properties"]) == list(model.model_fields)
+    results = document["paths"]["/v1/batches/{batch_id}/results"]["get"]["responses"]["200"]
+    line = results["content"][NDJSON]["x-itemSchema"]["$ref"]
+    assert line == REF.format(model="BatchResultLine")
