@@ -182,36 +182,40 @@ class StructuredDecoder:
             strict_mode=True,
         )
 
+    def constraint(self, spec: RowSpec, max_new_tokens: int) -> RowConstraint | None:
+        """The constraint of one row allowed ``max_new_tokens`` new tokens, or ``None`` for
+        a row without a schema. Raises :class:`SchemaError` if the schema is unsupported or
+        needs more tokens than ``max_new_tokens`` (:func:`min_new_tokens`)."""
+        import xgrammar as xgr
+
+        if spec.schema is None:
+            return None
+        thinking = spec.thinking and self.think_ids is not None
+        reserve = closing_reserve(spec.schema)
+        needed = reserve + (THINKING_TOKENS if thinking else 0)
+        if needed > max_new_tokens:
+            raise SchemaError(
+                f"its JSON schema needs max_new_tokens >= {needed} to always finish, "
+                f"got {max_new_tokens}"
+            )
+        matcher = xgr.GrammarMatcher(self.compile(spec.schema))
+        return RowConstraint(self, matcher, reserve, _OPEN_THINK if thinking else _JSON)
+
     def processor(
         self, rows: Sequence[RowSpec], prompt_length: int, max_new_tokens: int
     ) -> _JsonLogitsProcessor:
         """A logits processor for one ``generate`` call over ``rows`` (in batch order).
 
         ``prompt_length`` is the padded prompt width, ``max_new_tokens`` the shared cap.
-        Raises :class:`SchemaError` if a schema is unsupported or needs more tokens than
-        ``max_new_tokens`` (:func:`min_new_tokens`); the message names the row.
+        Raises :class:`SchemaError` as :meth:`constraint` does; the message names the row.
         """
-        import xgrammar as xgr
-
-        states: list[_Row | None] = []
+        constraints: list[RowConstraint | None] = []
         for index, spec in enumerate(rows):
-            if spec.schema is None:
-                states.append(None)
-                continue
-            thinking = spec.thinking and self.think_ids is not None
             try:
-                reserve = closing_reserve(spec.schema)
+                constraints.append(self.constraint(spec, max_new_tokens))
             except SchemaError as exc:
                 raise SchemaError(f"request {index}: {exc}") from exc
-            needed = reserve + (THINKING_TOKENS if thinking else 0)
-            if needed > max_new_tokens:
-                raise SchemaError(
-                    f"request {index}: its JSON schema needs max_new_tokens >= {needed} to "
-                    f"always finish, got {max_new_tokens}"
-                )
-            matcher = xgr.GrammarMatcher(self.compile(spec.schema))
-            states.append(_Row(matcher, reserve, _OPEN_THINK if thinking else _JSON))
-        return _JsonLogitsProcessor(self, states, prompt_length, max_new_tokens)
+        return _JsonLogitsProcessor(constraints, prompt_length, max_new_tokens)
 
     def closing_mask(self, allowed: Any) -> Any:
         """Narrow one row's packed grammar mask to the first closing group it intersects."""
@@ -226,86 +230,91 @@ class StructuredDecoder:
 _OPEN_THINK, _THINK, _JSON, _DONE = range(4)
 
 
-@dataclass
-class _Row:
-    matcher: Any
-    reserve: int
-    phase: int
+class RowConstraint:
+    """One row's grammar state: which next tokens its schema (and thinking phase) allows.
 
-
-class _JsonLogitsProcessor:
-    """Masks each constrained row's logits to its grammar; free rows are left untouched.
-
-    Called by ``generate`` once per step with the ids so far (prompt plus new tokens) and
-    the next-token scores. Raises ``RuntimeError`` if a row's token was not one the mask
-    allowed (another processor or a sampler override changed it): the batch fails rather
-    than return invalid JSON.
+    A decoding loop calls :meth:`mask` on the row's next-token scores before choosing a
+    token, then :meth:`accept` with the token chosen. ``remaining`` is how many tokens the
+    row may still generate, this one included. Raises ``RuntimeError`` from
+    :meth:`accept` if the token was not one the mask allowed (something else changed
+    the scores): the caller fails the row rather than return invalid JSON.
     """
 
-    def __init__(
-        self,
-        decoder: StructuredDecoder,
-        rows: list[_Row | None],
-        prompt_length: int,
-        max_new_tokens: int,
-    ) -> None:
+    def __init__(self, decoder: StructuredDecoder, matcher: Any, reserve: int, phase: int) -> None:
         import xgrammar as xgr
 
         self._decoder = decoder
-        self._rows = rows
-        self._prompt_length = prompt_length
-        self._max_new_tokens = max_new_tokens
-        self._bitmask = xgr.allocate_token_bitmask(len(rows), decoder.vocab_size)
+        self._matcher = matcher
+        self._reserve = reserve
+        self._phase = phase
+        self._bitmask = xgr.allocate_token_bitmask(1, decoder.vocab_size)
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
+    def mask(self, scores: Any, remaining: int) -> None:
+        """Mask, in place, the 1-D ``scores`` of this row's next token."""
         import xgrammar as xgr
 
-        step = input_ids.shape[1] - self._prompt_length
-        last = input_ids[:, -1].tolist() if step > 0 else None
-        remaining = self._max_new_tokens - step
-        masked: list[int] = []
-        for index, row in enumerate(self._rows):
-            if row is None:
-                continue
-            if last is not None:
-                self._advance(index, row, last[index])
-            if row.phase == _DONE:
-                continue
-            if row.phase in (_OPEN_THINK, _THINK):
-                self._mask_thinking(row, scores[index], remaining)
-                continue
-            row.matcher.fill_next_token_bitmask(self._bitmask, index)
-            if remaining <= row.reserve:
-                self._bitmask[index] = self._decoder.closing_mask(self._bitmask[index])
-            masked.append(index)
-        if masked:
-            xgr.apply_token_bitmask_inplace(scores, self._bitmask.to(scores.device), indices=masked)
-        return scores
+        if self._phase == _DONE:
+            return
+        if self._phase in (_OPEN_THINK, _THINK):
+            self._mask_thinking(scores, remaining)
+            return
+        self._matcher.fill_next_token_bitmask(self._bitmask, 0)
+        if remaining <= self._reserve:
+            self._bitmask[0] = self._decoder.closing_mask(self._bitmask[0])
+        xgr.apply_token_bitmask_inplace(scores.unsqueeze(0), self._bitmask.to(scores.device))
 
-    def _advance(self, index: int, row: _Row, token: int) -> None:
+    def accept(self, token: int) -> None:
+        """Advance past ``token``, the one chosen after the last :meth:`mask`."""
         think_ids = self._decoder.think_ids
-        if row.phase == _OPEN_THINK:
-            row.phase = _THINK
-        elif row.phase == _THINK:
+        if self._phase == _OPEN_THINK:
+            self._phase = _THINK
+        elif self._phase == _THINK:
             if think_ids is not None and token == think_ids[1]:
-                row.phase = _JSON
-        elif row.phase == _JSON:
-            if not row.matcher.accept_token(token):
-                raise RuntimeError(f"row {index}: token {token} is outside its JSON grammar")
-            if row.matcher.is_terminated():
-                row.phase = _DONE
+                self._phase = _JSON
+        elif self._phase == _JSON:
+            if not self._matcher.accept_token(token):
+                raise RuntimeError(f"token {token} is outside the row's JSON grammar")
+            if self._matcher.is_terminated():
+                self._phase = _DONE
 
-    def _mask_thinking(self, row: _Row, scores: Any, remaining: int) -> None:
+    def _mask_thinking(self, scores: Any, remaining: int) -> None:
         think_ids = self._decoder.think_ids
         assert think_ids is not None  # rows only think where the tokenizer has the tags
-        if row.phase == _OPEN_THINK or remaining <= row.reserve + 1:
-            forced = think_ids[0] if row.phase == _OPEN_THINK else think_ids[1]
+        if self._phase == _OPEN_THINK or remaining <= self._reserve + 1:
+            forced = think_ids[0] if self._phase == _OPEN_THINK else think_ids[1]
             keep = scores[forced].clone()
             scores.fill_(-math.inf)
             scores[forced] = keep if math.isfinite(keep) else 0.0
             return
         # Ending the sequence while thinking would leave no answer at all.
         scores[list(self._decoder.stop_ids)] = -math.inf
+
+
+class _JsonLogitsProcessor:
+    """``generate``'s logits processor over a batch's row constraints (``None``: a free
+    row, left untouched). Called once per step with the ids so far (prompt plus new
+    tokens) and the next-token scores."""
+
+    def __init__(
+        self, rows: list[RowConstraint | None], prompt_length: int, max_new_tokens: int
+    ) -> None:
+        self._rows = rows
+        self._prompt_length = prompt_length
+        self._max_new_tokens = max_new_tokens
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        step = input_ids.shape[1] - self._prompt_length
+        last = input_ids[:, -1].tolist() if step > 0 else None
+        for index, row in enumerate(self._rows):
+            if row is None:
+                continue
+            if last is not None:
+                try:
+                    row.accept(last[index])
+                except RuntimeError as exc:
+                    raise RuntimeError(f"row {index}: {exc}") from exc
+            row.mask(scores[index], self._max_new_tokens - step)
+        return scores
 
 
 def _pack(mask: Any) -> Any:
