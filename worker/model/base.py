@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from worker.model.engine import Engine, EngineLimits
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class GenerationResult:
 
 
 class ModelBackend(Protocol):
-    """A vision-language model that generates for a batch in one forward pass.
+    """A vision-language model: a static batch in one ``generate`` call, or a
+    continuous-batching engine (:meth:`start_engine`).
 
     ``load`` is called once per process before any work, with the torch device string
     (``"cpu"``, ``"cuda"``, ``"cuda:0"``); it raises if the checkpoint is missing or
@@ -82,20 +86,7 @@ class ModelBackend(Protocol):
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
 
-
-class BackendWrapper:
-    """A :class:`ModelBackend` around another that delegates everything; subclasses
-    override :meth:`generate` to add behaviour (fault injection, metrics) around it."""
-
-    def __init__(self, backend: ModelBackend) -> None:
-        self._backend = backend
-
-    @property
-    def model_revision(self) -> str:
-        return self._backend.model_revision
-
-    def load(self, device: str) -> None:
-        self._backend.load(device)
-
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        return self._backend.generate(batch)
+    def start_engine(self, limits: EngineLimits) -> Engine:
+        """A continuous-batching :class:`~worker.model.engine.Engine` over the loaded
+        model, holding at most ``limits``; what the worker runs jobs through."""
+        ...

@@ -14,10 +14,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
-from worker.model.structured import RowSpec, StructuredDecoder, split_reasoning
+from worker.model.engine import EngineLimits
+from worker.model.structured import RowConstraint, RowSpec, StructuredDecoder, split_reasoning
+
+if TYPE_CHECKING:
+    from worker.model.hf_engine import TransformersEngine
 
 # Names of torch dtypes; torch itself is imported only by load(), so importing this module
 # stays cheap for processes that only need ModelLoadError or the class.
@@ -159,9 +163,97 @@ class TransformersBackend:
             output = self._model.generate(**inputs, **kwargs)
         new_tokens = output[:, prompt_length:].tolist()
         return [
-            self._result(index, row, request.json_schema is not None)
-            for index, (row, request) in enumerate(zip(new_tokens, batch, strict=True))
+            self.result(row, request.json_schema is not None)
+            for row, request in zip(new_tokens, batch, strict=True)
         ]
+
+    def start_engine(self, limits: EngineLimits) -> TransformersEngine:
+        """A continuous-batching engine over this loaded model (:mod:`worker.model.
+        hf_engine`); ``RuntimeError`` before :meth:`load`."""
+        if self._model is None:
+            raise RuntimeError("model not loaded: call load(device) first")
+        from worker.model.hf_engine import TransformersEngine
+
+        return TransformersEngine(self, limits)
+
+    # -- what the engine uses ------------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        """The loaded ``transformers`` model; ``RuntimeError`` before :meth:`load`."""
+        if self._model is None:
+            raise RuntimeError("model not loaded: call load(device) first")
+        return self._model
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """The token ids that end a sequence."""
+        return self._stop_ids
+
+    def encode(self, request: GenerationRequest) -> dict[str, Any]:
+        """One request's model inputs (prompt ids, mask, image patches), unpadded, on
+        the CPU: :meth:`collate` pads several and moves them to the device."""
+        inputs = self._processor(
+            text=[self._prompt(request)],
+            images=[[request.image]],
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+        return dict(inputs)
+
+    def collate(self, encoded: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Left-pad :meth:`encode` outputs into one batch on the model's device, as the
+        processor pads a batch (pad id, mask 0, text type)."""
+        import torch
+
+        from worker.model.hf_engine import left_pad
+
+        length = max(item["input_ids"].shape[1] for item in encoded)
+        pad_id = self._processor.tokenizer.pad_token_id
+        batch: dict[str, Any] = {
+            "input_ids": torch.cat(
+                [left_pad(item["input_ids"], length, 1, value=pad_id) for item in encoded]
+            ),
+            "attention_mask": torch.cat(
+                [left_pad(item["attention_mask"], length, 1) for item in encoded]
+            ),
+            "mm_token_type_ids": torch.cat(
+                [left_pad(item["mm_token_type_ids"], length, 1) for item in encoded]
+            ),
+            "pixel_values": torch.cat([item["pixel_values"] for item in encoded]),
+            "image_grid_thw": torch.cat([item["image_grid_thw"] for item in encoded]),
+        }
+        return {key: value.to(self._device) for key, value in batch.items()}
+
+    def constraint(self, request: GenerationRequest) -> RowConstraint | None:
+        """The JSON-schema constraint of one request, or ``None`` without a schema;
+        :class:`~worker.model.structured.SchemaError` as :meth:`generate` raises it."""
+        if request.json_schema is None:
+            return None
+        return self._decoder().constraint(
+            RowSpec(request.json_schema, request.thinking), request.options.max_new_tokens
+        )
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text of generated ``tokens`` up to the first stop token, special tokens left out."""
+        count = count_generated(tokens, self._stop_ids)
+        text: str = self._processor.tokenizer.decode(tokens[:count], skip_special_tokens=True)
+        return text
+
+    def result(self, tokens: Sequence[int], structured: bool) -> GenerationResult:
+        """The :class:`GenerationResult` of one row's generated ``tokens``: the text up to
+        the first stop token, its ``<think>`` section apart, parsed JSON where
+        ``structured``. ``RuntimeError`` if a constrained answer does not parse (the
+        grammar and the closing reserve rule this out: reaching it is a bug)."""
+        reasoning, text = split_reasoning(self.decode(tokens))
+        parsed = None
+        if structured:
+            try:
+                parsed = json.loads(text)
+            except ValueError as exc:
+                raise RuntimeError("constrained answer is not JSON") from exc
+        count = count_generated(tokens, self._stop_ids)
+        return GenerationResult(text=text, tokens=count, reasoning=reasoning, json=parsed)
 
     def _prompt(self, request: GenerationRequest) -> str:
         # Rendered one by one because enable_thinking is a template-wide variable and
@@ -183,19 +275,6 @@ class TransformersBackend:
                 self._processor.tokenizer, vocab_size, self._stop_ids
             )
         return self._structured
-
-    def _result(self, index: int, row: list[int], structured: bool) -> GenerationResult:
-        count = count_generated(row, self._stop_ids)
-        decoded = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
-        reasoning, text = split_reasoning(decoded)
-        parsed = None
-        if structured:
-            try:
-                parsed = json.loads(text)
-            except ValueError as exc:
-                # The grammar and the closing reserve rule this out; reaching it is a bug.
-                raise RuntimeError(f"request {index}: constrained answer is not JSON") from exc
-        return GenerationResult(text=text, tokens=count, reasoning=reasoning, json=parsed)
 
 
 def count_generated(row: Sequence[int], stop_ids: frozenset[int]) -> int:
