@@ -11,8 +11,9 @@ or wakes the sender itself.
 Who moves what:
 
 - the **worker** claims queued jobs (and abandoned ones: running under an expired lease,
-  attempts left), renews its claim's lease, and finishes what it claimed, only while its
-  claim token is still the job's (:func:`claim`, :func:`renew`, :func:`finish`);
+  attempts left), renews its claim's lease, finishes what it claimed, and on shutdown
+  hands back what it could not finish, only while its claim token is still the job's
+  (:func:`claim`, :func:`renew`, :func:`finish`, :func:`release`);
 - the **caller** cancels one queued or running job, or a batch's queued jobs
   (:func:`cancel`, :func:`cancel_batch`); a running job's worker keeps running, but its
   result is discarded: it finishes only jobs still running under its token;
@@ -59,6 +60,7 @@ S, F, C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED
 TRANSITIONS: Mapping[tuple[JobStatus, JobStatus], frozenset[Actor]] = {
     (Q, R): frozenset({Actor.WORKER}),
     (R, R): frozenset({Actor.WORKER}),
+    (R, Q): frozenset({Actor.WORKER}),
     (R, S): frozenset({Actor.WORKER}),
     (R, F): frozenset({Actor.WORKER, Actor.SWEEPER}),
     (Q, F): frozenset({Actor.SWEEPER}),
@@ -171,6 +173,7 @@ def claim(
     max_attempts: int,
     prefer: uuid.UUID | None = None,
     with_abandoned: bool = True,
+    only: Priority | None = None,
 ) -> list[Job]:
     """Take up to ``limit`` queued jobs, plus at most one abandoned job, in one statement
     (queued → running, running → running under a new token).
@@ -182,19 +185,18 @@ def claim(
     ``FOR UPDATE SKIP LOCKED`` lets workers claim side by side; on SQLite the
     transaction holds the write lock. Every claimed job gets ``attempts + 1``, the claim
     ``token`` (one per batch; it alone may finish the jobs) and a lease of ``lease_s``
-    seconds. Returns the rows in no particular order (``worker.scheduling.claim_order``
-    orders them for running).
+    seconds. ``only`` restricts the queued jobs to one priority. Returns the rows in no
+    particular order (``worker.scheduling.claim_order`` orders them for running).
     """
     now = utcnow()
     order = next_queued()
     if prefer is not None:
         order.insert(0, case((Job.id == prefer, 0), else_=1))
+    wanted = Job.status == JobStatus.QUEUED
+    if only is not None:
+        wanted &= Job.priority == only
     queued = (
-        select(Job.id)
-        .where(Job.status == JobStatus.QUEUED)
-        .order_by(*order)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        select(Job.id).where(wanted).order_by(*order).limit(limit).with_for_update(skip_locked=True)
     )
     taken: ColumnElement[bool] = Job.id.in_(queued.scalar_subquery())
     if with_abandoned:
@@ -228,6 +230,31 @@ def renew(changes: JobChanges, *, token: uuid.UUID, lease_s: int) -> int:
         update(Job)
         .where(Job.claim_token == token, Job.status == JobStatus.RUNNING)
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return len(_update(changes, stmt))
+
+
+def release(changes: JobChanges, *, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> int:
+    """Hand jobs still running under ``token`` back to the queue (running → queued), as
+    a worker that stops before finishing them does; the claim does not count as an
+    attempt. Returns how many; the caller leaves a wake-up for them."""
+    if not job_ids:
+        return 0
+    stmt = (
+        update(Job)
+        .where(
+            Job.id.in_(list(job_ids)),
+            Job.claim_token == token,
+            Job.status.in_(sources(JobStatus.QUEUED, Actor.WORKER)),
+        )
+        .values(
+            status=JobStatus.QUEUED,
+            worker=None,
+            claim_token=None,
+            started_at=None,
+            lease_expires_at=None,
+            attempts=Job.attempts - 1,
+        )
     )
     return len(_update(changes, stmt))
 

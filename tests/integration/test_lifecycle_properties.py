@@ -191,6 +191,21 @@ def machine_for(sessions: sessionmaker[Session]) -> type[RuleBasedStateMachine]:
                 if not (was[0] is JobStatus.RUNNING and was[4] == token):
                     assert after[job_id] == was, f"{job_id} finished under a claim it lacks"
 
+        @precondition(lambda self: self.tokens)
+        @rule(data=st.data())
+        def release(self, data: st.DataObject) -> None:
+            """A worker shutting down hands back some jobs under some token."""
+            token = data.draw(st.sampled_from(self.tokens))
+            ids = [self._pick(data) for _ in range(data.draw(st.integers(1, 3)))]
+            before = self._rows()
+            with transaction(sessions) as session:
+                lifecycle.release(lifecycle.JobChanges(session), token=token, job_ids=ids)
+            after = self._rows()
+            for job_id in ids:
+                was = before[job_id]
+                if not (was[0] is JobStatus.RUNNING and was[4] == token):
+                    assert after[job_id] == was, f"{job_id} released under a claim it lacks"
+
         @rule(data=st.data())
         def cancel(self, data: st.DataObject) -> None:
             job_id = self._pick(data)
@@ -364,6 +379,12 @@ MOVES: dict[str, tuple[JobStatus, JobStatus, Any, dict[str, Any]]] = {
         ),
         {},
     ),
+    "worker hands a job back on shutdown": (
+        JobStatus.RUNNING,
+        JobStatus.QUEUED,
+        lambda c, job: lifecycle.release(c, token=job.claim_token, job_ids=[job.id]),
+        {"attempts": 1},
+    ),
     "sweeper fails a lost job": (
         JobStatus.RUNNING,
         JobStatus.FAILED,
@@ -402,6 +423,8 @@ def test_each_move_of_the_table(sessions: sessionmaker[Session], name: str) -> N
         assert after.lease_expires_at > before.lease_expires_at
     if name == "worker reclaims an abandoned job":
         assert after.claim_token != before.claim_token and after.attempts == 2
+    if name == "worker hands a job back on shutdown":
+        assert after.claim_token is None and after.attempts == 0 and after.worker is None
 
 
 def test_the_table_is_exactly_these_moves_and_nothing_leaves_a_final_status() -> None:
