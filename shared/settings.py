@@ -41,16 +41,46 @@ class Settings(BaseSettings):
     model_path: str = Field(
         default="", description="Checkpoint directory; default: the tiny checkpoint under data_dir."
     )
-    max_batch_size: int = Field(default=8, ge=1, le=256, description="Jobs per forward pass.")
+    max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Most jobs running at once in a worker's batch (interactive jobs may "
+        "join a batch of bulk jobs beyond it, up to interactive_headroom more).",
+    )
+    interactive_headroom: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="Rows beyond max_batch_size that only interactive jobs may take, one "
+        "per running bulk row, so an interactive job never waits for a bulk row to finish.",
+    )
+    max_batch_tokens: int = Field(
+        default=65_536,
+        ge=64,
+        description="KV-cache budget of a worker's batch, in tokens: rows times the "
+        "longest row (prompt + max_new_tokens). A job that alone exceeds it fails.",
+    )
     max_batch_wait_ms: int = Field(
-        default=20, ge=0, le=10_000, description="Longest wait to fill a batch (ms)."
+        default=20,
+        ge=0,
+        le=10_000,
+        description="Longest an idle worker waits for company before starting a lone job (ms).",
     )
     worker_drain_s: float = Field(
         default=5.0,
         ge=0,
         le=60,
-        description="How long a task whose batches come out full goes on claiming the next "
-        "itself before it hands back to Celery (leaving a wake-up for what is left).",
+        description="How long a task keeps claiming bulk jobs into its running batch "
+        "before it hands back to Celery once the batch empties (interactive jobs still "
+        "join; a wake-up is left for what is queued).",
+    )
+    drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM: how long running jobs may take to finish before their "
+        "claims are handed back to the queue for another worker.",
     )
     max_image_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1024, description="Largest accepted image upload (bytes)."

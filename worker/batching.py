@@ -1,20 +1,35 @@
-"""The batch service: claim → infer → persist, for whatever is queued.
+"""The batch service: claims jobs into a running batch and commits each as its row ends.
 
-A task message only wakes the worker up; the batch is formed from the database. The job
-named in the message is claimed first, then whatever else is claimable (interactive
-before bulk, oldest first), up to ``max_batch_size``. A partial batch waits for
-stragglers only while they keep arriving and never longer than ``max_batch_wait_ms``;
-when nothing else is queued a lone job starts after one quick check.
+A task message only wakes the worker up; work comes from the database. A run claims the
+job the message named (if still claimable) and as many others as the batch has room for
+(:func:`worker.scheduling.room`: ``max_batch_size`` rows, plus ``interactive_headroom``
+rows only interactive jobs may take), then steps the engine
+(:mod:`worker.model.engine`). Between steps it:
+
+- claims more whenever rows are free (interactive first, oldest first), without waiting
+  for the running rows: a job joins at the next step;
+- aborts the rows of jobs that are no longer running under its claim (canceled, or
+  taken over after a lost lease), so their slot is free at the next step;
+- commits the jobs whose rows finished in the step, all in one transaction, and wakes
+  the webhook sender after it.
+
+An idle worker that claimed less than a full batch waits for company while jobs keep
+arriving, never longer than ``max_batch_wait_ms``, before its first step. A run returns
+when its batch is empty and nothing more is claimable; after ``claim_for_s`` it claims
+only interactive jobs, so that a busy worker still hands its process back to Celery now
+and then. On shutdown it claims nothing, gives the running rows ``drain_s`` to finish and
+hands what is left back to the queue.
 
 Failures stay with their job:
 
 * a job past its deadline fails as ``expired`` without touching the model;
 * an image that does not decode fails alone before the model runs;
-* a forward pass that raises is split in halves and retried until the culprit runs
-  alone, and only it fails (``inference_error``);
-* a job that was claimed before (its worker died mid-batch) is claimed one at a time and
-  runs alone, after the fresh jobs' results are committed, so a job that kills its
-  worker only takes itself down; after ``max_attempts`` claims the sweeper fails it as
+* a step that raises drops the whole batch (:class:`~worker.model.engine.StepFailed`);
+  the dropped jobs run again in halves, apart from everything else, until the culprit
+  runs alone, and only it fails (``inference_error``);
+* a job that was claimed before (its worker died while running it) waits until the
+  batch is empty and then runs alone, with no company, so a job that kills its worker
+  only takes itself down; after ``max_attempts`` claims the sweeper fails it as
   ``worker_lost``.
 """
 
@@ -30,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from PIL import Image
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import lifecycle
@@ -37,41 +53,70 @@ from shared.blobs import BlobStore
 from shared.db import transaction
 from shared.error_codes import JobErrorCode
 from shared.lifecycle import Outcome
-from shared.models import Job, JobStatus, utcnow
+from shared.models import Job, JobStatus, Priority, utcnow
 from shared.presets import Policy
 from shared.settings import Settings
 from worker import scheduling
-from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
+from worker.metrics import WorkerMetrics
+from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
+from worker.model.engine import Engine, StepEvents, StepFailed
 from worker.result_cache import cached_results
+from worker.step_events import StepPublisher
 
 log = logging.getLogger(__name__)
+
+# After a claim that found nothing, the earliest the next one asks again: a batch with
+# free rows would otherwise run one claim transaction per step.
+IDLE_CLAIM_S = 0.05
 
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What one :meth:`BatchService.run` did: every outcome it wrote, in claim order;
-    ``full`` when it claimed a whole batch (so more work may be waiting)."""
+    """What one :meth:`BatchService.run` did: every outcome it wrote, in commit order;
+    ``cut_short`` when it stopped claiming bulk jobs (the hand-back time passed, or a
+    shutdown) while more may be queued."""
 
     outcomes: list[Outcome] = field(default_factory=list)
-    full: bool = False
+    cut_short: bool = False
 
     def status_of(self, job_id: uuid.UUID) -> JobStatus | None:
         """The final status this run gave ``job_id``, or ``None`` if it did not run it."""
         return next((o.status for o in self.outcomes if o.job_id == job_id), None)
 
 
-@dataclass
-class _Item:
-    job: Job
-    request: GenerationRequest
-
-
 # Called after each commit of results with the jobs settled and the webhook events written.
 AfterCommit = Callable[[Sequence[Job], list[str]], None]
 
 
+@dataclass
+class _Row:
+    """A claimed job in the engine: its request and when it joined."""
+
+    job: Job
+    request: GenerationRequest
+    joined_at: float
+    first_token: bool = False
+
+
+@dataclass
+class _Run:
+    """The state of one :meth:`BatchService.run`."""
+
+    token: uuid.UUID
+    on_settled: Callable[[Sequence[Outcome]], None]
+    rows: dict[uuid.UUID, _Row] = field(default_factory=dict)
+    suspects: list[Job] = field(default_factory=list)
+    alone: uuid.UUID | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    idle_until: float = 0.0
+
+
 class BatchService:
-    """Runs batches for one worker process: one model, one device, one name."""
+    """Runs the batch of one worker process: one engine, one device, one name.
+
+    ``after_commit`` wakes the webhook sender; ``requeue`` leaves wake-ups for jobs
+    handed back; ``stopping`` says whether a shutdown was asked for.
+    """
 
     def __init__(
         self,
@@ -79,57 +124,68 @@ class BatchService:
         settings: Settings,
         sessions: sessionmaker[Session],
         blobs: BlobStore,
-        backend: ModelBackend,
+        engine: Engine,
+        model_revision: str,
         worker_name: str,
+        metrics: WorkerMetrics,
+        publisher: StepPublisher,
         after_commit: AfterCommit,
+        requeue: Callable[[Sequence[Job]], None],
+        stopping: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._blobs = blobs
-        self._backend = backend
+        self._engine = engine
+        self._revision = model_revision
         self.worker_name = worker_name
+        self._metrics = metrics
+        self._publisher = publisher
         self._after_commit = after_commit
+        self._requeue = requeue
+        self._stopping = stopping
         self._clock = clock
 
-    def run(self, job_id: uuid.UUID | None) -> BatchReport:
-        """Claim a batch (``job_id`` first if given and claimable), run it, commit the
-        results.
+    def run(
+        self,
+        prefer: uuid.UUID | None,
+        *,
+        claim_for_s: float,
+        on_settled: Callable[[Sequence[Outcome]], None] = lambda outcomes: None,
+    ) -> BatchReport:
+        """Claim (``prefer`` first if given and claimable) and step until the batch is
+        empty and nothing more is claimable (see the module docstring); ``on_settled``
+        is told the outcomes of every commit as it happens. Every outcome is committed
+        before it returns, so the caller may ack its message."""
+        run = _Run(uuid.uuid4(), on_settled)
+        claim_until = self._clock() + claim_for_s
+        with self._leases_renewed(run.token):
+            self._admit(run, self._first_claim(run, prefer))
+            while True:
+                if self._stopping():
+                    self._drain(run)
+                    return BatchReport(run.outcomes, cut_short=True)
+                claimed = self._claim_between_steps(run, bulk=self._clock() < claim_until)
+                if not self._engine.running:
+                    if run.suspects:
+                        self._start_alone(run)
+                    elif not claimed:
+                        break
+                    continue
+                self._abort_gone(run)
+                self._step(run)
+        return BatchReport(run.outcomes, cut_short=self._clock() >= claim_until)
 
-        Returns only after every result is committed, so the caller may ack its message.
-        A run that finds nothing claimable (a duplicate or late message) does nothing.
-        """
-        token = uuid.uuid4()
-        jobs = self._collect(job_id, token)
-        if not jobs:
-            return BatchReport()
-        full = len(jobs) >= self._settings.max_batch_size
-        split = scheduling.triage(jobs, utcnow())
-        expired, fresh, suspects = split.expired, split.fresh, split.suspects
-        outcomes = [
-            _failed(job, JobErrorCode.EXPIRED, lifecycle.EXPIRED_MESSAGE) for job in expired
-        ]
-        with self._leases_renewed(token):
-            hits = self._from_cache(fresh)
-            outcomes += hits
-            answered = {outcome.job_id for outcome in hits}
-            outcomes += self._infer([job for job in fresh if job.id not in answered])
-            self._persist(token, [*expired, *fresh], outcomes)
-            for suspect in suspects:
-                log.warning(
-                    "job %s was claimed %d times; running it alone", suspect.id, suspect.attempts
-                )
-                alone = self._infer([suspect])
-                self._persist(token, [suspect], alone)
-                outcomes += alone
-        return BatchReport(outcomes, full)
+    # -- claiming --------------------------------------------------------------------
 
-    def _collect(self, prefer: uuid.UUID | None, token: uuid.UUID) -> list[Job]:
-        """Claim a batch (``scheduling.collect``), in running order."""
+    def _first_claim(self, run: _Run, prefer: uuid.UUID | None) -> list[Job]:
+        """The first claim of an idle worker, waiting briefly for company
+        (``scheduling.collect``)."""
         limit = self._settings.max_batch_size
         jobs = scheduling.collect(
-            self._claim(limit, prefer, token, with_abandoned=True),
-            lambda room: self._claim(room, None, token, with_abandoned=False),
+            self._claim(run, limit, prefer=prefer, with_abandoned=True),
+            lambda room: self._claim(run, room),
             limit=limit,
             wait_s=self._settings.max_batch_wait_ms / 1000,
             clock=self._clock,
@@ -137,24 +193,112 @@ class BatchService:
         )
         return sorted(jobs, key=lambda job: scheduling.claim_order(job, prefer))
 
+    def _claim_between_steps(self, run: _Run, *, bulk: bool) -> list[Job]:
+        """Claim into the free rows (``scheduling.room``): bulk and interactive while
+        ``bulk``, else interactive only. Nothing while a suspect runs alone or waits to,
+        and, while rows run, nothing sooner than :data:`IDLE_CLAIM_S` after a claim that
+        found nothing."""
+        idle = not self._engine.running
+        if run.alone is not None or run.suspects or (self._clock() < run.idle_until and not idle):
+            return []
+        settings = self._settings
+        room = scheduling.room(
+            len(self._engine.running),
+            bulk_rows=sum(1 for row in run.rows.values() if row.job.priority is Priority.BULK),
+            max_rows=settings.max_batch_size,
+            headroom=settings.interactive_headroom,
+            free=self._engine.free_rows,
+        )
+        jobs: list[Job] = []
+        interactive = room.interactive_only + (0 if bulk else room.any)
+        if room.any and bulk:
+            jobs = self._claim(run, room.any, with_abandoned=idle)
+            if len(jobs) < room.any:
+                interactive = 0  # nothing else is queued
+        if interactive:
+            jobs += self._claim(run, interactive, only=Priority.INTERACTIVE)
+        if not jobs and (room.any or room.interactive_only):
+            run.idle_until = self._clock() + IDLE_CLAIM_S
+        self._admit(run, sorted(jobs, key=lambda job: scheduling.claim_order(job, None)))
+        return jobs
+
     def _claim(
-        self, limit: int, prefer: uuid.UUID | None, token: uuid.UUID, *, with_abandoned: bool
+        self,
+        run: _Run,
+        limit: int,
+        *,
+        prefer: uuid.UUID | None = None,
+        with_abandoned: bool = False,
+        only: Priority | None = None,
     ) -> list[Job]:
         with transaction(self._sessions) as session:
             return lifecycle.claim(
                 lifecycle.JobChanges(session),
                 worker=self.worker_name,
-                token=token,
+                token=run.token,
                 limit=limit,
                 lease_s=self._settings.job_lease_s,
                 max_attempts=self._settings.max_attempts,
                 prefer=prefer,
                 with_abandoned=with_abandoned,
+                only=only,
             )
+
+    def _admit(self, run: _Run, jobs: Sequence[Job]) -> None:
+        """Settle or place claimed jobs: expired and cached ones settle at once, suspects
+        wait to run alone, the rest join the engine (or fail alone: image, schema)."""
+        if not jobs:
+            return
+        split = scheduling.triage(jobs, utcnow())
+        outcomes = [
+            _failed(job, JobErrorCode.EXPIRED, lifecycle.EXPIRED_MESSAGE) for job in split.expired
+        ]
+        hits = self._from_cache(split.fresh)
+        outcomes += hits
+        answered = {outcome.job_id for outcome in hits}
+        for job in split.fresh:
+            if job.id not in answered:
+                failure = self._join(run, job)
+                if failure is not None:
+                    outcomes.append(failure)
+        run.suspects += split.suspects
+        self._settle(run, [*split.expired, *split.fresh], outcomes)
+
+    def _join(self, run: _Run, job: Job) -> Outcome | None:
+        """Add ``job`` to the engine; its failed outcome if it cannot run at all."""
+        try:
+            image = self._load_image(job)
+        except Exception as exc:
+            return _failed(job, JobErrorCode.IMAGE_UNDECODABLE, f"cannot decode image: {exc}")
+        request = GenerationRequest(
+            image=image,
+            prompt=job.prompt,
+            options=GenerationOptions(
+                max_new_tokens=int(job.options["max_new_tokens"]),
+                temperature=float(job.options.get("temperature", 0.0)),
+            ),
+            json_schema=job.response_schema,
+            thinking=job.thinking,
+        )
+        try:
+            self._engine.add(job.id, request)
+        except ValueError as exc:  # SchemaError included
+            return _failed(job, JobErrorCode.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}")
+        run.rows[job.id] = _Row(job, request, self._clock())
+        return None
+
+    def _start_alone(self, run: _Run) -> None:
+        suspect = run.suspects.pop(0)
+        log.warning("job %s was claimed %d times; running it alone", suspect.id, suspect.attempts)
+        failure = self._join(run, suspect)
+        if failure is not None:
+            self._settle(run, [suspect], [failure])
+        else:
+            run.alone = suspect.id
 
     def _from_cache(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Outcomes for jobs an identical earlier request already answered on this model
-        revision within the cache TTL: no forward pass for them."""
+        revision within the cache TTL: no engine work for them."""
         wanted = [job for job in jobs if job.use_cache and job.cache_key]
         if not wanted:
             return []
@@ -162,7 +306,7 @@ class BatchService:
             earlier = cached_results(
                 session,
                 [job.cache_key for job in wanted if job.cache_key],
-                self._backend.model_revision,
+                self._revision,
                 self._settings.cache_ttl_s,
             )
         return [
@@ -185,11 +329,171 @@ class BatchService:
             and hit.tenant_id == job.tenant_id
         ]
 
-    def _persist(self, token: uuid.UUID, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:
+    def _load_image(self, job: Job) -> Image.Image:
+        with Image.open(io.BytesIO(self._blobs.get(job.image_key))) as image:
+            return image.convert("RGB")
+
+    # -- stepping --------------------------------------------------------------------
+
+    def _step(self, run: _Run) -> None:
+        """One engine step; commit the rows that ended in it."""
+        try:
+            events, now = self._timed_step(run.rows)
+        except StepFailed as failure:
+            self._isolate(run, failure)
+            return
+        ended = [run.rows.pop(job_id) for job_id in (*events.finished, *events.failed)]
+        outcomes = [self._outcome(row, events, now) for row in ended]
+        self._settle(run, [row.job for row in ended], outcomes)
+
+    def _timed_step(self, rows: dict[uuid.UUID, _Row]) -> tuple[StepEvents, float]:
+        """One engine step over ``rows``, recorded in the metrics and published to
+        listeners; returns its events and when it ended. :class:`StepFailed` is
+        recorded, then raised."""
+        count = len(self._engine.running)
+        started = self._clock()
+        try:
+            events = self._engine.step()
+        except StepFailed:
+            self._metrics.observe_step(count, self._clock() - started, None)
+            raise
+        now = self._clock()
+        self._metrics.observe_step(count, now - started, len(events.tokens))
+        for job_id in events.tokens:
+            row = rows.get(job_id)
+            if row is not None and not row.first_token:
+                row.first_token = True
+                self._metrics.observe_first_token(now - row.joined_at)
+        self._publisher.publish(self._engine, events)
+        return events, now
+
+    def _outcome(self, row: _Row, events: StepEvents, now: float) -> Outcome:
+        job_id = row.job.id
+        if job_id in events.failed:
+            return self._model_failed(row.job, events.failed[job_id])
+        return self._succeeded(row, events.finished[job_id], len(events.tokens), now)
+
+    def _succeeded(
+        self, row: _Row, result: GenerationResult, batch_size: int, now: float
+    ) -> Outcome:
+        job = row.job
+        return Outcome(
+            job_id=job.id,
+            status=JobStatus.SUCCEEDED,
+            result=result.text,
+            result_json=result.json,
+            reasoning=result.reasoning,
+            action=Policy.model_validate(job.policy).decide(result.json) if job.policy else None,
+            output_tokens=result.tokens,
+            model_revision=self._revision,
+            batch_size=max(batch_size, 1),
+            inference_ms=int((now - row.joined_at) * 1000),
+            queue_ms=_queue_ms(job),
+        )
+
+    def _model_failed(self, job: Job, exc: BaseException) -> Outcome:
+        cause = exc.__cause__ if isinstance(exc, StepFailed) and exc.__cause__ else exc
+        log.warning("job %s failed in the model: %r", job.id, cause)
+        return _failed(job, JobErrorCode.INFERENCE_ERROR, f"{type(cause).__name__}: {cause}")
+
+    def _isolate(self, run: _Run, failure: StepFailed) -> None:
+        """Run the jobs a failed step dropped again, in halves and apart from everything
+        else (``scheduling.run_isolated``), so that only the culprit fails."""
+        dropped = [run.rows.pop(job_id) for job_id in failure.dropped if job_id in run.rows]
+        log.warning("a step of %d rows failed (%r); isolating the culprit", len(dropped), failure)
+
+        def split(size: int, exc: Exception) -> None:
+            log.warning("%d rows failed again (%r); splitting", size, exc)
+
+        def apart(group: list[_Row]) -> list[Outcome]:
+            return self._run_apart(run, group)
+
+        def failed(row: _Row, exc: Exception) -> Outcome:
+            return self._model_failed(row.job, exc)
+
+        if len(dropped) == 1:
+            outcomes = [failed(dropped[0], failure)]
+        else:
+            middle = len(dropped) // 2
+            outcomes = scheduling.run_isolated(
+                dropped[:middle], apart, failed, split
+            ) + scheduling.run_isolated(dropped[middle:], apart, failed, split)
+        self._settle(run, [row.job for row in dropped], outcomes)
+        if run.alone in failure.dropped:
+            run.alone = None
+
+    def _run_apart(self, run: _Run, group: list[_Row]) -> list[Outcome]:
+        """Run ``group`` alone in the (empty) engine to its end; raises
+        :class:`StepFailed` if a step fails."""
+        for row in group:
+            self._engine.add(row.job.id, row.request)
+            row.joined_at = self._clock()
+        outcomes: dict[uuid.UUID, Outcome] = {}
+        by_id = {row.job.id: row for row in group}
+        while len(outcomes) < len(group):
+            events, now = self._timed_step(by_id)
+            for job_id in (*events.finished, *events.failed):
+                outcomes[job_id] = self._outcome(by_id[job_id], events, now)
+        return [outcomes[row.job.id] for row in group]
+
+    def _abort_gone(self, run: _Run) -> None:
+        """Abort the rows of jobs no longer running under this run's claim (canceled,
+        or taken over after a lost lease): their results would be discarded anyway."""
+        with self._sessions() as session:
+            gone = session.scalars(
+                select(Job.id).where(
+                    Job.id.in_(list(run.rows)),
+                    or_(Job.status != JobStatus.RUNNING, Job.claim_token != run.token),
+                )
+            ).all()
+        for job_id in gone:
+            log.info("job %s is no longer this worker's (canceled?); aborting its row", job_id)
+            self._engine.abort(job_id)
+            self._publisher.forget(job_id)
+            del run.rows[job_id]
+            if run.alone == job_id:
+                run.alone = None
+
+    def _settle(self, run: _Run, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:
+        """Commit ``outcomes`` (one transaction), then wake the sender and report them."""
+        if not outcomes:
+            return
+        settled = {outcome.job_id for outcome in outcomes}
+        mine = [job for job in jobs if job.id in settled]
         with lifecycle.unit_of_work(
-            self._sessions, lambda events: self._after_commit(jobs, events)
+            self._sessions, lambda events: self._after_commit(mine, events)
         ) as changes:
-            lifecycle.finish(changes, token=token, outcomes=outcomes)
+            lifecycle.finish(changes, token=run.token, outcomes=outcomes)
+        run.outcomes += outcomes
+        if run.alone in settled:
+            run.alone = None
+        self._metrics.observe_outcomes(outcomes)
+        run.on_settled(outcomes)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def _drain(self, run: _Run) -> None:
+        """Shutdown: claim nothing, give running rows ``drain_s`` to finish, then hand
+        what is left (and suspects not yet run) back to the queue."""
+        deadline = self._clock() + self._settings.drain_s
+        while self._engine.running and self._clock() < deadline:
+            self._abort_gone(run)
+            if self._engine.running:
+                self._step(run)
+        left = [row.job for row in run.rows.values()] + run.suspects
+        for job in left:
+            self._engine.abort(job.id)
+            self._publisher.forget(job.id)
+        run.rows.clear()
+        run.suspects.clear()
+        if not left:
+            return
+        with transaction(self._sessions) as session:
+            lifecycle.release(
+                lifecycle.JobChanges(session), token=run.token, job_ids=[job.id for job in left]
+            )
+        log.warning("shutting down: handed %d unfinished jobs back to the queue", len(left))
+        self._requeue(left)
 
     @contextmanager
     def _leases_renewed(self, token: uuid.UUID) -> Iterator[None]:
@@ -213,75 +517,6 @@ class BatchService:
         finally:
             done.set()
             renewer.join()
-
-    def _infer(self, jobs: Sequence[Job]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        groups: dict[GenerationOptions, list[_Item]] = {}
-        for job in jobs:
-            try:
-                image = self._load_image(job)
-            except Exception as exc:
-                outcomes.append(
-                    _failed(job, JobErrorCode.IMAGE_UNDECODABLE, f"cannot decode image: {exc}")
-                )
-                continue
-            options = GenerationOptions(
-                max_new_tokens=int(job.options["max_new_tokens"]),
-                temperature=float(job.options.get("temperature", 0.0)),
-            )
-            request = GenerationRequest(
-                image=image,
-                prompt=job.prompt,
-                options=options,
-                json_schema=job.response_schema,
-                thinking=job.thinking,
-            )
-            item = _Item(job, request)
-            groups.setdefault(options, []).append(item)
-        for items in groups.values():
-            outcomes.extend(self._generate_isolated(items))
-        return outcomes
-
-    def _load_image(self, job: Job) -> Image.Image:
-        with Image.open(io.BytesIO(self._blobs.get(job.image_key))) as image:
-            return image.convert("RGB")
-
-    def _generate_isolated(self, items: list[_Item]) -> list[Outcome]:
-        """Generate for ``items`` in one pass; on failure split and retry the halves
-        (``scheduling.run_isolated``), so only the culprit fails."""
-
-        def failed(item: _Item, exc: Exception) -> Outcome:
-            log.warning("job %s failed in the model: %r", item.job.id, exc)
-            return _failed(item.job, JobErrorCode.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}")
-
-        def split(size: int, exc: Exception) -> None:
-            log.warning("batch of %d failed (%r); splitting to isolate the culprit", size, exc)
-
-        return scheduling.run_isolated(items, self._generate, failed, split)
-
-    def _generate(self, items: list[_Item]) -> list[Outcome]:
-        """One forward pass for ``items``; raises what the model raised."""
-        started = self._clock()
-        results = self._backend.generate([item.request for item in items])
-        elapsed_ms = int((self._clock() - started) * 1000)
-        return [
-            Outcome(
-                job_id=item.job.id,
-                status=JobStatus.SUCCEEDED,
-                result=result.text,
-                result_json=result.json,
-                reasoning=result.reasoning,
-                action=Policy.model_validate(item.job.policy).decide(result.json)
-                if item.job.policy
-                else None,
-                output_tokens=result.tokens,
-                model_revision=self._backend.model_revision,
-                batch_size=len(items),
-                inference_ms=elapsed_ms,
-                queue_ms=_queue_ms(item.job),
-            )
-            for item, result in zip(items, results, strict=True)
-        ]
 
 
 def _queue_ms(job: Job) -> int | None:

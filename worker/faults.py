@@ -1,11 +1,12 @@
 """Fault injection for tests (``SIGHTLINE_FAULT_INJECTION=1``), never on by default.
 
-Wraps a real backend; markers in a prompt make its forward pass misbehave the way real
-ones do: ``[[oom]]`` raises like CUDA running out of memory, ``[[crash]]`` kills the
-worker process outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the pass take
-``SLOW_PASS_S`` longer so a test can act while a batch is running, and
-``[[crash-after-commit]]`` kills it right after its results were committed, before the
-webhook sender was woken (see :func:`crash_after_commit`).
+Wraps a real engine; markers in a prompt make every step that holds the request misbehave
+the way real ones do: ``[[oom]]`` raises like CUDA running out of memory (the engine
+drops its batch, as a real failed step does), ``[[crash]]`` kills the worker process
+outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the step take ``SLOW_STEP_S``
+longer so a test can act while a job is running, and ``[[crash-after-commit]]`` kills it
+right after its results were committed, before the webhook sender was woken (see
+:func:`crash_after_commit`).
 """
 
 from __future__ import annotations
@@ -13,31 +14,63 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 
 from shared.models import Job
 from worker.batching import AfterCommit
-from worker.model.base import BackendWrapper, GenerationRequest, GenerationResult
+from worker.model.base import GenerationRequest
+from worker.model.engine import Engine, StepEvents, StepFailed
 
-SLOW_PASS_S = 1.5
+SLOW_STEP_S = 0.5
 
 
 class SimulatedOutOfMemory(RuntimeError):
-    """Raised in place of ``torch.OutOfMemoryError`` by a batch holding ``[[oom]]``."""
+    """Raised in place of ``torch.OutOfMemoryError`` by a step holding ``[[oom]]``."""
 
 
-class FaultInjectingBackend(BackendWrapper):
-    """A backend that obeys the fault markers, then delegates."""
+class FaultInjectingEngine:
+    """An :class:`~worker.model.engine.Engine` that obeys the fault markers, then
+    delegates."""
 
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        prompts = [request.prompt for request in batch]
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._prompts: dict[uuid.UUID, str] = {}
+
+    @property
+    def running(self) -> list[uuid.UUID]:
+        return self._engine.running
+
+    @property
+    def free_rows(self) -> int:
+        return self._engine.free_rows
+
+    def add(self, job_id: uuid.UUID, request: GenerationRequest) -> None:
+        self._engine.add(job_id, request)
+        self._prompts[job_id] = request.prompt
+
+    def abort(self, job_id: uuid.UUID) -> None:
+        self._engine.abort(job_id)
+
+    def text(self, job_id: uuid.UUID) -> str:
+        return self._engine.text(job_id)
+
+    def step(self) -> StepEvents:
+        running = self._engine.running
+        self._prompts = {job_id: self._prompts[job_id] for job_id in running}
+        prompts = self._prompts.values()
         if any("[[crash]]" in prompt for prompt in prompts):
             os.kill(os.getpid(), signal.SIGKILL)
         if any("[[oom]]" in prompt for prompt in prompts):
-            raise SimulatedOutOfMemory(f"CUDA out of memory (simulated) in a batch of {len(batch)}")
+            for job_id in running:
+                self._engine.abort(job_id)
+            cause = SimulatedOutOfMemory(
+                f"CUDA out of memory (simulated) in a step of {len(running)} rows"
+            )
+            raise StepFailed(running, cause) from cause
         if any("[[slow]]" in prompt for prompt in prompts):
-            time.sleep(SLOW_PASS_S)
-        return self._backend.generate(batch)
+            time.sleep(SLOW_STEP_S)
+        return self._engine.step()
 
 
 def crash_after_commit(then: AfterCommit) -> AfterCommit:

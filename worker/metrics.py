@@ -15,7 +15,6 @@ Every series carries the Celery node name as ``worker`` (``gpu0@host``).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,16 +23,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.model.base import BackendWrapper, GenerationRequest, GenerationResult, ModelBackend
-
 if TYPE_CHECKING:
-    from worker.batching import BatchReport
+    from shared.lifecycle import Outcome
 
 log = logging.getLogger(__name__)
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-_INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class WorkerMetrics:
@@ -55,18 +52,19 @@ class WorkerMetrics:
             ["worker", "status", "code"],
             registry=registry,
         )
-        self.batch_size = Histogram(
-            "sightline_worker_batch_size",
-            "Jobs claimed per batch (one batch per wake-up message that found work).",
+        self.running_rows = Histogram(
+            "sightline_worker_running_rows",
+            "Rows in the batch per decoding step (count: steps run).",
             ["worker"],
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
-        self.forward_batch_size = Histogram(
-            "sightline_worker_forward_batch_size",
-            "Requests per forward pass (a batch splits by generation options and on errors).",
-            ["worker"],
-            buckets=_BATCH_BUCKETS,
+        self.step = Histogram(
+            "sightline_worker_step_seconds",
+            "Duration of one decoding step (joining rows' prefill included); outcome is "
+            "ok or error.",
+            ["worker", "outcome"],
+            buckets=_STEP_BUCKETS,
             registry=registry,
         )
         self.queue_wait = Histogram(
@@ -76,11 +74,11 @@ class WorkerMetrics:
             buckets=_WAIT_BUCKETS,
             registry=registry,
         )
-        self.inference = Histogram(
-            "sightline_worker_inference_seconds",
-            "Duration of one forward pass (generate call); outcome is ok or error.",
-            ["worker", "outcome"],
-            buckets=_INFERENCE_BUCKETS,
+        self.first_token = Histogram(
+            "sightline_worker_time_to_first_token_seconds",
+            "Time from a job's claim to its first generated token.",
+            ["worker"],
+            buckets=_STEP_BUCKETS,
             registry=registry,
         )
         self.tokens = Counter(
@@ -105,31 +103,28 @@ class WorkerMetrics:
             registry=registry,
         )
 
-    def observe_batch(self, report: BatchReport) -> None:
-        """Record one batch: its size, each job's wait and final status. A report with no
-        outcomes (a wake-up that found nothing claimable) is not a batch."""
-        if not report.outcomes:
-            return
-        self.batch_size.labels(self.worker).observe(len(report.outcomes))
-        for outcome in report.outcomes:
+    def observe_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record settled jobs: each one's final status and queue wait."""
+        for outcome in outcomes:
             self.jobs_finished.labels(
                 self.worker, outcome.status.value, outcome.error_code or ""
             ).inc()
             if outcome.queue_ms is not None:
                 self.queue_wait.labels(self.worker).observe(outcome.queue_ms / 1000)
 
+    def observe_step(self, rows: int, seconds: float, tokens: int | None) -> None:
+        """Record one decoding step over ``rows`` rows; ``tokens`` generated, ``None`` if
+        the step raised."""
+        self.running_rows.labels(self.worker).observe(rows)
+        self.step.labels(self.worker, "error" if tokens is None else "ok").observe(seconds)
+        if tokens:
+            self.tokens.labels(self.worker).inc(tokens)
+
+    def observe_first_token(self, seconds: float) -> None:
+        self.first_token.labels(self.worker).observe(seconds)
+
     def observe_load(self, seconds: float) -> None:
         self.model_load.labels(self.worker, self.device).set(seconds)
-
-    def observe_pass(
-        self, size: int, seconds: float, results: Sequence[GenerationResult] | None
-    ) -> None:
-        """Record one forward pass of ``size`` requests; ``results`` is ``None`` if it
-        raised."""
-        self.forward_batch_size.labels(self.worker).observe(size)
-        self.inference.labels(self.worker, "error" if results is None else "ok").observe(seconds)
-        if results:
-            self.tokens.labels(self.worker).inc(sum(result.tokens for result in results))
 
     def sample_gpu_memory(self) -> None:
         """Read torch's CUDA memory counters for this process's card; nothing on CPU."""
@@ -145,29 +140,6 @@ class WorkerMetrics:
             ("peak_allocated", torch.cuda.max_memory_allocated()),
         ):
             self.gpu_memory.labels(self.worker, self.device, kind).set(value)
-
-
-class InstrumentedBackend(BackendWrapper):
-    """A :class:`ModelBackend` that times every forward pass into :class:`WorkerMetrics`
-    and samples GPU memory after it; it changes nothing about the pass itself, and a pass
-    that raises is recorded and re-raised."""
-
-    def __init__(self, backend: ModelBackend, metrics: WorkerMetrics) -> None:
-        super().__init__(backend)
-        self._metrics = metrics
-
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        started = time.monotonic()
-        results: list[GenerationResult] | None = None
-        try:
-            results = self._backend.generate(batch)
-            return results
-        finally:
-            self._metrics.observe_pass(len(batch), time.monotonic() - started, results)
-            try:
-                self._metrics.sample_gpu_memory()
-            except Exception:  # a metric must never fail a batch
-                log.exception("could not read CUDA memory counters")
 
 
 def serve(host: str, port: int, directory: Path, *extra: Collector) -> Callable[[], None]:

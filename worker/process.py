@@ -5,24 +5,28 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Sequence
 
+import redis
 from celery.signals import worker_ready
 from PIL import Image
 
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
-from shared.enqueue import enqueue_events
+from shared.enqueue import enqueue_events, enqueue_job
 from shared.logs import configure_logging
 from shared.models import Job
 from shared.settings import Settings
 from shared.tasks import GPU_QUEUES
 from worker.batching import BatchService
-from worker.faults import FaultInjectingBackend, crash_after_commit
-from worker.metrics import InstrumentedBackend, WorkerMetrics
+from worker.faults import FaultInjectingEngine, crash_after_commit
+from worker.metrics import WorkerMetrics
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
-from worker.tasks import register_tasks
+from worker.model.engine import Engine, EngineLimits
+from worker.step_events import StepPublisher
+from worker.tasks import register_tasks, shutting_down
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +37,40 @@ def torch_device(device: str) -> str:
     return "cpu" if device == "cpu" else "cuda"
 
 
-def load_backend(settings: Settings, device: str) -> ModelBackend:
-    """Load the model on ``device`` and warm it up before any real work: one pass of a
-    single request, then one of a full batch (``max_batch_size``), each a few tokens. The
-    first pass at a new batch shape pays for kernel selection and memory allocation (on
-    CPU it ran about twice as long as the next); better here than in a caller's job."""
+def engine_limits(settings: Settings) -> EngineLimits:
+    """The engine's limits: every row a batch may hold (``max_batch_size`` plus the
+    interactive headroom) within ``max_batch_tokens``."""
+    return EngineLimits(
+        max_rows=settings.max_batch_size + settings.interactive_headroom,
+        max_tokens=settings.max_batch_tokens,
+    )
+
+
+def load_backend(settings: Settings, device: str) -> tuple[ModelBackend, Engine]:
+    """Load the model on ``device``, start its engine and warm it up before any real work:
+    one request alone, then the rest of a full batch (``max_batch_size``) joining it, a few tokens
+    each. The first passes at new shapes pay for kernel selection and memory allocation
+    (on CPU about twice as long as the next); better here than in a caller's job."""
     from worker.model.hf import TransformersBackend
 
     started = time.monotonic()
-    backend: ModelBackend = TransformersBackend(settings.model_path, dtype=settings.dtype)
-    if settings.fault_injection:
-        log.warning("fault injection is ON: [[oom]], [[crash]] and [[slow]] prompts misbehave")
-        backend = FaultInjectingBackend(backend)
+    backend = TransformersBackend(settings.model_path, dtype=settings.dtype)
     backend.load(torch_device(device))
+    engine: Engine = backend.start_engine(engine_limits(settings))
     warm = GenerationRequest(
         image=Image.new("RGB", (224, 224), (127, 127, 127)),
         prompt="warm-up",
-        options=GenerationOptions(max_new_tokens=2),
+        options=GenerationOptions(max_new_tokens=3),
     )
-    backend.generate([warm])
-    backend.generate([warm] * settings.max_batch_size)
+    engine.add(uuid.uuid4(), warm)
+    engine.step()
+    for _ in range(settings.max_batch_size - 1):
+        engine.add(uuid.uuid4(), warm)
+    while engine.running:
+        engine.step()
+    if settings.fault_injection:
+        log.warning("fault injection is ON: [[oom]], [[crash]] and [[slow]] prompts misbehave")
+        engine = FaultInjectingEngine(engine)
     elapsed = time.monotonic() - started
     log.info(
         "model %s loaded on %s in %.1f s",
@@ -61,7 +79,7 @@ def load_backend(settings: Settings, device: str) -> ModelBackend:
         elapsed,
         extra={"model_path": settings.model_path, "load_s": round(elapsed, 3)},
     )
-    return backend
+    return backend, engine
 
 
 def run_worker(
@@ -78,27 +96,34 @@ def run_worker(
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     metrics = WorkerMetrics(node_name, device)
     started = time.monotonic()
-    loaded = load_backend(settings, device)
+    backend, model_engine = load_backend(settings, device)
     metrics.observe_load(time.monotonic() - started)
     metrics.sample_gpu_memory()
-    # Wrapped after the warm-up pass, which is not work and must not count as such.
-    backend = InstrumentedBackend(loaded, metrics)
-    engine = create_engine_for(settings)
+    database = create_engine_for(settings)
     app = create_celery(settings)
 
     def wake_sender(_jobs: Sequence[Job], events: list[str]) -> None:
         enqueue_events(app, events)
 
-    sessions = session_factory(engine)
+    def requeue(jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            enqueue_job(app, job.id, job.priority)
+
+    sessions = session_factory(database)
     service = BatchService(
         settings=settings,
         sessions=sessions,
         blobs=BlobStore(settings.blob_url),
-        backend=backend,
+        engine=model_engine,
+        model_revision=backend.model_revision,
         worker_name=node_name,
+        metrics=metrics,
+        publisher=StepPublisher(redis.Redis.from_url(settings.broker_url, socket_timeout=2)),
         after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
+        requeue=requeue,
+        stopping=shutting_down,
     )
-    register_tasks(app, service, metrics, sessions, settings.worker_drain_s)
+    register_tasks(app, service, sessions, settings.worker_drain_s)
     if ready_fd is not None:
 
         def report_ready(**_: object) -> None:
@@ -118,5 +143,5 @@ def run_worker(
         quiet=True,
     )
     worker.start()
-    engine.dispose()
+    database.dispose()
     return int(worker.exitcode or 0)

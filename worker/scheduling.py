@@ -9,7 +9,8 @@ unit-tested with a fake clock and fake passes (``tests/unit/test_scheduling.py``
   The claim's SQL orders queued jobs the same way; this orders what one claim returned.
 - :func:`triage`: which claimed jobs expire without running, which run together, and
   which run alone (suspects: claimed before, so possibly what killed their last worker).
-- :func:`collect`: how long a worker keeps claiming to fill a batch.
+- :func:`collect`: how long an idle worker keeps claiming to fill a batch.
+- :func:`room`: how many bulk and interactive jobs a running batch may take in now.
 - :func:`run_isolated`: how a failing pass is split until the culprit is alone.
 """
 
@@ -103,6 +104,26 @@ def collect(
         jobs.extend(more)
         fresh += len(more)
     return jobs
+
+
+@dataclass(frozen=True)
+class Room:
+    """How many more jobs a running batch takes in now: ``any`` of either priority
+    (interactive first), then ``interactive_only`` more of interactive ones."""
+
+    any: int
+    interactive_only: int
+
+
+def room(rows: int, *, bulk_rows: int, max_rows: int, headroom: int, free: int) -> Room:
+    """Room for new jobs beside ``rows`` running ones (``bulk_rows`` of them bulk): up
+    to ``max_rows`` rows of any job; past that, interactive jobs alone may take one more
+    row per running bulk row, at most ``headroom``, so an interactive job never waits
+    for a bulk row to finish while a batch of interactive jobs still holds ``max_rows``.
+    ``free`` is what the engine itself still accepts; neither count exceeds it."""
+    shared = max(0, min(max_rows - rows, free))
+    ceiling = max_rows + min(headroom, bulk_rows)
+    return Room(any=shared, interactive_only=max(0, min(ceiling - rows - shared, free - shared)))
 
 
 def run_isolated(

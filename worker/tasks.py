@@ -1,14 +1,15 @@
 """Celery tasks: thin wrappers that hand a message to the batch service.
 
-A message wakes a batch that settles its own job and up to ``max_batch_size - 1`` others,
-whose messages are processed later (and then find nothing to do) or never; while batches
-come out full, the same task goes on with the next, for ``worker_drain_s``; when it stops
-while its last batch was full, it leaves a wake-up for the oldest job still queued, so
-what is left does not wait for the sweeper. So that
-monitors following task events (Flower) show every job with its real final state, the
-task that ran the batch sends ``task-succeeded`` / ``task-failed`` for each of those
-other jobs itself (the task id is the job id), and every task reports its own job's
-final state as its outcome, wherever that job ran:
+A message wakes a run of the batch service, which settles its own job and whatever else it
+claims while its batch keeps going (``worker/batching.py``); the other jobs' messages are
+processed later (and then find nothing to do) or never. A run stops claiming bulk jobs
+after ``worker_drain_s``, and once its batch is empty it hands the process back to Celery
+(heartbeats, remote control), leaving a wake-up for the job a worker would take next, so
+what is left does not wait for the sweeper. So that monitors following task events
+(Flower) show every job with its real final state as it finishes, the task sends
+``task-succeeded`` / ``task-failed`` for each other job right after its commit (the task
+id is the job id), and every task reports its own job's final state as its outcome,
+wherever that job ran:
 
 * succeeded → the task returns (SUCCESS);
 * failed → the task raises :class:`JobFailed` (FAILURE, logged without a traceback);
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task
@@ -41,7 +43,6 @@ from shared.logs import log_context
 from shared.models import Job, JobStatus
 from shared.tasks import INFER_TASK
 from worker.batching import BatchReport, BatchService
-from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -54,47 +55,37 @@ class JobFailed(Exception):
 
 
 def register_tasks(
-    app: Celery,
-    service: BatchService,
-    metrics: WorkerMetrics,
-    sessions: sessionmaker[Session],
-    drain_s: float,
+    app: Celery, service: BatchService, sessions: sessionmaker[Session], drain_s: float
 ) -> None:
-    """Register ``sightline.infer`` on ``app``, bound to this process's batch service,
-    metrics and database; a task goes on with full batches for ``drain_s`` seconds."""
+    """Register ``sightline.infer`` on ``app``, bound to this process's batch service and
+    database; a task claims bulk jobs into its batch for ``drain_s`` seconds."""
 
     @app.task(name=INFER_TASK, bind=True, throws=(JobFailed,))
     def infer(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
-        """Wake-up for ``job_id``: run a batch starting with it (or with whatever is queued
-        if it already ran), then report the job's final state (see the module docstring).
-        Returns or raises only after the results are committed; the message is acked only
-        then (``acks_late``)."""
+        """Wake-up for ``job_id``: run the batch starting with it (or with whatever is
+        queued if it already ran), then report the job's final state (see the module
+        docstring). Returns or raises only after the results are committed; the message
+        is acked only then (``acks_late``)."""
         try:
             wanted = uuid.UUID(job_id)
         except ValueError:
             log.error("dropping message with malformed job id %r", job_id)
             return {"job_id": job_id, "status": "malformed"}
-        outcome = None
-        prefer: uuid.UUID | None = wanted
-        # After a full batch the task claims the next one itself instead of going back to
-        # Celery for a message: each round trip (ack, fetch, task set-up) idles the model
-        # between passes, which matters most on a GPU. Bounded, so that the worker's own
-        # event loop (heartbeats, remote control) still runs often.
-        until = time.monotonic() + drain_s
-        while True:
-            with log_context(batch_id=uuid.uuid4().hex):
-                started = time.monotonic()
-                report = service.run(prefer)
-                metrics.observe_batch(report)
-                _log_batch(report, time.monotonic() - started)
-                _announce(self, report, skip=wanted)
-            outcome = outcome or next((o for o in report.outcomes if o.job_id == wanted), None)
-            if not report.full:
-                break
-            if _shutting_down() or time.monotonic() >= until:
-                _wake_next(app, sessions)
-                break
-            prefer = None  # the next batch: whatever waits, interactive first
+        batch_id = uuid.uuid4().hex
+
+        def settled(outcomes: Sequence[Outcome]) -> None:
+            with log_context(batch_id=batch_id):
+                _log_outcomes(outcomes)
+                _announce(self, outcomes, skip=wanted)
+
+        started = time.monotonic()
+        report = service.run(wanted, claim_for_s=drain_s, on_settled=settled)
+        if report.outcomes:
+            with log_context(batch_id=batch_id):
+                _log_run(report, time.monotonic() - started)
+        if report.cut_short:
+            _wake_next(app, sessions)
+        outcome = next((o for o in report.outcomes if o.job_id == wanted), None)
         if outcome is not None:
             return _settled(self, wanted, outcome.status, outcome.error_code, outcome.error_message)
         with sessions() as session:
@@ -106,8 +97,8 @@ def register_tasks(
 
 def _wake_next(app: Celery, sessions: sessionmaker[Session]) -> None:
     """Leave a wake-up for the job a worker would claim next (interactive first, oldest
-    first), if any is queued: a drain that stops after a full batch may have left work
-    whose own wake-ups another claim already consumed. A broker error is logged; the
+    first), if any is queued: a run that stopped claiming may have left work whose own
+    wake-ups another claim already consumed. A broker error is logged; the
     sweeper re-sends what is left then."""
     with sessions() as session:
         row = session.execute(
@@ -124,7 +115,7 @@ def _wake_next(app: Celery, sessions: sessionmaker[Session]) -> None:
         log.exception("could not leave a wake-up for job %s", row.id)
 
 
-def _shutting_down() -> bool:
+def shutting_down() -> bool:
     """Whether a warm or cold shutdown was asked for (SIGTERM, SIGQUIT…)."""
     return worker_state.should_stop is not None or worker_state.should_terminate is not None
 
@@ -146,10 +137,10 @@ def _settled(
     raise Ignore()
 
 
-def _announce(task: Task[Any, Any], report: BatchReport, *, skip: uuid.UUID) -> None:
-    """Send the final task event of every job the batch settled except ``skip`` (whose
-    own task reports it). Best effort: a lost event costs a monitor's view, never a job."""
-    others = [o for o in report.outcomes if o.job_id != skip]
+def _announce(task: Task[Any, Any], outcomes: Sequence[Outcome], *, skip: uuid.UUID) -> None:
+    """Send the final task event of every settled job except ``skip`` (whose own task
+    reports it). Best effort: a lost event costs a monitor's view, never a job."""
+    others = [o for o in outcomes if o.job_id != skip]
     if not others or not task.app.conf.worker_send_task_events:
         return
     try:
@@ -181,15 +172,17 @@ def _announce(task: Task[Any, Any], report: BatchReport, *, skip: uuid.UUID) -> 
         log.warning("could not send task events for %d batched jobs", len(others), exc_info=True)
 
 
-def _log_batch(report: BatchReport, elapsed_s: float) -> None:
-    """One line per settled job, then one for the batch (nothing for an empty wake-up)."""
-    if not report.outcomes:
-        return
-    for outcome in report.outcomes:
+def _log_outcomes(outcomes: Sequence[Outcome]) -> None:
+    """One line per settled job."""
+    for outcome in outcomes:
         log.info("job %s %s", outcome.job_id, outcome.status.value, extra=_job_fields(outcome))
+
+
+def _log_run(report: BatchReport, elapsed_s: float) -> None:
+    """One line for a run that settled jobs (nothing for an empty wake-up)."""
     failed = sum(1 for o in report.outcomes if o.status is not JobStatus.SUCCEEDED)
     log.info(
-        "batch of %d settled in %.3f s (%d failed)",
+        "run of %d jobs settled in %.3f s (%d failed)",
         len(report.outcomes),
         elapsed_s,
         failed,
@@ -202,7 +195,7 @@ def _job_fields(outcome: Outcome) -> dict[str, Any]:
         "job_id": str(outcome.job_id),
         "status": outcome.status.value,
         "error_code": outcome.error_code,
-        "forward_batch_size": outcome.batch_size or None,
+        "batch_size": outcome.batch_size or None,
         "queue_ms": outcome.queue_ms,
         "inference_ms": outcome.inference_ms or None,
         "output_tokens": outcome.output_tokens,

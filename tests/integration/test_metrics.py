@@ -1,9 +1,9 @@
 """Prometheus metrics after a real run agree with the database.
 
-Workers: the launcher serves the sum of its two children's metrics; the batch-size
-histogram counts one observation per batch, and a batch is one claim (one claim token
-in the jobs table). API: ``/metrics`` (gunicorn, two processes) counts requests and
-accepted jobs, and reports jobs by status straight from the database.
+Workers: the launcher serves the sum of its two children's metrics; every decoding step
+is counted once in the running-rows histogram and once in the step-time histogram. API:
+``/metrics`` (gunicorn, two processes) counts requests and accepted jobs, and reports
+jobs by status straight from the database.
 """
 
 from __future__ import annotations
@@ -36,26 +36,35 @@ def test_metrics_agree_with_the_database(pg_stack: Stack) -> None:
     rows = pg_stack.jobs(ids)
     by_status = Counter(row.status.value for row in rows)
     assert by_status == {"succeeded": 12, "failed": 1}
-    batches = len({row.claim_token for row in rows})
-    # The worker records a batch just after committing it: allow it a moment.
+    # The worker counts a job just after committing it: allow it a moment. The second
+    # child may still be loading its model (the first one can run every job alone).
     worker = scrape_until(
         f"http://127.0.0.1:{port}/metrics",
-        lambda found: total(found, "sightline_worker_batch_size_count") == batches,
-        timeout_s=10,
-        what=f"the batch-size histogram to count {batches} batches",
+        lambda found: (
+            total(found, "sightline_worker_jobs_finished_total") == len(ids)
+            and all(_of_node(found, "sightline_worker_up", n) == [1.0] for n in ("cpu0", "cpu1"))
+        ),
+        timeout_s=60,
+        what=f"the finished-jobs counter to reach {len(ids)} with both children up",
     )
 
     for status, count in by_status.items():
         assert total(worker, "sightline_worker_jobs_finished_total", status=status) == count
     assert total(worker, "sightline_worker_jobs_finished_total", code="inference_error") == 1
     assert total(worker, "sightline_worker_queue_wait_seconds_count") == len(ids)
-    assert total(worker, "sightline_worker_tokens_generated_total") == sum(
+    # Tokens count as generated, so the rows of failed steps (run again apart) count too.
+    assert total(worker, "sightline_worker_tokens_generated_total") >= sum(
         row.output_tokens or 0 for row in rows
     )
-    # Every forward pass is timed, the failed ones (split until the culprit is alone) too.
-    assert total(worker, "sightline_worker_inference_seconds_count", outcome="error") >= 1
+    # Every step is timed, the failed ones (split until the culprit is alone) too.
+    steps = total(worker, "sightline_worker_step_seconds_count")
+    assert total(worker, "sightline_worker_step_seconds_count", outcome="error") >= 1
+    assert total(worker, "sightline_worker_running_rows_count") == steps
+    # Every job that reached the model got a first token: 4 tokens each, so at least 4
+    # steps, and more rows per step than one (they ran side by side).
+    assert total(worker, "sightline_worker_time_to_first_token_seconds_count") >= 12
+    assert total(worker, "sightline_worker_running_rows_sum") > steps
     for node in ("cpu0", "cpu1"):
-        assert _of_node(worker, "sightline_worker_up", node) == [1.0], node
         [load_s] = _of_node(worker, "sightline_worker_model_load_seconds", node)
         assert load_s > 0, node
 

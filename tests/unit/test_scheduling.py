@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.models import Priority
-from worker.scheduling import claim_order, collect, run_isolated, triage
+from worker.scheduling import Room, claim_order, collect, room, run_isolated, triage
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -164,3 +164,27 @@ def test_run_isolated_a_healthy_pass_runs_once() -> None:
         3,
     ]
     assert calls == [3]
+
+
+@pytest.mark.parametrize(
+    ("rows", "bulk_rows", "free", "expected"),
+    [
+        (0, 0, 10, Room(any=8, interactive_only=0)),  # idle: a full batch of anything
+        (5, 5, 5, Room(any=3, interactive_only=2)),
+        (8, 8, 2, Room(any=0, interactive_only=2)),  # full of bulk: interactive still joins
+        (9, 8, 1, Room(any=0, interactive_only=1)),
+        (10, 8, 0, Room(any=0, interactive_only=0)),  # the engine's own limit holds
+        (8, 1, 2, Room(any=0, interactive_only=1)),  # one row per running bulk row
+        (8, 0, 2, Room(any=0, interactive_only=0)),  # interactive alone keeps the cap
+        (3, 3, 2, Room(any=2, interactive_only=0)),  # the engine is short of rows (tokens)
+    ],
+)
+def test_room_lets_interactive_jobs_past_the_row_cap_only_beside_bulk_rows(
+    rows: int, bulk_rows: int, free: int, expected: Room
+) -> None:
+    assert room(rows, bulk_rows=bulk_rows, max_rows=8, headroom=2, free=free) == expected
+
+
+def test_room_without_headroom_is_the_row_cap() -> None:
+    assert room(8, bulk_rows=8, max_rows=8, headroom=0, free=0) == Room(0, 0)
+    assert room(6, bulk_rows=6, max_rows=8, headroom=0, free=2) == Room(any=2, interactive_only=0)
