@@ -36,6 +36,17 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def medium_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline medium GLM-4V checkpoint (about 40 M parameters), built once per test
+    session: its greedy text varies from token to token, where the tiny one's repeats."""
+    from worker.model.tiny import build_tiny_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "medium-glm4v"
+    build_tiny_checkpoint(path, size="medium", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
 def s3_blob_url() -> Iterator[str]:
     """``s3://sightline-test/blobs`` on a moto S3 server at 127.0.0.1:<free port>.
 

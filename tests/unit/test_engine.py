@@ -1,0 +1,215 @@
+"""The continuous-batching engine on the medium random checkpoint, on CPU, in fp32.
+
+The promise under test: in greedy decoding a request's tokens are exactly those of the
+same request run alone through ``generate``, whatever joins or leaves the batch around it
+and whenever it joins itself. The requests differ in image size, prompt length,
+``max_new_tokens``, JSON schema and thinking switch, so every join needs real left
+padding, every row its own M-RoPE position and its own grammar.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
+from worker.model.engine import EngineLimits, StepEvents
+from worker.model.hf import TransformersBackend
+from worker.model.hf_engine import BudgetExceeded, TransformersEngine
+
+TAGS = {
+    "type": "object",
+    "properties": {
+        "tags": {"type": "array", "items": {"enum": ["cat", "dog", "car"]}, "maxItems": 3},
+        "total": {"type": "integer"},
+    },
+    "required": ["tags", "total"],
+}
+BOX = {
+    "type": "object",
+    "properties": {
+        "x": {"type": "number", "minimum": 0, "maximum": 1000},
+        "label": {"type": "string", "maxLength": 6},
+    },
+    "required": ["x", "label"],
+}
+# (image size, colour, prompt, max_new_tokens, schema, thinking)
+CASES: list[tuple[tuple[int, int], tuple[int, int, int], str, int, Any, bool]] = [
+    ((64, 64), (200, 30, 30), "Describe this image.", 5, None, False),
+    ((30, 90), (20, 40, 220), "What is in this picture? Answer in detail, please.", 21, None, True),
+    ((200, 120), (10, 180, 60), "Hi", 48, TAGS, False),
+    ((17, 17), (250, 250, 250), "Read the sign.", 2, None, False),
+    ((300, 40), (0, 0, 0), "Is there a car? Say which colour it is.", 50, BOX, True),
+    ((90, 60), (120, 120, 0), "Count the animals.", 13, None, False),
+]
+
+
+def _request(index: int) -> GenerationRequest:
+    size, colour, prompt, tokens, schema, thinking = CASES[index]
+    return GenerationRequest(
+        image=Image.new("RGB", size, colour),
+        prompt=prompt,
+        options=GenerationOptions(max_new_tokens=tokens),
+        json_schema=schema,
+        thinking=thinking,
+    )
+
+
+@pytest.fixture(scope="module")
+def backend(medium_checkpoint: Path) -> Iterator[TransformersBackend]:
+    loaded = TransformersBackend(medium_checkpoint, dtype="float32")
+    loaded.load("cpu")
+    yield loaded
+
+
+@pytest.fixture(scope="module")
+def alone(backend: TransformersBackend) -> list[GenerationResult]:
+    """Each case run alone through the static ``generate``: the reference."""
+    return [backend.generate([_request(i)])[0] for i in range(len(CASES))]
+
+
+def _run(
+    engine: TransformersEngine, joins: dict[int, list[int]]
+) -> tuple[dict[int, GenerationResult], list[StepEvents]]:
+    """Add case ``i`` before step ``s`` for each ``s: [i, ...]`` of ``joins``; step until
+    every added case finished. Returns results by case and every step's events."""
+    ids = {index: uuid.uuid4() for indices in joins.values() for index in indices}
+    cases = {job_id: index for index, job_id in ids.items()}
+    results: dict[int, GenerationResult] = {}
+    steps: list[StepEvents] = []
+    while len(results) < len(ids):
+        for index in joins.get(len(steps), []):
+            engine.add(ids[index], _request(index))
+        events = engine.step()
+        assert not events.failed, events.failed
+        steps.append(events)
+        results.update({cases[job_id]: result for job_id, result in events.finished.items()})
+        assert len(steps) < 200, "the engine stopped making progress"
+    return results, steps
+
+
+SCHEDULES = {
+    "all at once": {0: [0, 1, 2, 3, 4, 5]},
+    "staggered joins": {0: [0, 1], 2: [2], 5: [3, 4], 9: [5]},
+    "one per step, longest first": {0: [4], 1: [2], 2: [1], 3: [5], 4: [0], 5: [3]},
+    # Case 0 (5 tokens) and 3 (2 tokens) leave before the others join: a join after a
+    # leave, into a cache whose leading padding was trimmed.
+    "joins after leaves": {0: [0, 3, 4], 6: [1, 2], 7: [5]},
+}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_row_equals_the_request_run_alone(
+    backend: TransformersBackend, alone: list[GenerationResult], schedule: str
+) -> None:
+    engine = backend.start_engine(EngineLimits(max_rows=8, max_tokens=1 << 20))
+    results, steps = _run(engine, SCHEDULES[schedule])
+
+    for index, result in results.items():
+        assert result == alone[index], f"case {index} differs from its run alone"
+        schema = CASES[index][4]
+        if schema is not None:
+            jsonschema.validate(result.json, schema)
+    assert max(len(events.tokens) for events in steps) >= 3, "rows really ran side by side"
+    assert engine.running == [] and engine.free_rows == 8
+
+
+def test_the_cases_really_differ(alone: list[GenerationResult]) -> None:
+    """Equal texts would make the equality above prove little: on this checkpoint every
+    case writes its own text."""
+    texts = [result.text for result in alone if result.tokens > 3]
+    assert len(set(texts)) == len(texts)
+
+
+def test_an_aborted_row_frees_its_slot_at_once_and_leaves_the_others_intact(
+    backend: TransformersBackend, alone: list[GenerationResult]
+) -> None:
+    engine = backend.start_engine(EngineLimits(max_rows=3, max_tokens=1 << 20))
+    long_id = uuid.uuid4()
+    engine.add(
+        long_id, GenerationRequest(Image.new("RGB", (64, 64)), "go on", GenerationOptions(500))
+    )
+    others = {uuid.uuid4(): 1, uuid.uuid4(): 5}
+    for job_id, index in others.items():
+        engine.add(job_id, _request(index))
+    assert engine.free_rows == 0
+    for _ in range(3):
+        assert long_id in engine.step().tokens
+
+    engine.abort(long_id)
+
+    assert long_id not in engine.running and engine.free_rows == 1
+    results: dict[uuid.UUID, GenerationResult] = {}
+    while engine.running:
+        events = engine.step()
+        assert long_id not in events.tokens
+        results.update(events.finished)
+    assert {others[job_id]: result for job_id, result in results.items()} == {
+        1: alone[1],
+        5: alone[5],
+    }
+
+
+def test_the_token_budget_holds_rows_back_until_others_leave(
+    backend: TransformersBackend, alone: list[GenerationResult]
+) -> None:
+    # Each row counts at its full length: prompt plus max_new_tokens.
+    lengths = [backend.encode(_request(i))["input_ids"].shape[1] + CASES[i][3] for i in (0, 3, 5)]
+    budget = 2 * max(lengths[:2])  # room for cases 0 and 3 together, not for a third
+    assert 3 * max(lengths) > budget
+    engine = backend.start_engine(EngineLimits(max_rows=8, max_tokens=budget))
+    results, steps = _run(engine, {0: [0, 3, 5]})
+
+    assert steps[0].prefilled == 2, "the third row waited"
+    assert sum(events.prefilled for events in steps) == 3
+    assert max(len(events.tokens) for events in steps) == 2
+    assert results == {0: alone[0], 3: alone[3], 5: alone[5]}
+
+
+def test_a_request_bigger_than_the_whole_budget_fails_alone(backend: TransformersBackend) -> None:
+    engine = backend.start_engine(EngineLimits(max_rows=8, max_tokens=64))
+    huge, small = uuid.uuid4(), uuid.uuid4()
+    engine.add(huge, _request(4))
+    engine.add(small, GenerationRequest(Image.new("RGB", (16, 16)), "x", GenerationOptions(2)))
+
+    events = engine.step()
+
+    assert isinstance(events.failed[huge], BudgetExceeded)
+    assert "more than the worker's budget of 64" in str(events.failed[huge])
+    assert small in events.tokens
+
+
+def test_rows_sample_at_their_own_temperature_beside_greedy_rows(
+    backend: TransformersBackend, alone: list[GenerationResult]
+) -> None:
+    engine = backend.start_engine(EngineLimits(max_rows=8, max_tokens=1 << 20))
+    greedy, hot = uuid.uuid4(), uuid.uuid4()
+    engine.add(greedy, _request(5))
+    sampled = GenerationRequest(
+        Image.new("RGB", (64, 64)),
+        "Describe.",
+        GenerationOptions(max_new_tokens=30, temperature=1.5),
+    )
+    engine.add(hot, sampled)
+    results: dict[uuid.UUID, GenerationResult] = {}
+    while engine.running:
+        results.update(engine.step().finished)
+
+    assert results[greedy] == alone[5]
+    assert 1 <= results[hot].tokens <= 30
+
+
+def test_add_refuses_duplicates_and_a_full_engine(backend: TransformersBackend) -> None:
+    engine = backend.start_engine(EngineLimits(max_rows=1, max_tokens=1 << 20))
+    job_id = uuid.uuid4()
+    engine.add(job_id, _request(0))
+    with pytest.raises(ValueError, match="already in the engine"):
+        engine.add(job_id, _request(0))
+    with pytest.raises(ValueError, match="no free row"):
+        engine.add(uuid.uuid4(), _request(0))
