@@ -1,0 +1,141 @@
+"""Continuous batching through real processes: jobs join and leave a running batch.
+
+Workers run with fault injection where a job must last: ``[[slow]]`` makes every step
+that holds the job take 0.5 s longer (``worker/faults.py``), so a job of N new tokens
+runs for about N/2 seconds and the test can act while it runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import uuid
+from typing import Any
+
+import redis
+
+from shared.models import JobStatus
+from tests.stack import Stack, make_image
+from tests.waiting import wait_until
+from worker.step_events import channel, watch_key
+
+
+def _running(stack: Stack, ids: list[str]) -> bool:
+    return all(row.status is JobStatus.RUNNING for row in stack.jobs(ids))
+
+
+def test_jobs_with_different_options_run_in_the_same_steps(pg_stack: Stack) -> None:
+    client = pg_stack.client()
+    options = [(2, 0.0), (20, 0.0), (5, 0.7), (12, 0.0), (8, 1.2), (16, 0.0)]
+    ids = [
+        client.submit(make_image(i), f"mixed {i}", max_new_tokens=tokens, temperature=t)["id"]
+        for i, (tokens, t) in enumerate(options)
+    ]
+    pg_stack.start_worker()
+
+    done = pg_stack.wait_all(ids)
+
+    assert [job["status"] for job in done] == ["succeeded"] * len(ids)
+    for job, (tokens, _) in zip(done, options, strict=True):
+        assert 1 <= job["output_tokens"] <= tokens
+    # The shortest left a batch of all six: no split by options, no wait for the longest.
+    assert done[0]["batch_size"] == len(ids)
+    assert done[0]["finished_at"] < done[1]["finished_at"]
+
+
+def test_an_interactive_job_joins_a_batch_full_of_bulk_jobs(pg_stack: Stack) -> None:
+    pg_stack.start_worker(fault_injection="1", max_batch_size="2", interactive_headroom="1")
+    items = [
+        {
+            "image": base64.b64encode(make_image(i)).decode(),
+            "prompt": "[[slow]] bulk",
+            "max_new_tokens": 16,
+        }
+        for i in range(3)
+    ]
+    batch = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
+    bulk = [item["id"] for item in batch["accepted"]]
+    wait_until(
+        lambda: sum(row.status is JobStatus.RUNNING for row in pg_stack.jobs(bulk)) == 2,
+        timeout_s=60,
+        what="two bulk jobs filling the batch",
+    )
+
+    client = pg_stack.client()
+    urgent = client.submit(make_image(9), "urgent", max_new_tokens=2)["id"]
+    job = client.wait(urgent, timeout_s=60)
+
+    assert job["status"] == "succeeded"
+    assert job["batch_size"] == 3, "it ran beside both bulk rows"
+    statuses = [row.status for row in pg_stack.jobs(bulk)]
+    assert statuses.count(JobStatus.RUNNING) == 2, "the bulk rows were still running"
+    assert statuses.count(JobStatus.QUEUED) == 1, "bulk work stays within max_batch_size"
+    assert [j["status"] for j in pg_stack.wait_all(bulk)] == ["succeeded"] * 3
+
+
+def test_canceling_a_running_job_frees_its_row_for_the_next_job(pg_stack: Stack) -> None:
+    pg_stack.start_worker(fault_injection="1", max_batch_size="1", interactive_headroom="0")
+    client = pg_stack.client()
+    # 400 slow steps: over three minutes, far past this test's waits, if it kept its row.
+    long = client.submit(make_image(1), "[[slow]] long", max_new_tokens=400)["id"]
+    wait_until(lambda: _running(pg_stack, [long]), timeout_s=60, what="the long job to run")
+    following = client.submit(make_image(2), "next in line", max_new_tokens=2)["id"]
+
+    assert pg_stack.call("DELETE", f"/v1/jobs/{long}").status_code == 200
+
+    assert client.wait(following, timeout_s=30)["status"] == "succeeded"
+    canceled = client.get(long)
+    assert canceled["status"] == "canceled" and canceled["result"] is None
+
+
+def test_step_events_stream_a_watched_job_and_nothing_for_others(pg_stack: Stack) -> None:
+    pg_stack.start_worker(fault_injection="1")
+    client = pg_stack.client()
+    watched = client.submit(make_image(3), "[[slow]] stream me", max_new_tokens=8)["id"]
+    quiet = client.submit(make_image(4), "[[slow]] nobody listens", max_new_tokens=8)["id"]
+    listener = pg_stack.redis.pubsub()
+    listener.subscribe(channel(uuid.UUID(watched)), channel(uuid.UUID(quiet)))
+    pg_stack.redis.set(watch_key(uuid.UUID(watched)), uuid.uuid4().hex, ex=60)
+
+    messages: list[dict[str, Any]] = []
+    wait_until(
+        lambda: _collect(listener, messages) and messages[-1]["done"],
+        timeout_s=60,
+        what="the watched job's last step event",
+    )
+    listener.close()
+
+    assert {m["job_id"] for m in messages} == {watched}, "only the watched job is published"
+    text = ""
+    for message in messages:
+        assert message["offset"] <= len(text)
+        text = text[: message["offset"]] + message["delta"]
+    job = client.wait(watched)
+    assert text == job["result"]
+    assert messages[-1]["tokens"] == job["output_tokens"] == 8
+    assert len(messages) > 1, "the text arrived step by step"
+    assert client.wait(quiet)["status"] == "succeeded"
+
+
+def _collect(listener: redis.client.PubSub, messages: list[dict[str, Any]]) -> bool:
+    while (message := listener.get_message(timeout=0.2)) is not None:
+        if message["type"] == "message":
+            messages.append(json.loads(message["data"]))
+    return bool(messages)
+
+
+def test_sigterm_hands_back_what_cannot_finish_within_drain_s(pg_stack: Stack) -> None:
+    launcher = pg_stack.start_worker(fault_injection="1", drain_s="1")
+    client = pg_stack.client()
+    job_id = client.submit(make_image(5), "[[slow]] too long to drain", max_new_tokens=24)["id"]
+    wait_until(lambda: _running(pg_stack, [job_id]), timeout_s=60, what="the job to run")
+
+    launcher.send_signal(signal.SIGTERM)
+
+    assert launcher.wait(timeout=60) == 0
+    [row] = pg_stack.jobs([job_id])
+    assert (row.status, row.attempts, row.claim_token) == (JobStatus.QUEUED, 0, None)
+    pg_stack.start_worker(fault_injection="1")
+    job = client.wait(job_id, timeout_s=90)
+    assert (job["status"], job["attempts"]) == ("succeeded", 1)
