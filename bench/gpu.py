@@ -6,20 +6,44 @@ parameters) and random bf16 weights, initialised directly on the GPU, and saves 
 checkpoint once (about 21 GB, cached under ``.cache/bench/``; built in a staging
 directory and renamed, so an interrupted build is never reused). Tokenizer, processor,
 chat template and special-token ids come from the offline tiny checkpoint builder; the
-image processor is widened so the benchmark images are not downscaled.
+image processor is widened so the benchmark images are not downscaled. Output text is
+meaningless; the lm_head is masked to printable tokens so every request generates exactly
+its ``max_new_tokens`` (checked for every request below) and timings compare like for
+like.
 
 The worker then loads it exactly as ``sightline worker`` does (``worker.process.
-load_backend``: ``from_pretrained``, ``.to("cuda")``, a warm-up pass) and this script
-times ``generate`` at batch 1, 8 and 16: jobs/s and tokens/s, p50 latency of one batched
-pass (every request in a batch finishes with it), and peak GPU memory allocated by torch
-during the passes. Output text is meaningless; the lm_head is masked to printable tokens
-so every request generates exactly ``--tokens`` tokens and timings compare like for like.
+load_backend``: ``from_pretrained``, ``.to("cuda")``, a warm-up through the engine) and
+this script measures three things:
+
+1. **static table**: ``generate`` at batch 1, 8 and 16, ``--tokens`` new tokens each
+   (64), ``--passes`` timed passes (5) after an untimed one: jobs/s and tokens/s, p50
+   latency of one batched pass (every request in a batch finishes with it), and peak GPU
+   memory allocated by torch during the passes;
+2. **mixed workload**: ``--mixed-requests`` requests with a long-tailed mix of
+   ``max_new_tokens`` (three in four under 16, one in ten over 100, mean about 32; drawn
+   from ``--mixed-seed``), run (a) through the continuous-batching engine with at most 8
+   rows (requests added in arrival order whenever a row is free, stepped until all have
+   finished) and (b) as static batches: groups of 8 in arrival order, each one
+   ``generate`` call at the group's longest ``max_new_tokens`` (a static batch shares its
+   options and runs to its longest row). Printed: useful tokens/s of each (useful = each
+   request's own ``max_new_tokens``, not the padding a static batch runs on for) and the
+   ratio continuous / static;
+3. **decode step time** of the engine with 1 and 16 rows running: the median of
+   ``--decode-steps`` steps after the rows were prefilled (and a few untimed steps), each
+   between ``torch.cuda.synchronize()`` calls, against the bandwidth floor of a step:
+   bytes of the weights / HBM bandwidth. The bandwidth is ``--hbm-gbps`` (GB/s; default
+   3350, the H100 SXM's; pass the card's figure, e.g. 4800 for an H200), and the output
+   says which figure was used. The floor from the text decoder and lm_head alone (what a
+   decode step reads: the vision tower is idle and only a few embedding rows are
+   gathered) is printed beside it.
 
 Without a CUDA device it prints ``skipped: no CUDA device`` and exits 0. ``--dims tiny``
 runs the same code at toy dimensions, on the CPU when there is no GPU: a dry run of this
-script, not a measurement.
+script, not a measurement (its static table defaults to 16 tokens and 1 pass, so it
+takes about a minute on two cores).
 
     python bench/gpu.py [--dims flash|tiny] [--tokens 64] [--passes 5] [--image-side 672]
+        [--mixed-requests 32] [--mixed-seed 0] [--decode-steps 20] [--hbm-gbps 3350]
 """
 
 from __future__ import annotations
@@ -29,21 +53,25 @@ import gc
 import io
 import math
 import os
+import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+from collections import deque
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image, ImageDraw
 
 from shared.settings import Settings
-from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
+from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult, ModelBackend
+from worker.model.engine import EngineLimits
 from worker.model.tiny import build_tiny_checkpoint
 from worker.process import load_backend
 
@@ -51,6 +79,17 @@ CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench"
 BATCH_SIZES = (1, 8, 16)
 PROMPTS = ["Describe this image.", "What colour is the shape?", "Is this safe?", "Caption it."]
 GIB = 1024**3
+# The mixed workload's row cap, for the engine and for the static groups alike.
+MIXED_ROWS = 8
+DECODE_ROWS = (1, 16)
+# Untimed decode steps before the timed ones (first passes at a new batch shape).
+DECODE_WARM_STEPS = 3
+# No token budget for the engines here: static ``generate`` has none, and every batch in
+# this script fits on the card; the comparison is about scheduling.
+UNBOUNDED_TOKENS = 1 << 30
+H100_SXM_GBPS = 3350.0
+# The static table's (new tokens per request, timed passes per batch size) by --dims.
+DEFAULT_TABLE = {"flash": (64, 5), "tiny": (16, 1)}
 # GLM-4V's geometry: 14-pixel patches merged 2x2 into one LLM token, two temporal frames.
 PATCH, MERGE, TEMPORAL = 14, 2, 2
 
@@ -129,14 +168,16 @@ def build_checkpoint(path: Path, dims: Dims, seed: int, device: str, dtype: str)
         ids = AutoConfig.from_pretrained(tiny)
         generation = GenerationConfig.from_pretrained(tiny)
     token_pixels = TEMPORAL * (PATCH * MERGE) ** 2
+    # Up to 4096 LLM tokens per image: the benchmark's images keep their size. (A plain
+    # dict: the processor's typed kwargs do not declare the GLM-4V geometry it accepts.)
+    image_options: dict[str, Any] = {
+        "size": {"shortest_edge": token_pixels, "longest_edge": token_pixels * 4096},
+        "patch_size": PATCH,
+        "temporal_patch_size": TEMPORAL,
+        "merge_size": MERGE,
+    }
     processor = Glm4vProcessor(
-        # Up to 4096 LLM tokens per image: the benchmark's images keep their size.
-        image_processor=Glm4vImageProcessor(
-            size={"shortest_edge": token_pixels, "longest_edge": token_pixels * 4096},
-            patch_size=PATCH,
-            temporal_patch_size=TEMPORAL,
-            merge_size=MERGE,
-        ),
+        image_processor=Glm4vImageProcessor(**image_options),
         tokenizer=small.tokenizer,
         video_processor=small.video_processor,
         chat_template=small.chat_template,
@@ -292,16 +333,170 @@ def measure(backend: ModelBackend, batch: int, passes: int, side: int, tokens: i
     return Row(batch, passes, seconds, generated, peak)
 
 
-def parameter_count(model: Path) -> int:
-    """Parameters stored in the checkpoint's safetensors files (read from their headers)."""
+def long_tailed_caps(count: int, seed: int) -> list[int]:
+    """``count`` values of ``max_new_tokens`` in arrival order, drawn from ``seed``: a
+    tenth of them long (120-256), 15 % medium (24-64), the rest short (4-15); the mean is
+    about 32 and every static group of 8 holding a long one runs on for it."""
+    draw = random.Random(seed)
+    long = round(count * 0.10)
+    medium = round(count * 0.15)
+    caps = [draw.randint(120, 256) for _ in range(long)]
+    caps += [draw.randint(24, 64) for _ in range(medium)]
+    caps += [draw.randint(4, 15) for _ in range(count - long - medium)]
+    draw.shuffle(caps)
+    return caps
+
+
+def with_cap(request: GenerationRequest, cap: int) -> GenerationRequest:
+    """``request`` with ``max_new_tokens`` = ``cap`` (its other options kept)."""
+    return replace(request, options=replace(request.options, max_new_tokens=cap))
+
+
+@dataclass(frozen=True)
+class MixedRun:
+    """One path through the mixed workload: ``useful`` tokens (each request's own cap),
+    ``generated`` tokens (a static batch's short rows run on to its longest), model
+    ``steps`` (forward passes), wall ``seconds``, peak memory in bytes (None on CPU)."""
+
+    useful: int
+    generated: int
+    steps: int
+    seconds: float
+    peak_bytes: int | None
+
+    @property
+    def useful_per_s(self) -> float:
+        return self.useful / self.seconds
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _start_clock() -> float:
+    import torch
+
+    _sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    return time.perf_counter()
+
+
+def _peak() -> int | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def run_engine(backend: ModelBackend, requests: list[GenerationRequest], rows: int) -> MixedRun:
+    """``requests`` through a fresh engine of ``rows`` rows: each added in arrival order
+    as soon as a row is free, steps until every one has finished; fails unless each
+    generated exactly its own ``max_new_tokens``."""
+    engine = backend.start_engine(EngineLimits(max_rows=rows, max_tokens=UNBOUNDED_TOKENS))
+    pending = deque((uuid.uuid4(), request) for request in requests)
+    caps = {job: request.options.max_new_tokens for job, request in pending}
+    results: dict[uuid.UUID, GenerationResult] = {}
+    steps = 0
+    began = _start_clock()
+    while pending or engine.running:
+        while pending and engine.free_rows > 0:
+            engine.add(*pending.popleft())
+        events = engine.step()
+        steps += 1
+        if events.failed:
+            raise RuntimeError(f"engine rows failed: {list(events.failed.values())!r}")
+        results.update(events.finished)
+    _sync()
+    seconds = time.perf_counter() - began
+    wrong = [(results[job].tokens, cap) for job, cap in caps.items() if job in results]
+    wrong = [(got, cap) for got, cap in wrong if got != cap]
+    if len(results) != len(caps) or wrong:
+        raise RuntimeError(f"engine: {len(results)}/{len(caps)} finished; (tokens, cap) {wrong}")
+    useful = sum(caps.values())
+    return MixedRun(useful, useful, steps, seconds, _peak())
+
+
+def run_static(backend: ModelBackend, requests: list[GenerationRequest], rows: int) -> MixedRun:
+    """``requests`` in groups of ``rows`` in arrival order, each group one ``generate``
+    call at its longest ``max_new_tokens``; fails unless every row generated exactly
+    that many."""
+    useful = generated = steps = 0
+    began = _start_clock()
+    for start in range(0, len(requests), rows):
+        group = requests[start : start + rows]
+        caps = [request.options.max_new_tokens for request in group]
+        longest = max(caps)
+        results = backend.generate([with_cap(request, longest) for request in group])
+        wrong = [result.tokens for result in results if result.tokens != longest]
+        if wrong:
+            raise RuntimeError(f"static: rows generated {wrong} tokens, expected {longest}")
+        useful += sum(caps)
+        generated += longest * len(group)
+        steps += longest
+    _sync()
+    return MixedRun(useful, generated, steps, time.perf_counter() - began, _peak())
+
+
+def decode_step_seconds(backend: ModelBackend, rows: int, side: int, steps: int) -> list[float]:
+    """The wall time of ``steps`` pure decode steps (no row joining or leaving) of a
+    fresh engine with ``rows`` rows running, after they were prefilled together and
+    ``DECODE_WARM_STEPS`` untimed steps; each step between CUDA synchronisations."""
+    cap = 1 + DECODE_WARM_STEPS + steps + 1  # nobody finishes during the timed steps
+    engine = backend.start_engine(EngineLimits(max_rows=rows, max_tokens=UNBOUNDED_TOKENS))
+    for request in requests_for(rows, side, cap):
+        engine.add(uuid.uuid4(), request)
+    events = engine.step()
+    if events.prefilled != rows or events.failed:
+        raise RuntimeError(f"prefilled {events.prefilled}/{rows} rows: {events.failed!r}")
+    for _ in range(DECODE_WARM_STEPS):
+        engine.step()
+    seconds = []
+    for _ in range(steps):
+        _sync()
+        began = time.perf_counter()
+        events = engine.step()
+        _sync()
+        seconds.append(time.perf_counter() - began)
+        if len(events.tokens) != rows or events.prefilled or events.finished or events.failed:
+            raise RuntimeError(f"step was not a pure decode of {rows} rows: {events!r}")
+    for job in engine.running:
+        engine.abort(job)
+    return seconds
+
+
+_DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
+# What a decode step does not read in full: the vision tower (idle) and the input
+# embedding table (a gather of one row per running request).
+_NOT_DECODE = ("model.visual.", "model.language_model.embed_tokens.")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The checkpoint's parameters and bytes, all and those a decode step reads."""
+
+    parameters: int
+    bytes: int
+    decode_bytes: int
+
+
+def weights_of(model: Path) -> Weights:
+    """Sizes of the checkpoint's safetensors files' tensors (read from their headers)."""
     from safetensors import safe_open
 
-    total = 0
+    parameters = size = decode = 0
     for shard in sorted(model.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as tensors:
             for name in tensors.keys():  # noqa: SIM118 - safe_open is not a mapping
-                total += math.prod(tensors.get_slice(name).get_shape())
-    return total
+                tensor = tensors.get_slice(name)
+                count = math.prod(tensor.get_shape())
+                parameters += count
+                size += count * _DTYPE_BYTES[tensor.get_dtype()]
+                if not name.startswith(_NOT_DECODE):
+                    decode += count * _DTYPE_BYTES[tensor.get_dtype()]
+    return Weights(parameters, size, decode)
 
 
 def image_tokens(model: Path, side: int) -> int:
@@ -319,14 +514,32 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dims", choices=sorted(DIMS), default="flash")
-    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
-    parser.add_argument("--passes", type=int, default=5, help="timed passes per batch size")
+    parser.add_argument(
+        "--tokens", type=int, help="static table: new tokens per request (64; tiny dims 16)"
+    )
+    parser.add_argument(
+        "--passes", type=int, help="static table: timed passes per batch size (5; tiny dims 1)"
+    )
     parser.add_argument("--image-side", type=int, default=672, help="image width in pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the random weights' seed")
+    parser.add_argument("--mixed-requests", type=int, default=32, help="mixed workload size")
+    parser.add_argument("--mixed-seed", type=int, default=0, help="the mix's seed")
+    parser.add_argument("--decode-steps", type=int, default=20, help="timed decode steps")
+    parser.add_argument(
+        "--hbm-gbps",
+        type=float,
+        default=None,
+        help=f"HBM bandwidth in GB/s for the floor (default {H100_SXM_GBPS:g}, H100 SXM)",
+    )
     args = parser.parse_args()
+    # A dry run at tiny dims keeps the static table short: it checks the code, not speed.
+    tokens, passes = DEFAULT_TABLE[args.dims]
+    args.tokens = tokens if args.tokens is None else args.tokens
+    args.passes = passes if args.passes is None else args.passes
 
     import torch
 
+    dtype: Literal["bfloat16", "float32"]
     if torch.cuda.is_available():
         device, dtype = "cuda", "bfloat16"
     elif args.dims == "tiny":
@@ -346,39 +559,103 @@ def main() -> int:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sightline-bench-") as data:
         settings = Settings(data_dir=Path(data), model_path=str(model), dtype=dtype)
-        # "0": the launcher's name for the one card a pinned worker sees.
-        backend = load_backend(settings, "cpu" if device == "cpu" else "0")
+        # "0": the launcher's name for the one card a pinned worker sees. The worker's
+        # engine is idle after its warm-up; the measurements below start their own.
+        backend, _ = load_backend(settings, "cpu" if device == "cpu" else "0")
     load_s = time.perf_counter() - began
-    weights = torch.cuda.memory_allocated() if device == "cuda" else None
+    weights_resident = torch.cuda.memory_allocated() if device == "cuda" else None
 
     rows = [
         measure(backend, batch, args.passes, args.image_side, args.tokens) for batch in BATCH_SIZES
     ]
 
+    caps = long_tailed_caps(args.mixed_requests, args.mixed_seed)
+    images = requests_for(len(caps), args.image_side, 1)
+    mixed = [with_cap(request, cap) for request, cap in zip(images, caps, strict=True)]
+    continuous = run_engine(backend, mixed, MIXED_ROWS)
+    static = run_static(backend, mixed, MIXED_ROWS)
+
+    decode = {
+        count: decode_step_seconds(backend, count, args.image_side, args.decode_steps)
+        for count in DECODE_ROWS
+    }
+
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run, not a benchmark)"
-    params = parameter_count(model)
-    print(f"\nGPU benchmark: random-weight GLM-4V at {args.dims} dims ({params:,} parameters)")
+    weights = weights_of(model)
+    print(
+        f"\nGPU benchmark: random-weight GLM-4V at {args.dims} dims "
+        f"({weights.parameters:,} parameters)"
+    )
     print(f"  device {name}, {dtype}, torch {torch.__version__}")
     print(
         f"  image {args.image_side}x{args.image_side * 3 // 4} "
-        f"({image_tokens(model, args.image_side)} image tokens), "
-        f"{args.tokens} new tokens per request, {args.passes} timed passes per batch size"
+        f"({image_tokens(model, args.image_side)} image tokens)"
     )
     print(f"  load (from_pretrained + to device + warm-up): {load_s:.1f} s", end="")
-    print(f"; weights {weights / GIB:.1f} GiB" if weights is not None else "")
+    print(f"; weights {weights_resident / GIB:.1f} GiB" if weights_resident is not None else "")
+
+    print(
+        f"\nstatic generate: {args.tokens} new tokens per request, "
+        f"{args.passes} timed pass{'es' if args.passes != 1 else ''} per batch size"
+    )
     print("  batch   jobs/s   tokens/s   p50 latency   peak memory")
     for row in rows:
-        peak = f"{row.peak_bytes / GIB:8.1f} GiB" if row.peak_bytes is not None else "     n/a"
         print(
             f"  {row.batch:5d} {row.jobs_per_s:8.2f} {row.tokens_per_s:10.1f} "
-            f"{statistics.median(row.seconds):11.2f} s {peak}"
+            f"{statistics.median(row.seconds):11.2f} s {_gib(row.peak_bytes):>13}"
         )
     base = rows[0].jobs_per_s
     print(
         "  throughput vs batch 1: "
         + ", ".join(f"{r.jobs_per_s / base:.2f}x@{r.batch}" for r in rows)
     )
+
+    print(
+        f"\nmixed workload: {len(caps)} requests (seed {args.mixed_seed}), max_new_tokens "
+        f"{min(caps)}-{max(caps)}, mean {statistics.mean(caps):.1f}, median "
+        f"{statistics.median(caps):g}; {sum(cap < 16 for cap in caps)} under 16, "
+        f"{sum(cap > 100 for cap in caps)} over 100; at most {MIXED_ROWS} rows"
+    )
+    print("  path                                useful tok/s  generated  steps     wall  peak")
+    for label, run in (
+        (f"continuous (engine, {MIXED_ROWS} rows)", continuous),
+        (f"static (generate, groups of {MIXED_ROWS})", static),
+    ):
+        print(
+            f"  {label:36s} {run.useful_per_s:12.1f} {run.generated:10d} {run.steps:6d} "
+            f"{run.seconds:7.1f} s {_gib(run.peak_bytes)}"
+        )
+    print(
+        f"  every request generated exactly its max_new_tokens ({continuous.useful} useful "
+        f"tokens); continuous / static useful tokens/s: "
+        f"{continuous.useful_per_s / static.useful_per_s:.2f}x"
+    )
+
+    gbps = H100_SXM_GBPS if args.hbm_gbps is None else args.hbm_gbps
+    source = "the H100 SXM's, --hbm-gbps default" if args.hbm_gbps is None else "--hbm-gbps"
+    floor = weights.bytes / (gbps * 1e9)
+    decode_floor = weights.decode_bytes / (gbps * 1e9)
+    print(
+        f"\ndecode step time (engine, median of {args.decode_steps} steps after prefill) vs "
+        f"the bandwidth floor = {weights.bytes / 1e9:.4g} GB of weights / {gbps:g} GB/s "
+        f"({source}) = {floor * 1e3:.4g} ms"
+    )
+    print(
+        f"  (a decode step reads only the text decoder and lm_head, "
+        f"{weights.decode_bytes / 1e9:.4g} GB: decoder floor {decode_floor * 1e3:.4g} ms)"
+    )
+    print("  rows    step ms   step / floor   step / decoder floor   tokens/s")
+    for count, seconds in decode.items():
+        step = statistics.median(seconds)
+        print(
+            f"  {count:4d} {step * 1e3:10.2f} {step / floor:13.2f}x "
+            f"{step / decode_floor:21.2f}x {count / step:10.1f}"
+        )
     return 0
+
+
+def _gib(size: int | None) -> str:
+    return f"{size / GIB:.1f} GiB" if size is not None else "n/a"
 
 
 if __name__ == "__main__":
