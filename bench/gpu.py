@@ -43,7 +43,7 @@ script, not a measurement (its static table defaults to 16 tokens and 1 pass, so
 takes about a minute on two cores).
 
     python bench/gpu.py [--dims flash|tiny] [--tokens 64] [--passes 5] [--image-side 672]
-        [--mixed-requests 32] [--mixed-seed 0] [--decode-steps 20] [--hbm-gbps 3350]
+        [--mixed-requests 128] [--mixed-seed 0] [--decode-steps 20] [--hbm-gbps 3350]
 """
 
 from __future__ import annotations
@@ -522,7 +522,7 @@ def main() -> int:
     )
     parser.add_argument("--image-side", type=int, default=672, help="image width in pixels")
     parser.add_argument("--seed", type=int, default=0, help="the random weights' seed")
-    parser.add_argument("--mixed-requests", type=int, default=32, help="mixed workload size")
+    parser.add_argument("--mixed-requests", type=int, default=128, help="mixed workload size")
     parser.add_argument("--mixed-seed", type=int, default=0, help="the mix's seed")
     parser.add_argument("--decode-steps", type=int, default=20, help="timed decode steps")
     parser.add_argument(
