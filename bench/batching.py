@@ -85,7 +85,7 @@ def time_generate(jobs: int, tokens: int, batch: int) -> float:
     prompts the system is sent, with the API's default for text answers (thinking on),
     on a model loaded and warmed up exactly as a worker does it (``load_backend``; a
     differently warmed model ran up to 20 % slower here)."""
-    backend = load_backend(
+    backend, _ = load_backend(
         Settings(model_path=str(checkpoint("medium")), max_batch_size=batch), "cpu"
     )
     requests = [

@@ -15,8 +15,9 @@ Who moves what:
   hands back what it could not finish, only while its claim token is still the job's
   (:func:`claim`, :func:`renew`, :func:`finish`, :func:`release`);
 - the **caller** cancels one queued or running job, or a batch's queued jobs
-  (:func:`cancel`, :func:`cancel_batch`); a running job's worker keeps running, but its
-  result is discarded: it finishes only jobs still running under its token;
+  (:func:`cancel`, :func:`cancel_batch`); a running job's worker aborts its row at the
+  next step, and could not write its result anyway: it finishes only jobs still running
+  under its token;
 - the **sweeper** fails queued jobs past their deadline (``expired``) and running jobs
   whose lease expired with no attempts left (``worker_lost``) (:func:`expire_overdue`,
   :func:`fail_lost`). Re-sending lost wake-ups (``worker/sweeper.py``) moves nothing: a
@@ -363,7 +364,8 @@ def cancel(changes: JobChanges, job_id: uuid.UUID) -> bool:
     """Move a queued or running job to ``canceled``; False if it was already final.
 
     A queued job then never runs (no worker can claim it); a running one keeps running
-    on its worker, but its result is discarded (see :func:`finish`).
+    until its worker sees the cancel (at its next step), and no result of it is written
+    (see :func:`finish`).
     """
     stmt = (
         update(Job)

@@ -67,14 +67,6 @@ class Settings(BaseSettings):
         le=10_000,
         description="Longest an idle worker waits for company before starting a lone job (ms).",
     )
-    worker_drain_s: float = Field(
-        default=5.0,
-        ge=0,
-        le=60,
-        description="How long a task keeps claiming bulk jobs into its running batch "
-        "before it hands back to Celery once the batch empties (interactive jobs still "
-        "join; a wake-up is left for what is queued).",
-    )
     drain_s: float = Field(
         default=30.0,
         ge=0,

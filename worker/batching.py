@@ -7,7 +7,9 @@ rows only interactive jobs may take), then steps the engine
 (:mod:`worker.model.engine`). Between steps it:
 
 - claims more whenever rows are free (interactive first, oldest first), without waiting
-  for the running rows: a job joins at the next step;
+  for the running rows: an interactive job joins at the next step, bulk jobs once a
+  quarter of the rows are free or a free row has waited a few steps, so that joiners
+  share one prefill (:func:`worker.scheduling.join_now`);
 - aborts the rows of jobs that are no longer running under its claim (canceled, or
   taken over after a lost lease), so their slot is free at the next step;
 - commits the jobs whose rows finished in the step, all in one transaction, and wakes
@@ -15,10 +17,10 @@ rows only interactive jobs may take), then steps the engine
 
 An idle worker that claimed less than a full batch waits for company while jobs keep
 arriving, never longer than ``max_batch_wait_ms``, before its first step. A run returns
-when its batch is empty and nothing more is claimable; after ``claim_for_s`` it claims
-only interactive jobs, so that a busy worker still hands its process back to Celery now
-and then. On shutdown it claims nothing, gives the running rows ``drain_s`` to finish and
-hands what is left back to the queue.
+when its batch is empty and nothing more is claimable: ending a run earlier would leave
+the batch's longest rows running alone until it empties, a few seconds of a mostly idle
+batch each time. On shutdown it claims nothing, gives the running rows ``drain_s`` to
+finish and hands what is left back to the queue.
 
 Failures stay with their job:
 
@@ -73,8 +75,7 @@ IDLE_CLAIM_S = 0.05
 @dataclass(frozen=True)
 class BatchReport:
     """What one :meth:`BatchService.run` did: every outcome it wrote, in commit order;
-    ``cut_short`` when it stopped claiming bulk jobs (the hand-back time passed, or a
-    shutdown) while more may be queued."""
+    ``cut_short`` when a shutdown stopped it while more may be queued."""
 
     outcomes: list[Outcome] = field(default_factory=list)
     cut_short: bool = False
@@ -108,7 +109,9 @@ class _Run:
     suspects: list[Job] = field(default_factory=list)
     alone: uuid.UUID | None = None
     outcomes: list[Outcome] = field(default_factory=list)
-    idle_until: float = 0.0
+    idle_until: float = 0.0  # no bulk claim before: nothing was queued
+    interactive_idle_until: float = 0.0  # likewise for interactive-only claims
+    waited: int = 0  # steps free rows have waited for bulk company (scheduling.join_now)
 
 
 class BatchService:
@@ -151,22 +154,22 @@ class BatchService:
         self,
         prefer: uuid.UUID | None,
         *,
-        claim_for_s: float,
         on_settled: Callable[[Sequence[Outcome]], None] = lambda outcomes: None,
+        on_step: Callable[[], None] = lambda: None,
     ) -> BatchReport:
         """Claim (``prefer`` first if given and claimable) and step until the batch is
         empty and nothing more is claimable (see the module docstring); ``on_settled``
-        is told the outcomes of every commit as it happens. Every outcome is committed
-        before it returns, so the caller may ack its message."""
+        is told the outcomes of every commit as it happens, ``on_step`` is called before
+        every step (the task sends the worker's heartbeats from it). Every outcome is
+        committed before it returns, so the caller may ack its message."""
         run = _Run(uuid.uuid4(), on_settled)
-        claim_until = self._clock() + claim_for_s
         with self._leases_renewed(run.token):
             self._admit(run, self._first_claim(run, prefer))
             while True:
                 if self._stopping():
                     self._drain(run)
                     return BatchReport(run.outcomes, cut_short=True)
-                claimed = self._claim_between_steps(run, bulk=self._clock() < claim_until)
+                claimed = self._claim_between_steps(run)
                 if not self._engine.running:
                     if run.suspects:
                         self._start_alone(run)
@@ -174,8 +177,9 @@ class BatchService:
                         break
                     continue
                 self._abort_gone(run)
+                on_step()
                 self._step(run)
-        return BatchReport(run.outcomes, cut_short=self._clock() >= claim_until)
+        return BatchReport(run.outcomes)
 
     # -- claiming --------------------------------------------------------------------
 
@@ -193,15 +197,16 @@ class BatchService:
         )
         return sorted(jobs, key=lambda job: scheduling.claim_order(job, prefer))
 
-    def _claim_between_steps(self, run: _Run, *, bulk: bool) -> list[Job]:
-        """Claim into the free rows (``scheduling.room``): bulk and interactive while
-        ``bulk``, else interactive only. Nothing while a suspect runs alone or waits to,
-        and, while rows run, nothing sooner than :data:`IDLE_CLAIM_S` after a claim that
-        found nothing."""
-        idle = not self._engine.running
-        if run.alone is not None or run.suspects or (self._clock() < run.idle_until and not idle):
+    def _claim_between_steps(self, run: _Run) -> list[Job]:
+        """Claim into the free rows (``scheduling.room``), interactive first; bulk jobs
+        join a running batch only when ``scheduling.join_now`` says so. Nothing while a
+        suspect runs alone or waits to. While rows run, a kind of claim that found
+        nothing is not tried again sooner than :data:`IDLE_CLAIM_S` later."""
+        if run.alone is not None or run.suspects:
             return []
         settings = self._settings
+        idle = not self._engine.running
+        now = self._clock()
         room = scheduling.room(
             len(self._engine.running),
             bulk_rows=sum(1 for row in run.rows.values() if row.job.priority is Priority.BULK),
@@ -209,16 +214,27 @@ class BatchService:
             headroom=settings.interactive_headroom,
             free=self._engine.free_rows,
         )
+        bulk = True
+        if room.any and not idle:
+            if now < run.idle_until:
+                bulk = False  # nothing was queued a moment ago
+            elif scheduling.join_now(room.any, run.waited, max_rows=settings.max_batch_size):
+                run.waited = 0
+            else:
+                run.waited += 1
+                bulk = False  # interactive jobs still join at once
         jobs: list[Job] = []
         interactive = room.interactive_only + (0 if bulk else room.any)
         if room.any and bulk:
             jobs = self._claim(run, room.any, with_abandoned=idle)
             if len(jobs) < room.any:
+                run.idle_until = now + IDLE_CLAIM_S
                 interactive = 0  # nothing else is queued
-        if interactive:
-            jobs += self._claim(run, interactive, only=Priority.INTERACTIVE)
-        if not jobs and (room.any or room.interactive_only):
-            run.idle_until = self._clock() + IDLE_CLAIM_S
+        if interactive and (idle or now >= run.interactive_idle_until):
+            found = self._claim(run, interactive, only=Priority.INTERACTIVE)
+            if not found:
+                run.interactive_idle_until = now + IDLE_CLAIM_S
+            jobs += found
         self._admit(run, sorted(jobs, key=lambda job: scheduling.claim_order(job, None)))
         return jobs
 

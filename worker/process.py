@@ -123,7 +123,7 @@ def run_worker(
         requeue=requeue,
         stopping=shutting_down,
     )
-    register_tasks(app, service, sessions, settings.worker_drain_s)
+    register_tasks(app, service, sessions)
     if ready_fd is not None:
 
         def report_ready(**_: object) -> None:

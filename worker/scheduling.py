@@ -11,6 +11,7 @@ unit-tested with a fake clock and fake passes (``tests/unit/test_scheduling.py``
   which run alone (suspects: claimed before, so possibly what killed their last worker).
 - :func:`collect`: how long an idle worker keeps claiming to fill a batch.
 - :func:`room`: how many bulk and interactive jobs a running batch may take in now.
+- :func:`join_now`: whether bulk jobs join a running batch now or wait for company.
 - :func:`run_isolated`: how a failing pass is split until the culprit is alone.
 """
 
@@ -124,6 +125,19 @@ def room(rows: int, *, bulk_rows: int, max_rows: int, headroom: int, free: int) 
     shared = max(0, min(max_rows - rows, free))
     ceiling = max_rows + min(headroom, bulk_rows)
     return Room(any=shared, interactive_only=max(0, min(ceiling - rows - shared, free - shared)))
+
+
+# Steps a free row waits for company before bulk jobs join one by one (see join_now).
+JOIN_WAIT_STEPS = 4
+
+
+def join_now(free: int, waited_steps: int, *, max_rows: int) -> bool:
+    """Whether bulk jobs should join a running batch now, given ``free`` rows and how
+    many steps they have waited: once a quarter of ``max_rows`` (at least one) are free,
+    or after :data:`JOIN_WAIT_STEPS` steps. Joiners are prefilled together in one pass,
+    which costs less per job than one pass each (half as much on CPU), while a few steps
+    of a free row cost little. Interactive jobs never wait for this."""
+    return free >= max(1, max_rows // 4) or waited_steps >= JOIN_WAIT_STEPS
 
 
 def run_isolated(

@@ -2,10 +2,11 @@
 
 A message wakes a run of the batch service, which settles its own job and whatever else it
 claims while its batch keeps going (``worker/batching.py``); the other jobs' messages are
-processed later (and then find nothing to do) or never. A run stops claiming bulk jobs
-after ``worker_drain_s``, and once its batch is empty it hands the process back to Celery
-(heartbeats, remote control), leaving a wake-up for the job a worker would take next, so
-what is left does not wait for the sweeper. So that monitors following task events
+processed later (and then find nothing to do) or never. A run lasts while work keeps
+coming, so the task sends the worker's heartbeats itself meanwhile (Celery's own event
+loop sends none while a solo worker runs a task): monitors keep the worker online. A
+run stopped by a shutdown leaves a wake-up for the job a worker would take next, so what
+is left does not wait for the sweeper. So that monitors following task events
 (Flower) show every job with its real final state as it finishes, the task sends
 ``task-succeeded`` / ``task-failed`` for each other job right after its commit (the task
 id is the job id), and every task reports its own job's final state as its outcome,
@@ -26,12 +27,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.utils.saferepr import saferepr
+from celery.utils.sysinfo import load_average
 from celery.worker import state as worker_state
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,11 +57,9 @@ class JobFailed(Exception):
         super().__init__(f"{code or 'failed'}: {message or ''}")
 
 
-def register_tasks(
-    app: Celery, service: BatchService, sessions: sessionmaker[Session], drain_s: float
-) -> None:
+def register_tasks(app: Celery, service: BatchService, sessions: sessionmaker[Session]) -> None:
     """Register ``sightline.infer`` on ``app``, bound to this process's batch service and
-    database; a task claims bulk jobs into its batch for ``drain_s`` seconds."""
+    database."""
 
     @app.task(name=INFER_TASK, bind=True, throws=(JobFailed,))
     def infer(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
@@ -79,7 +80,8 @@ def register_tasks(
                 _announce(self, outcomes, skip=wanted)
 
         started = time.monotonic()
-        report = service.run(wanted, claim_for_s=drain_s, on_settled=settled)
+        with _heartbeats(self) as beat:
+            report = service.run(wanted, on_settled=settled, on_step=beat)
         if report.outcomes:
             with log_context(batch_id=batch_id):
                 _log_run(report, time.monotonic() - started)
@@ -95,9 +97,46 @@ def register_tasks(
             return _settled(self, wanted, row.status, row.error_code, row.error_message)
 
 
+# Seconds between heartbeats, as Celery's own worker sends them.
+HEARTBEAT_S = 2.0
+
+
+@contextmanager
+def _heartbeats(task: Task[Any, Any]) -> Iterator[Callable[[], None]]:
+    """A function to call often during a long run: at most every :data:`HEARTBEAT_S` it
+    sends a ``worker-heartbeat`` event as Celery's worker does between tasks, so that
+    monitors (Flower) keep a worker that is busy for minutes online. Best effort, and
+    nothing at all when the app sends no events."""
+    if not task.app.conf.worker_send_task_events:
+        yield lambda: None
+        return
+    last = time.monotonic()
+    with task.app.events.default_dispatcher(hostname=task.request.hostname) as events:
+
+        def beat() -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < HEARTBEAT_S:
+                return
+            last = now
+            try:
+                events.send(
+                    "worker-heartbeat",
+                    freq=HEARTBEAT_S,
+                    active=len(worker_state.active_requests),
+                    processed=worker_state.all_total_count[0],
+                    loadavg=load_average(),
+                    **worker_state.SOFTWARE_INFO,
+                )
+            except Exception:
+                log.warning("could not send a heartbeat", exc_info=True)
+
+        yield beat
+
+
 def _wake_next(app: Celery, sessions: sessionmaker[Session]) -> None:
     """Leave a wake-up for the job a worker would claim next (interactive first, oldest
-    first), if any is queued: a run that stopped claiming may have left work whose own
+    first), if any is queued: a run stopped by a shutdown may have left work whose own
     wake-ups another claim already consumed. A broker error is logged; the
     sweeper re-sends what is left then."""
     with sessions() as session:

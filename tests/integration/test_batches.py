@@ -113,19 +113,16 @@ def test_a_batch_sends_one_wake_up_per_batch_of_items_after_answering(pg_stack: 
     assert _bulk_depth(pg_stack) == expected
 
 
-@pytest.mark.parametrize("drain_s", [None, "0"])
-def test_one_wake_up_drains_a_queue_of_full_batches(pg_stack: Stack, drain_s: str | None) -> None:
-    """A worker whose batch came out full claims the next one itself, so work whose
-    wake-ups were lost does not wait for the sweeper (none runs here). When the drain's
-    time is up (at once with ``worker_drain_s=0``; after 5 s on a busy machine), the task
-    leaves a wake-up for what is left."""
+def test_one_wake_up_drains_a_queue_of_full_batches(pg_stack: Stack) -> None:
+    """A worker keeps claiming into its running batch while work is queued, so work whose
+    wake-ups were lost does not wait for the sweeper (none runs here)."""
     items = [{"image": _b64(i), "prompt": f"item {i}"} for i in range(24)]
     answer = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
     wait_until(lambda: _bulk_depth(pg_stack) >= 3, timeout_s=10, what="three wake-ups")
     pg_stack.redis.ltrim(QUEUE_BULK, 0, 0)  # lose two of the three wake-ups
     assert _bulk_depth(pg_stack) == 1
 
-    pg_stack.start_worker(**({} if drain_s is None else {"worker_drain_s": drain_s}))
+    pg_stack.start_worker()
     done = pg_stack.wait_all([item["id"] for item in answer["accepted"]], timeout_s=120)
 
     assert {job["status"] for job in done} == {"succeeded"}

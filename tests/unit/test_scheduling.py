@@ -10,7 +10,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.models import Priority
-from worker.scheduling import Room, claim_order, collect, room, run_isolated, triage
+from worker.scheduling import (
+    JOIN_WAIT_STEPS,
+    Room,
+    claim_order,
+    collect,
+    join_now,
+    room,
+    run_isolated,
+    triage,
+)
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -188,3 +197,11 @@ def test_room_lets_interactive_jobs_past_the_row_cap_only_beside_bulk_rows(
 def test_room_without_headroom_is_the_row_cap() -> None:
     assert room(8, bulk_rows=8, max_rows=8, headroom=0, free=0) == Room(0, 0)
     assert room(6, bulk_rows=6, max_rows=8, headroom=0, free=2) == Room(any=2, interactive_only=0)
+
+
+def test_bulk_joins_wait_for_a_quarter_of_the_rows_or_a_few_steps() -> None:
+    assert not join_now(1, 0, max_rows=8)
+    assert join_now(2, 0, max_rows=8), "a quarter of the rows are free"
+    assert join_now(1, JOIN_WAIT_STEPS, max_rows=8), "the free row waited long enough"
+    assert not join_now(1, JOIN_WAIT_STEPS - 1, max_rows=8)
+    assert join_now(1, 0, max_rows=2), "small batches join at once"
