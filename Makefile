@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-repeat lint docs install system-deps bench screenshots clean
+.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-gpu screenshots clean
 
 demo: install
 	$(BIN)/sightline demo
@@ -55,6 +55,14 @@ system-deps:
 
 bench: install
 	$(BIN)/python bench/batching.py
+
+# Continuous batching on long-tailed answer lengths and interactive latency (CPU, ~15 min).
+bench-mixed: install
+	$(BIN)/python bench/mixed.py
+
+# GLM-4.6V-Flash-sized random model on CUDA; prints "skipped" without a GPU.
+bench-gpu: install
+	$(BIN)/python bench/gpu.py
 
 # The console's browser tests, saving their screenshots where the README shows them.
 screenshots: install system-deps

@@ -1,13 +1,14 @@
 """What does JSON-schema constrained decoding cost, at batch 8?
 
 Measured side by side in one run, on the medium random GLM-4V checkpoint (the honest CPU
-stand-in for a real model), through ``TransformersBackend.generate``:
+stand-in for a real model), through the worker's continuous-batching engine
+(``TransformersBackend.start_engine``), 8 rows joining together:
 
 * constrained: 8 requests, each with one of two moderation-style schemas;
-* unconstrained: the same 8 requests without a schema, with ``max_new_tokens`` set to the
-  number of decoding steps the constrained batch took (the longest row's token count; the
-  random model never stops on its own), so both modes do exactly the same forward passes
-  and the difference is the cost of the grammar masks alone.
+* unconstrained: the same 8 requests without a schema, each with ``max_new_tokens`` set to
+  the tokens its constrained twin wrote (the random model never stops on its own), so
+  both modes do exactly the same steps over the same rows and the difference is the cost
+  of the grammar masks alone.
 
 Rounds alternate between the two modes after one warm-up pass each, so drift in the
 machine's speed hits both alike, and medians keep a busy neighbour's burst from deciding
@@ -27,6 +28,7 @@ import io
 import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,7 +37,8 @@ import jsonschema
 from PIL import Image
 
 from tests.stack import make_image
-from worker.model.base import GenerationOptions, GenerationRequest
+from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
+from worker.model.engine import EngineLimits
 from worker.model.hf import TransformersBackend
 from worker.model.tiny import CHAT_TEMPLATE, build_tiny_checkpoint
 
@@ -73,15 +76,22 @@ def medium_checkpoint() -> Path:
     return path
 
 
-def timed(backend: TransformersBackend, batch: list[GenerationRequest]) -> tuple[float, int]:
-    """Seconds for one ``generate`` call and its decoding steps; checks every answer."""
+def timed(backend: TransformersBackend, batch: list[GenerationRequest]) -> tuple[float, list[int]]:
+    """Seconds for ``batch`` through a fresh engine, all rows joining at once, and each
+    row's token count; checks every answer."""
+    engine = backend.start_engine(EngineLimits(max_rows=len(batch), max_tokens=1 << 30))
+    ids = [uuid.uuid4() for _ in batch]
     started = time.perf_counter()
-    results = backend.generate(batch)
+    for job_id, request in zip(ids, batch, strict=True):
+        engine.add(job_id, request)
+    results: dict[uuid.UUID, GenerationResult] = {}
+    while engine.running:
+        results.update(engine.step().finished)
     elapsed = time.perf_counter() - started
-    for request, result in zip(batch, results, strict=True):
+    for job_id, request in zip(ids, batch, strict=True):
         if request.json_schema is not None:
-            jsonschema.validate(result.json, request.json_schema)
-    return elapsed, max(result.tokens for result in results)
+            jsonschema.validate(results[job_id].json, request.json_schema)
+    return elapsed, [results[job_id].tokens for job_id in ids]
 
 
 def main() -> int:
@@ -102,18 +112,24 @@ def main() -> int:
         )
         for i in range(BATCH)
     ]
-    _, steps = timed(backend, constrained)
-    same_steps = GenerationOptions(max_new_tokens=steps)
-    plain = [dataclasses.replace(r, options=same_steps, json_schema=None) for r in constrained]
-    _, plain_steps = timed(backend, plain)
-    assert plain_steps == steps, "the unconstrained batch must run as many steps"
+    _, counts = timed(backend, constrained)
+    plain = [
+        dataclasses.replace(r, options=GenerationOptions(max_new_tokens=count), json_schema=None)
+        for r, count in zip(constrained, counts, strict=True)
+    ]
+    _, plain_counts = timed(backend, plain)
+    assert plain_counts == counts, "every unconstrained row must write as many tokens"
+    steps = max(counts)
     times: dict[str, list[float]] = {"unconstrained": [], "constrained": []}
     for _ in range(args.rounds):
         times["unconstrained"].append(timed(backend, plain)[0])
         times["constrained"].append(timed(backend, constrained)[0])
 
     print(f"\nstructured-output benchmark: medium GLM-4V, batch {BATCH}, CPU, greedy")
-    print(f"  {steps} decoding steps per batch in both modes, {args.rounds} rounds each")
+    print(
+        f"  rows of {min(counts)}-{steps} tokens ({sum(counts)} in all) in both modes,"
+        f" {args.rounds} rounds each"
+    )
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
         print(

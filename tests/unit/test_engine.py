@@ -18,19 +18,12 @@ import jsonschema
 import pytest
 from PIL import Image
 
+from tests.unit.test_structured import TAGS
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
 from worker.model.engine import EngineLimits, StepEvents
 from worker.model.hf import TransformersBackend
 from worker.model.hf_engine import BudgetExceeded, TransformersEngine
 
-TAGS = {
-    "type": "object",
-    "properties": {
-        "tags": {"type": "array", "items": {"enum": ["cat", "dog", "car"]}, "maxItems": 3},
-        "total": {"type": "integer"},
-    },
-    "required": ["tags", "total"],
-}
 BOX = {
     "type": "object",
     "properties": {
