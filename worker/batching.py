@@ -118,7 +118,9 @@ class BatchService:
     """Runs the batch of one worker process: one engine, one device, one name.
 
     ``after_commit`` wakes the webhook sender; ``requeue`` leaves wake-ups for jobs
-    handed back; ``stopping`` says whether a shutdown was asked for.
+    handed back; ``stopping`` says whether a shutdown was asked for;
+    ``interactive_waiting`` whether an interactive job may be queued (a cheap check, so
+    a batch full of bulk work does not try a claim in the database every step).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class BatchService:
         after_commit: AfterCommit,
         requeue: Callable[[Sequence[Job]], None],
         stopping: Callable[[], bool],
+        interactive_waiting: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
@@ -148,6 +151,7 @@ class BatchService:
         self._after_commit = after_commit
         self._requeue = requeue
         self._stopping = stopping
+        self._interactive_waiting = interactive_waiting
         self._clock = clock
 
     def run(
@@ -162,6 +166,11 @@ class BatchService:
         is told the outcomes of every commit as it happens, ``on_step`` is called before
         every step (the task sends the worker's heartbeats from it). Every outcome is
         committed before it returns, so the caller may ack its message."""
+        for job_id in self._engine.running:
+            # Left by a run that raised (the database went away…): its claim is gone
+            # with it, and its lease, no longer renewed, frees the job for a retry.
+            log.warning("dropping job %s left in the engine by a failed run", job_id)
+            self._engine.abort(job_id)
         run = _Run(uuid.uuid4(), on_settled)
         with self._leases_renewed(run.token):
             self._admit(run, self._first_claim(run, prefer))
@@ -230,7 +239,9 @@ class BatchService:
             if len(jobs) < room.any:
                 run.idle_until = now + IDLE_CLAIM_S
                 interactive = 0  # nothing else is queued
-        if interactive and (idle or now >= run.interactive_idle_until):
+        if interactive and (
+            idle or (now >= run.interactive_idle_until and self._interactive_waiting())
+        ):
             found = self._claim(run, interactive, only=Priority.INTERACTIVE)
             if not found:
                 run.interactive_idle_until = now + IDLE_CLAIM_S

@@ -19,7 +19,7 @@ from shared.enqueue import enqueue_events, enqueue_job
 from shared.logs import configure_logging
 from shared.models import Job
 from shared.settings import Settings
-from shared.tasks import GPU_QUEUES
+from shared.tasks import GPU_QUEUES, QUEUE_INTERACTIVE
 from worker.batching import BatchService
 from worker.faults import FaultInjectingEngine, crash_after_commit
 from worker.metrics import WorkerMetrics
@@ -109,6 +109,16 @@ def run_worker(
         for job in jobs:
             enqueue_job(app, job.id, job.priority)
 
+    broker = redis.Redis.from_url(settings.broker_url, socket_timeout=2)
+
+    def interactive_waiting() -> bool:
+        # Wake-ups of interactive jobs wait in their queue's list while this worker is
+        # busy; an empty list means no interactive job can be waiting for a claim.
+        try:
+            return bool(broker.llen(QUEUE_INTERACTIVE))
+        except redis.RedisError:
+            return True  # cannot tell: let the claim find out
+
     sessions = session_factory(database)
     service = BatchService(
         settings=settings,
@@ -118,10 +128,11 @@ def run_worker(
         model_revision=backend.model_revision,
         worker_name=node_name,
         metrics=metrics,
-        publisher=StepPublisher(redis.Redis.from_url(settings.broker_url, socket_timeout=2)),
+        publisher=StepPublisher(broker),
         after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
         requeue=requeue,
         stopping=shutting_down,
+        interactive_waiting=interactive_waiting,
     )
     register_tasks(app, service, sessions)
     if ready_fd is not None:
