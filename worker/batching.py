@@ -425,31 +425,20 @@ class BatchService:
 
     def _isolate(self, run: _Run, failure: StepFailed) -> None:
         """Run the jobs a failed step dropped again, in halves and apart from everything
-        else (``scheduling.run_isolated``), so that only the culprit fails."""
+        else (``scheduling.split_failed``), so that only the culprit fails."""
         dropped = [run.rows.pop(job_id) for job_id in failure.dropped if job_id in run.rows]
         log.warning("a step of %d rows failed (%r); isolating the culprit", len(dropped), failure)
 
         def split(size: int, exc: Exception) -> None:
             log.warning("%d rows failed again (%r); splitting", size, exc)
 
-        def apart(group: list[_Row]) -> list[Outcome]:
-            return self._run_apart(run, group)
-
         def failed(row: _Row, exc: Exception) -> Outcome:
             return self._model_failed(row.job, exc)
 
-        if len(dropped) == 1:
-            outcomes = [failed(dropped[0], failure)]
-        else:
-            middle = len(dropped) // 2
-            outcomes = scheduling.run_isolated(
-                dropped[:middle], apart, failed, split
-            ) + scheduling.run_isolated(dropped[middle:], apart, failed, split)
+        outcomes = scheduling.split_failed(dropped, failure, self._run_apart, failed, split)
         self._settle(run, [row.job for row in dropped], outcomes)
-        if run.alone in failure.dropped:
-            run.alone = None
 
-    def _run_apart(self, run: _Run, group: list[_Row]) -> list[Outcome]:
+    def _run_apart(self, group: list[_Row]) -> list[Outcome]:
         """Run ``group`` alone in the (empty) engine to its end; raises
         :class:`StepFailed` if a step fails."""
         for row in group:

@@ -153,10 +153,22 @@ def run_isolated(
     try:
         return run(items)
     except Exception as exc:
-        if len(items) == 1:
-            return [failed(items[0], exc)]
-        on_split(len(items), exc)
-        middle = len(items) // 2
-        return run_isolated(items[:middle], run, failed, on_split) + run_isolated(
-            items[middle:], run, failed, on_split
-        )
+        return split_failed(items, exc, run, failed, on_split)
+
+
+def split_failed(
+    items: list[T],
+    exc: Exception,
+    run: Callable[[list[T]], list[R]],
+    failed: Callable[[T, Exception], R],
+    on_split: Callable[[int, Exception], None] = lambda size, exc: None,
+) -> list[R]:
+    """What :func:`run_isolated` does once ``items`` failed together with ``exc``: a lone
+    item fails; more are split in halves, each run isolated."""
+    if len(items) == 1:
+        return [failed(items[0], exc)]
+    on_split(len(items), exc)
+    middle = len(items) // 2
+    return run_isolated(items[:middle], run, failed, on_split) + run_isolated(
+        items[middle:], run, failed, on_split
+    )

@@ -18,6 +18,7 @@ from worker.scheduling import (
     join_now,
     room,
     run_isolated,
+    split_failed,
     triage,
 )
 
@@ -205,3 +206,20 @@ def test_bulk_joins_wait_for_a_quarter_of_the_rows_or_a_few_steps() -> None:
     assert join_now(1, JOIN_WAIT_STEPS, max_rows=8), "the free row waited long enough"
     assert not join_now(1, JOIN_WAIT_STEPS - 1, max_rows=8)
     assert join_now(1, 0, max_rows=2), "small batches join at once"
+
+
+def test_split_failed_starts_from_a_known_failure_without_running_it_again() -> None:
+    calls: list[list[str]] = []
+
+    def run(group: list[str]) -> list[str]:
+        calls.append(group)
+        if "bad" in group:
+            raise RuntimeError("boom")
+        return [f"ok {item}" for item in group]
+
+    results = split_failed(
+        ["a", "bad", "c"], RuntimeError("first"), run, lambda item, exc: f"failed {item}"
+    )
+
+    assert results == ["ok a", "failed bad", "ok c"]
+    assert ["a", "bad", "c"] not in calls, "the group that failed is not run again"

@@ -236,7 +236,9 @@ class TransformersBackend:
 
     def decode(self, tokens: Sequence[int]) -> str:
         """Text of generated ``tokens`` up to the first stop token, special tokens left out."""
-        count = count_generated(tokens, self._stop_ids)
+        return self._decode_first(tokens, count_generated(tokens, self._stop_ids))
+
+    def _decode_first(self, tokens: Sequence[int], count: int) -> str:
         text: str = self._processor.tokenizer.decode(tokens[:count], skip_special_tokens=True)
         return text
 
@@ -245,14 +247,14 @@ class TransformersBackend:
         the first stop token, its ``<think>`` section apart, parsed JSON where
         ``structured``. ``RuntimeError`` if a constrained answer does not parse (the
         grammar and the closing reserve rule this out: reaching it is a bug)."""
-        reasoning, text = split_reasoning(self.decode(tokens))
+        count = count_generated(tokens, self._stop_ids)
+        reasoning, text = split_reasoning(self._decode_first(tokens, count))
         parsed = None
         if structured:
             try:
                 parsed = json.loads(text)
             except ValueError as exc:
                 raise RuntimeError("constrained answer is not JSON") from exc
-        count = count_generated(tokens, self._stop_ids)
         return GenerationResult(text=text, tokens=count, reasoning=reasoning, json=parsed)
 
     def _prompt(self, request: GenerationRequest) -> str:
