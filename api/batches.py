@@ -210,7 +210,7 @@ def cancel_batch(batch_id: str) -> Body:
     """Cancel every item still queued (running ones finish); 200 with the batch."""
     batch = _load(batch_id)
     svc = services()
-    with lifecycle.unit_of_work(svc.sessions, svc.celery) as changes:
+    with lifecycle.unit_of_work(svc.sessions, svc.celery, svc.feed) as changes:
         canceled = lifecycle.cancel_batch(changes, batch.id)
     with svc.sessions() as session:
         summary = batch_summary(session, session.get(Batch, batch.id) or batch)

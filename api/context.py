@@ -15,6 +15,7 @@ from api.queued_memo import QueuedMemo
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
+from shared.job_feed import JobFeed
 from shared.presets import Preset, load_presets
 from shared.settings import Settings
 from shared.ssrf import OutboundPolicy
@@ -34,6 +35,7 @@ class Services:
     counters: redis.Redis
     queued: QueuedMemo
     keys: KeyCache
+    feed: JobFeed
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -52,6 +54,7 @@ class Services:
             ),
             queued=QueuedMemo(),
             keys=KeyCache(settings.key_cache_s),
+            feed=JobFeed.from_url(settings.broker_url),
         )
 
 

@@ -99,7 +99,7 @@ def delete_job(job_id: str) -> Body:
     """Cancel a queued or running job (200 with the job); 409 if it already finished."""
     job = load_job(job_id)
     svc = services()
-    with lifecycle.unit_of_work(svc.sessions, svc.celery) as changes:
+    with lifecycle.unit_of_work(svc.sessions, svc.celery, svc.feed) as changes:
         canceled = lifecycle.cancel(changes, job.id)
     job = load_job(job_id)
     if not canceled:

@@ -5,8 +5,9 @@ function here, a conditional UPDATE whose condition is that table's row (so a la
 duplicate or stale caller changes nothing), run in the caller's transaction through a
 :class:`JobChanges`: a job that becomes final gets its outbox event (``job.<status>``)
 in that same transaction, and :func:`unit_of_work` completes the batches those jobs
-finished, commits, and only then wakes the webhook sender. No caller writes outbox rows
-or wakes the sender itself.
+finished, commits, and only then wakes the webhook sender and tells the job feed
+(:mod:`shared.job_feed`) which jobs and batches moved. No caller writes outbox rows,
+wakes the sender or publishes moves itself.
 
 Who moves what:
 
@@ -42,6 +43,7 @@ from shared.batches import complete_batches
 from shared.db import transaction
 from shared.enqueue import enqueue_events
 from shared.error_codes import JobErrorCode
+from shared.job_feed import JobFeed
 from shared.models import Job, JobStatus, Priority, utcnow
 from shared.webhooks import record_events
 
@@ -86,12 +88,15 @@ def sources(target: JobStatus, actor: Actor) -> list[JobStatus]:
 
 @dataclass
 class JobChanges:
-    """One transaction's moves: its session, the jobs it made final and the outbox
-    events written for them. Build it with :func:`unit_of_work` (or, where the caller
-    owns the transaction and the wake-up, directly around its session)."""
+    """One transaction's moves: its session, the jobs it made final, the other jobs it
+    moved (claimed, handed back), the batches it completed work of and the outbox events
+    written for them. Build it with :func:`unit_of_work` (or, where the caller owns the
+    transaction and the wake-up, directly around its session)."""
 
     session: Session
     final: list[uuid.UUID] = field(default_factory=list)
+    moved: list[uuid.UUID] = field(default_factory=list)
+    batches: list[uuid.UUID] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
     def settled(self, job_ids: Sequence[uuid.UUID]) -> None:
@@ -111,17 +116,22 @@ class JobChanges:
         batch_ids = self.session.scalars(
             select(Job.batch_id).where(Job.id.in_(self.final), Job.batch_id.is_not(None)).distinct()
         ).all()
-        self.events += complete_batches(self.session, [b for b in batch_ids if b is not None])
+        self.batches = [b for b in batch_ids if b is not None]
+        self.events += complete_batches(self.session, self.batches)
 
 
 @contextmanager
 def unit_of_work(
-    sessions: sessionmaker[Session], wake: Celery | Callable[[list[str]], None]
+    sessions: sessionmaker[Session],
+    wake: Celery | Callable[[list[str]], None],
+    feed: JobFeed | None,
 ) -> Iterator[JobChanges]:
     """One transaction of moves: yields its :class:`JobChanges`; at the end completes the
     batches they finished, commits, and then wakes the webhook sender for every event
-    written (never before the commit, never for a rolled-back transaction). ``wake`` is
-    the Celery app to send the wake-ups with, or a function given the event ids."""
+    written and tells ``feed`` which jobs and batches moved (never before the commit,
+    never for a rolled-back transaction). ``wake`` is the Celery app to send the
+    wake-ups with, or a function given the event ids; ``feed`` is ``None`` only where no
+    one can be watching (tests of the moves themselves)."""
     with transaction(sessions) as session:
         changes = JobChanges(session)
         yield changes
@@ -131,6 +141,8 @@ def unit_of_work(
         enqueue_events(wake, changes.events)
     else:
         wake(changes.events)
+    if feed is not None:
+        feed.changed([*changes.moved, *changes.final], changes.batches)
 
 
 def _update(changes: JobChanges, stmt: Any) -> list[uuid.UUID]:
@@ -222,7 +234,9 @@ def claim(
         )
         .returning(Job)
     )
-    return list(changes.session.scalars(stmt, execution_options={"synchronize_session": False}))
+    claimed = list(changes.session.scalars(stmt, execution_options={"synchronize_session": False}))
+    changes.moved += [job.id for job in claimed]
+    return claimed
 
 
 def renew(changes: JobChanges, *, token: uuid.UUID, lease_s: int) -> int:
@@ -257,7 +271,9 @@ def release(changes: JobChanges, *, token: uuid.UUID, job_ids: Sequence[uuid.UUI
             attempts=Job.attempts - 1,
         )
     )
-    return len(_update(changes, stmt))
+    released = _update(changes, stmt)
+    changes.moved += released
+    return len(released)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         description="On SIGTERM: how long running jobs may take to finish before their "
         "claims are handed back to the queue for another worker.",
     )
+    stream_interval_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="How often a worker publishes the new text of jobs someone streams "
+        "(GET /v1/jobs/{id}/events): text between two rounds goes out together.",
+    )
     max_image_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1024, description="Largest accepted image upload (bytes)."
     )
@@ -186,16 +193,30 @@ class Settings(BaseSettings):
         ),
     )
     long_poll_per_process: int = Field(
-        default=2,
+        default=1000,
         ge=0,
-        description="Most GET ?wait= long-polls one API process holds at once (it has 4 "
-        "request threads); one over it answers at once with the job's current state.",
+        description="Most GET ?wait= long-polls one API process holds at once (each is a "
+        "greenlet, woken by the job feed); one over it answers at once with the job's "
+        "current state.",
     )
     long_poll_per_tenant: int = Field(
-        default=4,
+        default=100,
         ge=0,
         description="Most ?wait= long-polls one tenant holds at once across all API "
         "processes; one over it answers at once with the job's current state.",
+    )
+    streams_per_tenant: int = Field(
+        default=200,
+        ge=0,
+        description="Most event streams (GET …/events) one tenant holds open at once across "
+        "all API processes; one over it is refused with 429.",
+    )
+    stream_heartbeat_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="Seconds between keep-alive comments on an idle event stream (proxies "
+        "close connections idle for longer than their timeout, often 60 s).",
     )
     rate_limit: str = Field(
         default="6000/60",

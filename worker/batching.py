@@ -54,6 +54,7 @@ from shared import lifecycle
 from shared.blobs import BlobStore
 from shared.db import transaction
 from shared.error_codes import JobErrorCode
+from shared.job_feed import JobFeed
 from shared.lifecycle import Outcome
 from shared.models import Job, JobStatus, Priority, utcnow
 from shared.presets import Policy
@@ -134,6 +135,7 @@ class BatchService:
         worker_name: str,
         metrics: WorkerMetrics,
         publisher: StepPublisher,
+        feed: JobFeed,
         after_commit: AfterCommit,
         requeue: Callable[[Sequence[Job]], None],
         stopping: Callable[[], bool],
@@ -148,6 +150,7 @@ class BatchService:
         self.worker_name = worker_name
         self._metrics = metrics
         self._publisher = publisher
+        self._feed = feed
         self._after_commit = after_commit
         self._requeue = requeue
         self._stopping = stopping
@@ -258,9 +261,9 @@ class BatchService:
         with_abandoned: bool = False,
         only: Priority | None = None,
     ) -> list[Job]:
-        with transaction(self._sessions) as session:
+        with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
             return lifecycle.claim(
-                lifecycle.JobChanges(session),
+                changes,
                 worker=self.worker_name,
                 token=run.token,
                 limit=limit,
@@ -365,7 +368,7 @@ class BatchService:
     def _step(self, run: _Run) -> None:
         """One engine step; commit the rows that ended in it."""
         try:
-            events, now = self._timed_step(run.rows)
+            events, now = self._timed_step(run.rows, run.token)
         except StepFailed as failure:
             self._isolate(run, failure)
             return
@@ -373,10 +376,12 @@ class BatchService:
         outcomes = [self._outcome(row, events, now) for row in ended]
         self._settle(run, [row.job for row in ended], outcomes)
 
-    def _timed_step(self, rows: dict[uuid.UUID, _Row]) -> tuple[StepEvents, float]:
-        """One engine step over ``rows``, recorded in the metrics and published to
-        listeners; returns its events and when it ended. :class:`StepFailed` is
-        recorded, then raised."""
+    def _timed_step(
+        self, rows: dict[uuid.UUID, _Row], token: uuid.UUID
+    ) -> tuple[StepEvents, float]:
+        """One engine step over ``rows`` (claimed under ``token``), recorded in the
+        metrics and published to watchers; returns its events and when it ended.
+        :class:`StepFailed` is recorded, then raised."""
         count = len(self._engine.running)
         started = self._clock()
         try:
@@ -391,7 +396,7 @@ class BatchService:
             if row is not None and not row.first_token:
                 row.first_token = True
                 self._metrics.observe_first_token(now - row.joined_at)
-        self._publisher.publish(self._engine, events)
+        self._publisher.publish(self._engine, events, token)
         return events, now
 
     def _outcome(self, row: _Row, events: StepEvents, now: float) -> Outcome:
@@ -435,10 +440,13 @@ class BatchService:
         def failed(row: _Row, exc: Exception) -> Outcome:
             return self._model_failed(row.job, exc)
 
-        outcomes = scheduling.split_failed(dropped, failure, self._run_apart, failed, split)
+        def run_apart(group: list[_Row]) -> list[Outcome]:
+            return self._run_apart(group, run.token)
+
+        outcomes = scheduling.split_failed(dropped, failure, run_apart, failed, split)
         self._settle(run, [row.job for row in dropped], outcomes)
 
-    def _run_apart(self, group: list[_Row]) -> list[Outcome]:
+    def _run_apart(self, group: list[_Row], token: uuid.UUID) -> list[Outcome]:
         """Run ``group`` alone in the (empty) engine to its end; raises
         :class:`StepFailed` if a step fails."""
         for row in group:
@@ -447,7 +455,7 @@ class BatchService:
         outcomes: dict[uuid.UUID, Outcome] = {}
         by_id = {row.job.id: row for row in group}
         while len(outcomes) < len(group):
-            events, now = self._timed_step(by_id)
+            events, now = self._timed_step(by_id, token)
             for job_id in (*events.finished, *events.failed):
                 outcomes[job_id] = self._outcome(by_id[job_id], events, now)
         return [outcomes[row.job.id] for row in group]
@@ -477,7 +485,7 @@ class BatchService:
         settled = {outcome.job_id for outcome in outcomes}
         mine = [job for job in jobs if job.id in settled]
         with lifecycle.unit_of_work(
-            self._sessions, lambda events: self._after_commit(mine, events)
+            self._sessions, lambda events: self._after_commit(mine, events), self._feed
         ) as changes:
             lifecycle.finish(changes, token=run.token, outcomes=outcomes)
         run.outcomes += outcomes
@@ -504,10 +512,8 @@ class BatchService:
         run.suspects.clear()
         if not left:
             return
-        with transaction(self._sessions) as session:
-            lifecycle.release(
-                lifecycle.JobChanges(session), token=run.token, job_ids=[job.id for job in left]
-            )
+        with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
+            lifecycle.release(changes, token=run.token, job_ids=[job.id for job in left])
         log.warning("shutting down: handed %d unfinished jobs back to the queue", len(left))
         self._requeue(left)
 
@@ -533,6 +539,10 @@ class BatchService:
         finally:
             done.set()
             renewer.join()
+
+
+def _no_events(events: list[str]) -> None:
+    """The wake-up of moves that write no outbox events (claims, hand-backs)."""
 
 
 def _queue_ms(job: Job) -> int | None:

@@ -21,6 +21,7 @@ from celery import Celery
 
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
+from shared.job_feed import JobFeed
 from shared.logs import configure_logging
 from shared.redis_slots import RedisSlots
 from shared.settings import Settings
@@ -41,10 +42,10 @@ def create_ops_app(settings: Settings) -> Celery:
     """A Celery app with the maintenance tasks registered, bound to ``settings``."""
     app = create_celery(settings)
     sessions = session_factory(create_engine_for(settings))
+    broker = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+    feed = JobFeed(broker)
     slots = DeliverySlots(
-        RedisSlots(
-            redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
-        ),
+        RedisSlots(broker),
         per_endpoint=settings.webhook_endpoint_concurrency,
         per_tenant=settings.webhook_tenant_concurrency,
         # A killed process's holds lapse when its attempts' reservations do.
@@ -57,7 +58,7 @@ def create_ops_app(settings: Settings) -> Celery:
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def run_sweep() -> dict[str, Any]:
         """One sweeper pass (see ``worker.sweeper``)."""
-        return vars(sweep(settings, sessions, app))
+        return vars(sweep(settings, sessions, app, feed))
 
     @app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True)
     def deliver_webhook(event_id: str, deferrals: int = 0) -> str:

@@ -16,6 +16,7 @@ from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
 from shared.enqueue import enqueue_events, enqueue_job
+from shared.job_feed import JobFeed
 from shared.logs import configure_logging
 from shared.models import Job
 from shared.settings import Settings
@@ -128,7 +129,8 @@ def run_worker(
         model_revision=backend.model_revision,
         worker_name=node_name,
         metrics=metrics,
-        publisher=StepPublisher(broker),
+        publisher=StepPublisher(broker, interval_s=settings.stream_interval_s),
+        feed=JobFeed(broker),
         after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
         requeue=requeue,
         stopping=shutting_down,

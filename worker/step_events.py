@@ -1,119 +1,121 @@
-"""Step events: each running job's new text, published per decoding step for streaming.
+"""Step events: the text of each watched running job, published as it grows.
 
-A listener (the streaming endpoint) subscribes to Redis channel :func:`channel` of a job,
-then sets :func:`watch_key` to a fresh value with a short TTL and keeps refreshing it
-while it listens. A worker publishes only for jobs whose watch key it has seen, so
-publishing costs nothing per step when no one listens: the worker reads the watch keys
-of its running jobs (one ``MGET``) at most every ``refresh_s``.
+Every ``interval_s`` (and not more often, however fast the engine steps) the publisher
+reads the watch keys of the engine's running jobs (one ``MGET``; :mod:`shared.job_feed`)
+and, for each watched job whose text grew, publishes a ``text`` message with what each
+part (reasoning, answer: :func:`shared.job_feed.stream_parts`) gained, and stores the
+parts in the job's replay hash. Text between two rounds goes out in the next one, so
+nothing is skipped: a round sends everything since the last.
 
-Each message is JSON: ``{"job_id", "offset", "delta", "tokens", "done"}``: ``delta`` is
-the text generated since the last message, starting at character ``offset`` of the
-job's raw output (reasoning included, as the model wrote it), ``tokens`` the count of
-new tokens so far, ``done`` true on the job's last message (its result is then being
-committed; read it from the API). When a watch key's value changes (a new listener),
-the next message starts again at offset 0, so a late listener gets the whole text so
-far; listeners keep the text up to each message's ``offset`` and append its ``delta``.
-Publishing is best effort: a Redis error is logged and the step goes on.
+A job whose watch key changed value (the key lapsed and a new reader set it again) is
+sent whole again, from offset 0, since what it was sent before may be gone with the
+replay hash. A job settled (finished, failed), aborted or handed back is forgotten: its
+final text is read from the database. Publishing is best effort: a Redis error is
+logged and the step goes on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
+from shared.job_feed import (
+    TEXT_TTL_S,
+    claim_label,
+    job_channel,
+    stream_parts,
+    text_key,
+    text_message,
+    watch_key,
+)
 from worker.model.engine import Engine, StepEvents
 
 log = logging.getLogger(__name__)
 
-
-def channel(job_id: uuid.UUID) -> str:
-    """The Redis pub/sub channel of ``job_id``'s step events."""
-    return f"sightline:steps:{job_id}"
+_PARTS = ("reasoning", "answer")
 
 
-def watch_key(job_id: uuid.UUID) -> str:
-    """The Redis key a listener sets while it listens to ``job_id``."""
-    return f"sightline:watch:{job_id}"
+@dataclass
+class _Watched:
+    """What one watched job was sent: under which watch value, and each part's text."""
+
+    value: bytes | str
+    sent: dict[str, str]
 
 
 class StepPublisher:
-    """Publishes step events of watched jobs (see the module docstring)."""
+    """Publishes the text of watched jobs (see the module docstring)."""
 
     def __init__(
         self,
         client: redis.Redis,
         *,
-        refresh_s: float = 0.2,
+        interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._refresh_s = refresh_s
+        self._interval_s = interval_s
         self._clock = clock
-        self._checked_at = -float("inf")
-        # job id -> (watch value seen, characters published to it so far)
-        self._watched: dict[uuid.UUID, tuple[bytes | str, int]] = {}
-        self._counts: dict[uuid.UUID, int] = {}
+        self._round_at = -float("inf")
+        self._watched: dict[uuid.UUID, _Watched] = {}
 
-    def publish(self, engine: Engine, events: StepEvents) -> None:
-        """Publish what ``events`` added to each watched job's text."""
-        for job_id in events.tokens:
-            self._counts[job_id] = self._counts.get(job_id, 0) + 1
-        settled = {*events.finished, *events.failed}
+    def publish(self, engine: Engine, events: StepEvents, claim: uuid.UUID) -> None:
+        """After a step of ``engine`` (whose rows run under ``claim``): publish a round
+        if one is due."""
+        for job_id in (*events.finished, *events.failed):
+            self.forget(job_id)
+        now = self._clock()
+        if now - self._round_at < self._interval_s or not engine.running:
+            return
+        self._round_at = now
         try:
-            self._refresh(engine, settled)
-            if self._watched:
-                self._send(engine, events, settled)
+            self._round(engine, claim_label(claim))
         except redis.RedisError:
             log.warning("could not publish step events", exc_info=True)
-        for job_id in settled:
-            self._counts.pop(job_id, None)
-            self._watched.pop(job_id, None)
 
     def forget(self, job_id: uuid.UUID) -> None:
-        """Drop what is known of ``job_id`` (aborted, or handed back)."""
-        self._counts.pop(job_id, None)
+        """Drop what is known of ``job_id`` (settled, aborted, or handed back)."""
         self._watched.pop(job_id, None)
 
-    def _refresh(self, engine: Engine, settled: set[uuid.UUID]) -> None:
-        now = self._clock()
-        if now - self._checked_at < self._refresh_s:
-            return
-        self._checked_at = now
-        ids = [*engine.running, *settled]
-        if not ids:
-            self._watched = {}
-            return
+    def _round(self, engine: Engine, claim: str) -> None:
+        ids = list(engine.running)
         values = self._client.mget([watch_key(job_id) for job_id in ids])
-        watched: dict[uuid.UUID, tuple[bytes | str, int]] = {}
+        pipe = self._client.pipeline(transaction=False)
+        watched: dict[uuid.UUID, _Watched] = {}
         for job_id, value in zip(ids, values, strict=True):
             if value is None:
                 continue
-            seen, sent = self._watched.get(job_id, (value, 0))
-            watched[job_id] = (value, sent if seen == value else 0)
-        self._watched = watched
-
-    def _send(self, engine: Engine, events: StepEvents, settled: set[uuid.UUID]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for job_id, (value, sent) in self._watched.items():
-            if job_id not in events.tokens and job_id not in settled:
+            before = self._watched.get(job_id)
+            if before is None or before.value != value:
+                before = _Watched(value, dict.fromkeys(_PARTS, ""))
+            watched[job_id] = before
+            parts = dict(zip(_PARTS, stream_parts(engine.text(job_id)), strict=True))
+            if parts == before.sent:
                 continue
-            text = engine.text(job_id)
-            if job_id not in settled:
-                # A character cut between two tokens decodes as U+FFFD until its last
-                # byte arrives: hold it back rather than send what will change.
-                text = text.rstrip("\ufffd")
-            message = {
-                "job_id": str(job_id),
-                "offset": sent,
-                "delta": text[sent:],
-                "tokens": self._counts.get(job_id, 0),
-                "done": job_id in settled,
-            }
-            pipe.publish(channel(job_id), json.dumps(message))
-            self._watched[job_id] = (value, len(text))
+            changes = {name: _change(before.sent[name], parts[name]) for name in _PARTS}
+            pipe.publish(job_channel(job_id), text_message(claim, changes))
+            pipe.hset(
+                text_key(job_id),
+                mapping={
+                    "claim": claim,
+                    "reasoning": parts["reasoning"],
+                    "answer": parts["answer"],
+                },
+            )
+            pipe.expire(text_key(job_id), TEXT_TTL_S)
+            before.sent = parts
+        self._watched = watched
         pipe.execute()
+
+
+def _change(sent: str, now: str) -> tuple[int, str]:
+    """(offset, delta) taking a part from ``sent`` to ``now``: appended where ``now``
+    extends ``sent``, else the whole of ``now`` from offset 0."""
+    if now.startswith(sent):
+        return len(sent), now[len(sent) :]
+    return 0, now

@@ -36,6 +36,7 @@ from shared import lifecycle
 from shared.broker import queue_depths
 from shared.db import transaction
 from shared.enqueue import enqueue_event, enqueue_job
+from shared.job_feed import JobFeed
 from shared.models import EventStatus, Job, Priority, WebhookEvent, utcnow
 from shared.settings import Settings
 from shared.tasks import queue_for
@@ -54,11 +55,13 @@ class SweepReport:
     resent: int
 
 
-def sweep(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -> SweepReport:
+def sweep(
+    settings: Settings, sessions: sessionmaker[Session], celery: Celery, feed: JobFeed
+) -> SweepReport:
     """One pass; see the module docstring. Broker errors end the pass early (the next one
     retries); database errors propagate."""
     now = utcnow()
-    with lifecycle.unit_of_work(sessions, celery) as changes:
+    with lifecycle.unit_of_work(sessions, celery, feed) as changes:
         expired = lifecycle.expire_overdue(changes, now)
         lost = lifecycle.fail_lost(changes, now, settings.max_attempts)
         # Catches batches whose last two jobs ended in concurrent transactions.

@@ -150,7 +150,7 @@ def cancel(job_id: str) -> BaseResponse:
     svc = services()
     with svc.sessions() as db:
         job = find_job(db, current_key(), job_id)
-    with lifecycle.unit_of_work(svc.sessions, svc.celery) as changes:
+    with lifecycle.unit_of_work(svc.sessions, svc.celery, svc.feed) as changes:
         canceled = lifecycle.cancel(changes, job.id)
     if canceled:
         flash("Job canceled.")

@@ -15,10 +15,10 @@ from typing import Any
 
 import redis
 
+from shared.job_feed import job_channel, text_key, watch_key
 from shared.models import JobStatus
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
-from worker.step_events import channel, watch_key
 
 
 def _running(stack: Stack, ids: list[str]) -> bool:
@@ -89,39 +89,46 @@ def test_canceling_a_running_job_frees_its_row_for_the_next_job(pg_stack: Stack)
     assert canceled["status"] == "canceled" and canceled["result"] is None
 
 
-def test_step_events_stream_a_watched_job_and_nothing_for_others(pg_stack: Stack) -> None:
+def test_the_feed_carries_a_watched_jobs_text_and_only_moves_of_others(pg_stack: Stack) -> None:
     pg_stack.start_worker(fault_injection="1")
     client = pg_stack.client()
     watched = client.submit(make_image(3), "[[slow]] stream me", max_new_tokens=8)["id"]
     quiet = client.submit(make_image(4), "[[slow]] nobody listens", max_new_tokens=8)["id"]
     listener = pg_stack.redis.pubsub()
-    listener.subscribe(channel(uuid.UUID(watched)), channel(uuid.UUID(quiet)))
-    pg_stack.redis.set(watch_key(uuid.UUID(watched)), uuid.uuid4().hex, ex=60)
+    listener.subscribe(job_channel(watched), job_channel(quiet))
+    pg_stack.redis.set(watch_key(watched), uuid.uuid4().hex, ex=60)
 
-    messages: list[dict[str, Any]] = []
+    messages: list[tuple[str, dict[str, Any]]] = []
+    job = client.wait(watched)
+    assert client.wait(quiet)["status"] == "succeeded"
     wait_until(
-        lambda: _collect(listener, messages) and messages[-1]["done"],
-        timeout_s=60,
-        what="the watched job's last step event",
+        lambda: (
+            _collect(listener, messages)
+            and sum(1 for name, m in messages if m["kind"] == "changed") >= 4
+        ),
+        timeout_s=10,
+        what="the claim and end of both jobs on the feed",
     )
     listener.close()
 
-    assert {m["job_id"] for m in messages} == {watched}, "only the watched job is published"
-    text = ""
-    for message in messages:
-        assert message["offset"] <= len(text)
-        text = text[: message["offset"]] + message["delta"]
-    job = client.wait(watched)
-    assert text == job["result"]
-    assert messages[-1]["tokens"] == job["output_tokens"] == 8
-    assert len(messages) > 1, "the text arrived step by step"
-    assert client.wait(quiet)["status"] == "succeeded"
+    texts = [m for name, m in messages if m["kind"] == "text"]
+    assert {name for name, m in messages if m["kind"] == "text"} == {job_channel(watched)}
+    answer = ""
+    for message in texts:
+        offset, delta = message["answer"]
+        assert offset <= len(answer)
+        answer = answer[:offset] + delta
+    assert len(texts) > 1, "the text arrived step by step"
+    assert answer and job["result"].startswith(answer)
+    stored = pg_stack.redis.hgetall(text_key(watched))
+    assert stored[b"answer"].decode() == answer
+    assert stored[b"claim"].decode() == texts[-1]["claim"]
 
 
-def _collect(listener: redis.client.PubSub, messages: list[dict[str, Any]]) -> bool:
+def _collect(listener: redis.client.PubSub, messages: list[tuple[str, dict[str, Any]]]) -> bool:
     while (message := listener.get_message(timeout=0.2)) is not None:
         if message["type"] == "message":
-            messages.append(json.loads(message["data"]))
+            messages.append((message["channel"].decode(), json.loads(message["data"])))
     return bool(messages)
 
 

@@ -18,6 +18,7 @@ import fsspec
 import requests
 from sqlalchemy import select
 
+from shared.job_feed import JobFeed
 from shared.models import Job, JobStatus
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
@@ -214,7 +215,11 @@ def test_two_sweepers_at_once_send_each_stale_job_once(pg_stack: Stack) -> None:
 
     def run() -> None:
         barrier.wait()
-        reports.append(sweep(settings, pg_stack.sessions, pg_stack.celery))
+        reports.append(
+            sweep(
+                settings, pg_stack.sessions, pg_stack.celery, JobFeed.from_url(settings.broker_url)
+            )
+        )
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:

@@ -183,7 +183,7 @@ def machine_for(sessions: sessionmaker[Session]) -> type[RuleBasedStateMachine]:
                 Outcome(job_id=i, status=status, result=f"by {token}", batch_size=1)
                 for i in dict.fromkeys(ids)
             ]
-            with lifecycle.unit_of_work(sessions, self._wake) as changes:
+            with lifecycle.unit_of_work(sessions, self._wake, None) as changes:
                 lifecycle.finish(changes, token=token, outcomes=outcomes)
             after = self._rows()
             for job_id in dict.fromkeys(ids):
@@ -209,12 +209,12 @@ def machine_for(sessions: sessionmaker[Session]) -> type[RuleBasedStateMachine]:
         @rule(data=st.data())
         def cancel(self, data: st.DataObject) -> None:
             job_id = self._pick(data)
-            with lifecycle.unit_of_work(sessions, self._wake) as changes:
+            with lifecycle.unit_of_work(sessions, self._wake, None) as changes:
                 lifecycle.cancel(changes, job_id)
 
         @rule()
         def cancel_batch(self) -> None:
-            with lifecycle.unit_of_work(sessions, self._wake) as changes:
+            with lifecycle.unit_of_work(sessions, self._wake, None) as changes:
                 lifecycle.cancel_batch(changes, self.batch_id)
 
         @rule(data=st.data())
@@ -241,7 +241,7 @@ def machine_for(sessions: sessionmaker[Session]) -> type[RuleBasedStateMachine]:
         @rule()
         def sweep(self) -> None:
             now = utcnow()
-            with lifecycle.unit_of_work(sessions, self._wake) as changes:
+            with lifecycle.unit_of_work(sessions, self._wake, None) as changes:
                 lifecycle.expire_overdue(changes, now)
                 lifecycle.fail_lost(changes, now, MAX_ATTEMPTS)
                 changes.complete_batches(every_open=True)
@@ -332,7 +332,7 @@ def _moved(
         session.add(job)
         session.flush()
         session.expunge(job)
-    with lifecycle.unit_of_work(sessions, lambda events: None) as changes:
+    with lifecycle.unit_of_work(sessions, lambda events: None, None) as changes:
         move(changes, job)
     with sessions() as session:
         return job, session.get_one(Job, job.id)
