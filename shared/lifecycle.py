@@ -14,7 +14,9 @@ Who moves what:
 - the **worker** claims queued jobs (and abandoned ones: running under an expired lease,
   attempts left), renews its claim's lease, finishes what it claimed, and on shutdown
   hands back what it could not finish, only while its claim token is still the job's
-  (:func:`claim`, :func:`renew`, :func:`finish`, :func:`release`);
+  (:func:`claim`, :func:`renew`, :func:`finish`, :func:`release`); a worker starting
+  under a node name expires the leases its dead predecessor of that name left, so they
+  are claimed again at once as abandoned jobs (:func:`expire_predecessor`);
 - the **caller** cancels one queued or running job, or a batch's queued jobs
   (:func:`cancel`, :func:`cancel_batch`); a running job's worker aborts its row at the
   next step, and could not write its result anyway: it finishes only jobs still running
@@ -274,6 +276,28 @@ def release(changes: JobChanges, *, token: uuid.UUID, job_ids: Sequence[uuid.UUI
     released = _update(changes, stmt)
     changes.moved += released
     return len(released)
+
+
+def expire_predecessor(changes: JobChanges, *, worker: str) -> list[uuid.UUID]:
+    """Expire, now, the lease of every job still running under the node name ``worker``
+    (running → running, attempts and claim token kept), and return their ids.
+
+    Called by a worker process as it starts, before it claims anything: a job running
+    under its own node name was claimed by a predecessor of that name on this host, which
+    is dead (its launcher restarted it, or the host rebooted). Instead of waiting out
+    the lease, the jobs become abandoned at once: claimed again alone, as suspects, and
+    failed as ``worker_lost`` by the sweeper when out of attempts. Fenced by the worker
+    name (node names are unique per host): a job another worker has claimed since
+    carries that worker's name and is left alone, and the dead claim's token can write
+    nothing after the reclaim. The caller leaves wake-ups for the returned jobs.
+    """
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.worker == worker, Job.status == JobStatus.RUNNING, Job.lease_expires_at > now)
+        .values(lease_expires_at=now)
+    )
+    return _update(changes, stmt)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from worker.predecessor import free_predecessor_jobs
     from worker.process import run_worker
 
+    free_predecessor_jobs(settings, args.node)
     return run_worker(settings, args.device, args.node, ready_fd=args.ready_fd)
 
 

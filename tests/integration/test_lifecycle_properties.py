@@ -217,6 +217,12 @@ def machine_for(sessions: sessionmaker[Session]) -> type[RuleBasedStateMachine]:
             with lifecycle.unit_of_work(sessions, self._wake, None) as changes:
                 lifecycle.cancel_batch(changes, self.batch_id)
 
+        @rule()
+        def predecessor_expired(self) -> None:
+            """A restarted worker of the claims' node name frees what its predecessor held."""
+            with transaction(sessions) as session:
+                lifecycle.expire_predecessor(lifecycle.JobChanges(session), worker="w@test")
+
         @rule(data=st.data())
         def lease_passes(self, data: st.DataObject) -> None:
             """Time passes for one running job's claim (its worker died)."""
@@ -363,6 +369,12 @@ MOVES: dict[str, tuple[JobStatus, JobStatus, Any, dict[str, Any]]] = {
         ),
         {**PAST, "attempts": 1},
     ),
+    "restarted worker expires its predecessor's claim": (
+        JobStatus.RUNNING,
+        JobStatus.RUNNING,
+        lambda c, job: lifecycle.expire_predecessor(c, worker="cpu0@dead"),
+        {"worker": "cpu0@dead", "attempts": 1},
+    ),
     "worker finishes, succeeded": (
         JobStatus.RUNNING,
         JobStatus.SUCCEEDED,
@@ -423,6 +435,9 @@ def test_each_move_of_the_table(sessions: sessionmaker[Session], name: str) -> N
         assert after.lease_expires_at > before.lease_expires_at
     if name == "worker reclaims an abandoned job":
         assert after.claim_token != before.claim_token and after.attempts == 2
+    if name == "restarted worker expires its predecessor's claim":
+        assert after.lease_expires_at and after.lease_expires_at <= utcnow()
+        assert (after.claim_token, after.attempts) == (before.claim_token, 1)
     if name == "worker hands a job back on shutdown":
         assert after.claim_token is None and after.attempts == 0 and after.worker is None
 
@@ -430,6 +445,18 @@ def test_each_move_of_the_table(sessions: sessionmaker[Session], name: str) -> N
 def test_the_table_is_exactly_these_moves_and_nothing_leaves_a_final_status() -> None:
     assert {(source, target) for source, target, _, _ in MOVES.values()} == set(TRANSITIONS)
     assert not [move for move in TRANSITIONS if move[0].is_final]
+
+
+def test_a_restarted_worker_expires_only_its_own_node_s_claims(
+    sessions: sessionmaker[Session],
+) -> None:
+    before, after = _moved(
+        sessions,
+        JobStatus.RUNNING,
+        lambda c, job: lifecycle.expire_predecessor(c, worker="cpu0@here"),
+        worker="cpu0@elsewhere",
+    )
+    assert after.lease_expires_at == before.lease_expires_at
 
 
 def test_a_late_finish_and_a_second_cancel_change_nothing(
