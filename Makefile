@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-gpu screenshots clean
+.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-gpu screenshots chaos soak clean
 
 demo: install
 	$(BIN)/sightline demo
@@ -67,6 +67,20 @@ bench-gpu: install
 # The console's browser tests, saving their screenshots where the README shows them.
 screenshots: install system-deps
 	SIGHTLINE_SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest tests/e2e
+
+# Faults across hosts made of network namespaces (root): partitions, PostgreSQL and Redis
+# restarts, a blackholing webhook receiver, a killed worker child (tests/cluster, ~15 min).
+# Not part of `make test`. CHAOS_LEASE_S=10 shortens the lease (the partition scenario
+# then takes seconds instead of minutes; the crash-detection figure is skipped).
+chaos: install system-deps
+	SIGHTLINE_CHAOS=1 $(if $(CHAOS_LEASE_S),SIGHTLINE_CHAOS_LEASE_S=$(CHAOS_LEASE_S)) \
+		$(BIN)/python -m pytest -p no:randomly -s -rxs tests/cluster
+
+# The API under a steady mix (locust, headless) for SOAK_S seconds (default 600) on the same
+# cluster: throughput, p50/p99 per route, errors, RSS of every process (bench/soak.py).
+SOAK_S ?= 600
+soak: install system-deps
+	SOAK_S=$(SOAK_S) $(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .sightline

@@ -1,0 +1,85 @@
+"""A worker host unplugged mid-batch for longer than the lease.
+
+While ``w1`` is cut off it keeps running its batch and later tries to write the results;
+its jobs' leases run out, ``w2`` takes them (as abandoned jobs) and finishes them before
+the link comes back. Then ``w1``'s late writes are refused by the claim token, nothing is
+written twice, and ``w1`` takes work again.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import suppress
+
+import pytest
+
+from tests.cluster.cluster import Cluster, Load, settle
+from tests.waiting import wait_until
+
+W1 = "cpu0@w1"
+# Known bug (worker/batching.py, _claim_between_steps): a worker claims abandoned jobs
+# only when its engine is empty, and under a steady flow it never is, so w2 leaves w1's
+# jobs alone until the flow stops; they are then finished exactly once all the same.
+STARVED = "a busy worker never claims abandoned jobs (worker/batching.py claims them only idle)"
+
+
+def _running_on(cluster: Cluster, worker: str) -> list[str]:
+    rows = cluster.sql("SELECT id::text FROM jobs WHERE status = 'running' AND worker = %s", worker)
+    return [row[0] for row in rows]
+
+
+def test_a_worker_host_cut_off_longer_than_the_lease(cluster: Cluster) -> None:
+    w1 = cluster.hosts["w1"]
+    with Load(cluster).running() as load:
+        stranded: list[str] = []
+        for _ in range(50):  # cut while w1 holds jobs (a tiny model's batch is short)
+            wait_until(lambda: _running_on(cluster, W1), timeout_s=60, interval_s=0, what="w1")
+            w1.cut()
+            stranded = _running_on(cluster, W1)
+            if stranded:
+                break
+            w1.heal()
+        assert stranded, "w1 was never cut off in the middle of a batch"
+        cut_at = time.time()
+
+        # Until the link comes back (the lease and 10 s more), watch for w2 taking over.
+        def taken_over() -> bool:
+            rows = cluster.sql(
+                "SELECT status, worker FROM jobs WHERE id = ANY(%s::uuid[])", stranded
+            )
+            return all(status == "succeeded" and worker != W1 for status, worker in rows)
+
+        partition_s = cluster.lease_s + 10
+        with suppress(AssertionError):
+            wait_until(taken_over, timeout_s=partition_s, interval_s=1, what="w2 takeover")
+        taken_s = time.time() - cut_at if taken_over() else None
+        time.sleep(max(0.0, cut_at + partition_s - time.time()))
+        w1.heal()
+        healed_at = time.time()
+
+        # w1 resumes: it finishes a job claimed after the link came back.
+        def w1_works() -> bool:
+            rows = cluster.sql(
+                "SELECT count(*) FROM chaos_writes WHERE worker = %s AND status = 'succeeded' "
+                "AND at > to_timestamp(%s)",
+                W1,
+                healed_at,
+            )
+            return bool(rows[0][0])
+
+        wait_until(w1_works, timeout_s=180, interval_s=1, what="w1 to finish a job again")
+        resumed_s = time.time() - healed_at
+    report = settle(cluster, load, "worker host partition", healed_at)
+    report.extra.update(
+        stranded=len(stranded),
+        taken_over_s=taken_s and round(taken_s, 1),
+        w1_resumed_s=round(resumed_s, 1),
+    )
+    print(report.line())
+    assert report.lost == 0 and report.duplicates == 0
+    assert report.succeeded == report.accepted
+    assert not report.refused, (
+        f"the API refused jobs while only a worker host was cut: {load.refused}"
+    )
+    if taken_s is None:
+        pytest.xfail(STARVED)
