@@ -1,9 +1,10 @@
 """docker/compose.yaml parses with a real compose implementation, and says what it must.
 
-No Docker engine runs here and no image is built: Debian's ``docker-compose`` (v1)
-validates and resolves the file with ``config`` without one (``make system-deps``
-installs it). The Grafana dashboard must only chart metrics the code exports. The stack
-runs in production mode and every secret comes from the environment: the file refuses to
+No Docker engine runs here: Debian's ``docker-compose`` (v1) validates and resolves the
+file with ``config`` without one (``make system-deps`` installs it). The images are built
+and run by ``make docker-test`` (tests/images), from the builds this file names. The
+Grafana dashboard must only chart metrics the code exports. The stack runs in production
+mode and every secret comes from the environment: the file refuses to
 resolve without one, so nobody runs it on the public development defaults.
 """
 
@@ -62,6 +63,26 @@ def test_compose_file_is_valid_and_complete() -> None:
         assert device["capabilities"] == ["gpu"]
         cards += device["device_ids"]
     assert len(cards) == len(set(cards)) == len(workers), "one distinct GPU per worker"
+
+
+def test_services_run_two_images_built_as_make_docker_test_builds_them() -> None:
+    services = _services()
+    builds = {name: service["build"] for name, service in services.items() if "build" in service}
+    assert set(builds) >= SERVICES - {"postgres", "redis"}
+    by_image: dict[str, Any] = {}
+    for name, build in builds.items():
+        # One image name, one build: every service of an image runs the same build.
+        assert by_image.setdefault(services[name]["image"], build) == build, name
+    assert {build["dockerfile"] for build in by_image.values()} == {
+        "docker/api.Dockerfile",
+        "docker/worker.Dockerfile",
+    }
+    for build in by_image.values():
+        assert Path(build["context"]) == ROOT
+        # The test overrides BASE_IMAGE only; here it is the Dockerfile's own default.
+        dockerfile = (ROOT / build["dockerfile"]).read_text()
+        default = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, re.M)
+        assert default is not None and build["args"] == {"BASE_IMAGE": default.group(1)}
 
 
 @pytest.mark.parametrize("missing", sorted(SECRETS))
