@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-gpu screenshots chaos soak clean
+.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-gpu screenshots chaos soak docker-test clean
 
 demo: install
 	$(BIN)/sightline demo
@@ -81,6 +81,16 @@ chaos: install system-deps
 SOAK_S ?= 600
 soak: install system-deps
 	SOAK_S=$(SOAK_S) $(BIN)/python bench/soak.py
+
+# The API and worker images built with buildah on a debootstrapped Debian bookworm (cached in
+# .cache/docker-test) and run: one job through them (tests/images). Not part of `make test`:
+# it takes long and about 20 GB of disk while it runs (docs/operating.md, Docker).
+docker-test: install system-deps
+	@command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { \
+		echo "installing buildah and debootstrap (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			-o DPkg::Lock::Timeout=300 buildah debootstrap >/dev/null; }
+	SIGHTLINE_DOCKER_TEST=1 $(BIN)/python -m pytest -p no:randomly -s -v tests/images
 
 clean:
 	rm -rf $(VENV) .sightline
