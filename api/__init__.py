@@ -13,6 +13,7 @@ from api.errors import register_error_handlers
 from api.health import health
 from api.jobs import jobs
 from api.metrics import instrument
+from api.streams import streams
 from shared.settings import Settings
 
 # base64 inflates by 4/3; leave room for the JSON/multipart envelope and the prompt.
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health)
     app.register_blueprint(jobs)
+    app.register_blueprint(streams)
     app.register_blueprint(deliveries)
     app.register_blueprint(docs)
     app.register_blueprint(batches)

@@ -10,6 +10,7 @@ from flask import current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.feed_listener import FeedListener
 from api.key_cache import KeyCache
 from api.queued_memo import QueuedMemo
 from shared.blobs import BlobStore
@@ -36,6 +37,7 @@ class Services:
     queued: QueuedMemo
     keys: KeyCache
     feed: JobFeed
+    listener: FeedListener
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -55,6 +57,12 @@ class Services:
             queued=QueuedMemo(),
             keys=KeyCache(settings.key_cache_s),
             feed=JobFeed.from_url(settings.broker_url),
+            # Its own connection: a subscribed connection can do nothing else.
+            listener=FeedListener(
+                redis.Redis.from_url(
+                    settings.broker_url, socket_connect_timeout=2, health_check_interval=30
+                )
+            ),
         )
 
 

@@ -10,17 +10,18 @@ from api.access import load_job
 from api.auth import authenticate, current_key
 from api.context import services
 from api.job_input import read_job_input
+from api.job_stream import CHANGED_BYTES, RECHECK_S
 from api.listing import JobFilter, encode_cursor
 from api.submission import submit_job
 from api.wait_limits import wait_limits
 from shared import lifecycle
 from shared.error_codes import ErrorCode
 from shared.errors import Conflict, ValidationFailed
+from shared.job_feed import job_channel
 from shared.models import Job
 from shared.schemas import JobOut
 
 MAX_WAIT_S = 60
-LONG_POLL_INTERVAL_S = 0.1
 
 jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 jobs.before_request(authenticate)
@@ -61,20 +62,26 @@ def get_job(job_id: str) -> Body:
     """The job as the caller may see it; 404 for an unknown id or another caller's job.
 
     ``?wait=N`` (seconds, at most 60) long-polls: the answer comes as soon as the job is
-    final, or after N seconds with its state then. The database is checked every
-    ``LONG_POLL_INTERVAL_S``; each waiting request holds one gunicorn thread, so waits
-    are capped per process and per tenant (:mod:`api.wait_limits`): over a cap, the
-    answer comes at once with the job's current state.
+    final, or after N seconds with its state then. The wait sleeps until the job feed
+    says the job moved (:mod:`api.feed_listener`; the database is read again then, and
+    every ``RECHECK_S`` in case a notice was lost), holding no thread. Waits are capped
+    per process and per tenant (:mod:`api.wait_limits`): over a cap, the answer comes at
+    once with the job's current state.
     """
     job = load_job(job_id)
     wait_s = _wait_seconds(request.args.get("wait"))
     if wait_s == 0 or job.status.is_final:
         return _render(job)
+    svc = services()
     with wait_limits(MAX_WAIT_S).turn(current_key().tenant_id) as granted:
-        deadline = time.monotonic() + (wait_s if granted else 0)
-        while not job.status.is_final and time.monotonic() < deadline:
-            time.sleep(min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
-            job = load_job(job_id)
+        if granted:
+            with svc.listener.subscribe(job_channel(job.id)) as inbox:
+                deadline = time.monotonic() + wait_s
+                job = load_job(job_id)
+                while not job.status.is_final and (left := deadline - time.monotonic()) > 0:
+                    message = inbox.get(min(left, RECHECK_S if inbox.live else 1.0))
+                    if message is None or message[1] == CHANGED_BYTES:  # moved, or recheck
+                        job = load_job(job_id)
     return _render(job)
 
 

@@ -3,9 +3,10 @@
 Per request: ``sightline_http_requests_total`` and
 ``sightline_http_request_duration_seconds`` by method and route *template*
 (``/v1/jobs/<job_id>``, never a raw path: one series per route, not per job), and
-``sightline_api_jobs_accepted_total`` by priority. Computed at each scrape, from the
-broker and the database: ``sightline_queue_depth`` per broker queue,
-``sightline_jobs`` per job status, ``sightline_webhook_events`` per undelivered status
+``sightline_api_jobs_accepted_total`` by priority; ``sightline_event_streams_open`` and
+``sightline_stream_first_delta_seconds`` (job creation to a stream's first text).
+Computed at each scrape, from the broker and the database: ``sightline_queue_depth`` per
+broker queue, ``sightline_jobs`` per job status, ``sightline_webhook_events`` per undelivered status
 (pending, failed), ``sightline_webhook_oldest_pending_seconds`` (how far webhook
 delivery lags) and ``sightline_broker_up`` / ``sightline_database_up`` (1 when the
 scrape could read them). Only service-wide totals: no series names a tenant.
@@ -33,7 +34,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flask import Blueprint, Flask, Response, current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -83,6 +90,18 @@ class ApiMetrics:
             "sightline_api_jobs_accepted",
             "Jobs accepted (stored and enqueued), by priority.",
             ["priority"],
+            registry=own,
+        )
+        self.streams_open = Gauge(
+            "sightline_event_streams_open",
+            "Event streams (GET …/events) open now.",
+            multiprocess_mode="livesum",
+            registry=own,
+        )
+        self.first_delta = PromHistogram(
+            "sightline_stream_first_delta_seconds",
+            "From a job's creation to the first text one of its event streams sent.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=own,
         )
         self.registry = own or CollectorRegistry()

@@ -51,6 +51,7 @@ from shared.settings import Settings
 
 REF = "#/components/schemas/{model}"
 NDJSON = "application/x-ndjson"
+EVENT_STREAM = "text/event-stream"
 # An 8x8 PNG, so that the examples in the document (and in the docs page) are accepted.
 EXAMPLE_PNG_BASE64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGOsWHCCARtgwio6aCUAegcB8I7IDX"
@@ -214,6 +215,7 @@ def _default_url_map(settings: Settings) -> Map:
     from api.docs import docs
     from api.health import health
     from api.jobs import jobs
+    from api.streams import streams
 
     app = Flask("sightline-openapi", static_folder=None)
     with tempfile.TemporaryDirectory(prefix="sightline-openapi-") as scratch:
@@ -222,7 +224,7 @@ def _default_url_map(settings: Settings) -> Map:
         )
         services = Services.build(scratch_settings)
         app.extensions["sightline"] = services  # blueprints find it when registered
-        for blueprint in (health, jobs, deliveries, docs, batches):
+        for blueprint in (health, jobs, streams, deliveries, docs, batches):
             app.register_blueprint(blueprint)
         services.engine.dispose()
     return app.url_map
@@ -371,6 +373,24 @@ def _operations() -> dict[str, dict[str, Any]]:
             errors=[401, 404, 503],
             media_type=NDJSON,
         ),
+        "streams.job_events": _operation(
+            "streamJob",
+            jobs_v1,
+            "Server-sent events: status, text deltas as they are written, then the job",
+            ok={200: (_JOB_EVENTS, "JobOut", None)},
+            errors=[401, 404, 503],
+            parameters=[_LAST_EVENT_ID],
+            media_type=EVENT_STREAM,
+        ),
+        "streams.batch_events": _operation(
+            "streamBatch",
+            "Batches",
+            "Server-sent events: progress and each item's end, then the batch",
+            ok={200: (_BATCH_EVENTS, "BatchOut", None)},
+            errors=[401, 404, 503],
+            parameters=[_LAST_EVENT_ID],
+            media_type=EVENT_STREAM,
+        ),
         "health.healthz": _operation(
             "healthz",
             "Health",
@@ -493,6 +513,36 @@ def _ndjson(model: str, description: str) -> dict[str, Any]:
     }
 
 
+def _event_stream(final: str) -> dict[str, Any]:
+    """A ``text/event-stream`` whose ``done`` event carries ``final`` (the other events
+    are described in the operation's description; ``x-finalEventSchema`` names the last)."""
+    return {
+        "schema": {"type": "string", "description": "Server-sent events (HTML standard)."},
+        "x-finalEventSchema": {"$ref": REF.format(model=final)},
+    }
+
+
+_JOB_EVENTS = (
+    "A stream of `status` ({status, worker, attempt}), `delta` ({part: reasoning|answer, "
+    "text}), `reset` ({attempt, reason}: forget the text so far) and a last `done` (the "
+    "job as getJob returns it). Event ids are `attempt-claim-reasoning_chars-answer_chars`; "
+    "send the last one as Last-Event-ID to resume without loss or repetition. 429 "
+    "`too_many_streams` over the tenant's stream cap."
+)
+_BATCH_EVENTS = (
+    "A stream of `progress` (the batch as getBatch returns it), `item` (one finished item, "
+    "as a line of batchResults) and a last `done` (the completed batch). An item event's id "
+    "resumes after that item. 429 `too_many_streams` over the tenant's stream cap."
+)
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "The id of the last event received: the stream resumes after it.",
+    "schema": {"type": "string", "maxLength": 64},
+}
+
+
 def _batch_body() -> dict[str, Any]:
     return {
         "required": True,
@@ -561,11 +611,12 @@ def _operation(
     headers). An NDJSON answer is a stream of the model, one object per line."""
     responses: dict[str, Any] = {}
     for status, (description, model, headers) in ok.items():
-        content = (
-            _ndjson(model, f"One {model} (a JSON object) per line.")
-            if media_type == NDJSON
-            else {"schema": {"$ref": REF.format(model=model)}}
-        )
+        if media_type == NDJSON:
+            content = _ndjson(model, f"One {model} (a JSON object) per line.")
+        elif media_type == EVENT_STREAM:
+            content = _event_stream(model)
+        else:
+            content = {"schema": {"$ref": REF.format(model=model)}}
         response: dict[str, Any] = {
             "description": description,
             "content": {media_type: content},

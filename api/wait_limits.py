@@ -1,18 +1,17 @@
 """Caps on concurrent long-polls (``GET /v1/jobs/{id}?wait=``), per process and per tenant.
 
-A long-poll holds one of the process's few gunicorn threads for up to a minute, so
-without a cap a few dozen waits from one key take the API away from every tenant. Until
-waiting no longer needs a thread per waiter (streaming), a wait goes ahead only while
+A long-poll is a sleeping greenlet (the API runs gunicorn's gevent worker) woken by the
+job feed, so it costs little; the caps keep one tenant from holding an unbounded number
+of connections and Redis subscriptions all the same. A wait goes ahead only while
 
-- this process holds fewer than ``long_poll_per_process`` waits (a thread count, so kept
-  in the process: the rest of its threads stay free for every other request), and
+- this process holds fewer than ``long_poll_per_process`` waits, and
 - the tenant holds fewer than ``long_poll_per_tenant`` waits across all API processes
   (counted in Redis, :mod:`shared.redis_slots`, holds lapsing after the longest wait).
 
 A wait over either cap is not refused: the request answers at once with the job's
-current state, as ``wait=0`` would, and the caller polls again (the client library and
-the console already loop until the job is final). If Redis cannot be reached, only the
-process cap applies (logged).
+current state, as ``wait=0`` would, and the caller polls again (the client library
+loops until the job is final). If Redis cannot be reached, only the process cap applies
+(logged). Event streams have their own cap, which refuses (:mod:`api.streams`).
 """
 
 from __future__ import annotations

@@ -169,10 +169,13 @@ def _api(args: argparse.Namespace) -> int:
         # gunicorn's own advice: while some workers wait on the database, the disk or
         # Redis, the others keep the cores busy.
         str(args.workers or 2 * (os.cpu_count() or 1) + 1),
-        # Threads let long-polls (the console's live status) wait without holding a
-        # whole worker process.
-        "--threads",
-        "4",
+        # Evented: a long-poll or an event stream is a sleeping greenlet, not a thread,
+        # so a process holds a thousand of them (psycopg 3 and redis-py cooperate once
+        # gevent has patched the standard library, which this worker class does first).
+        "--worker-class",
+        "gevent",
+        "--worker-connections",
+        "1000",
         # A 10,000-item batch is validated and stored within one request.
         "--timeout",
         "300",

@@ -11,9 +11,12 @@ import contextlib
 import hashlib
 import os
 import uuid
+from typing import Any
+from urllib.parse import urlparse
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.error_codes import ErrorCode
 from shared.errors import SightlineError
@@ -30,36 +33,50 @@ class BlobMissing(SightlineError):
 class BlobStore:
     """Put and get immutable blobs by content hash.
 
-    ``url`` is a directory path, a ``file://`` URL or any fsspec URL; for S3 and
-    S3-compatible storage (MinIO, Ceph, R2, moto) ``s3://bucket/prefix`` through ``s3fs``.
-    s3fs takes its configuration from the standard AWS sources (environment, shared config
-    files, instance roles), so nothing S3-specific is a sightline setting: credentials come
-    from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (or a profile or role), the
-    region from ``AWS_DEFAULT_REGION``, and a non-AWS endpoint from ``AWS_ENDPOINT_URL_S3``
-    (or ``AWS_ENDPOINT_URL``), e.g. ``http://127.0.0.1:9000``. The bucket must exist.
+    ``url`` is a directory path (or ``file://`` URL), or ``s3://bucket/prefix`` for S3 and
+    S3-compatible storage (MinIO, Ceph, R2, moto) through boto3, whose I/O is plain
+    sockets: it cooperates with the API's gevent worker, where an asyncio-based client
+    (s3fs) cannot run. boto3 takes its configuration from the standard AWS sources
+    (environment, shared config files, instance roles), so nothing S3-specific is a
+    sightline setting: credentials come from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+    (or a profile or role), the region from ``AWS_DEFAULT_REGION``, and a non-AWS endpoint
+    from ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``), e.g. ``http://127.0.0.1:9000``.
+    The bucket must exist.
 
     ``put`` is idempotent (the same bytes always give the same key) and atomic: a reader
     sees the whole blob or none. On a local disk the bytes go to a temporary name, are
     synced, then renamed over the key, and an existing key is not rewritten. On an object
-    store every ``put`` is one upload (a single PUT; s3fs switches to a multipart upload
-    from 100 MiB), and the object appears only once the upload is complete. Rewriting a
-    key with identical bytes is harmless, and for mostly distinct images one request is
-    cheaper than asking first whether the key exists.
+    store every ``put`` is one PUT, and the object appears only once the upload is
+    complete. Rewriting a key with identical bytes is harmless, and for mostly distinct
+    images one request is cheaper than asking first whether the key exists.
 
     Construction does no I/O beyond creating a local directory; a wrong endpoint, bucket or
-    credentials surface at the first ``put``/``get`` as the filesystem's own ``OSError``
-    (a missing bucket reads as a missing blob: :class:`BlobMissing` from ``get``).
+    credentials surface at the first ``put``/``get`` as ``OSError`` (a missing bucket
+    reads as a missing blob: :class:`BlobMissing` from ``get``).
     """
 
     def __init__(self, url: str) -> None:
-        fs, root = fsspec.core.url_to_fs(url)
-        self._fs = fs
-        self._root = root.rstrip("/")
-        self._local = isinstance(fs, LocalFileSystem)
+        parsed = urlparse(url)
+        self._s3: Any = None
+        if parsed.scheme == "s3":
+            self._bucket = parsed.netloc
+            self._root = parsed.path.strip("/")
+            self._s3 = boto3.session.Session().client(
+                "s3",
+                config=Config(
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    connect_timeout=5,
+                    read_timeout=60,
+                    max_pool_connections=64,
+                ),
+            )
+            return
+        if parsed.scheme not in ("", "file"):
+            raise ValueError(f"blob store {url!r}: a directory, file:// or s3:// URL")
+        self._root = (parsed.path if parsed.scheme == "file" else url).rstrip("/")
         # Directories known to exist: a bulk put skips one mkdir syscall per blob.
         self._made: set[str] = set()
-        if self._local:
-            os.makedirs(self._root, exist_ok=True)
+        os.makedirs(self._root, exist_ok=True)
 
     def key_for(self, sha256: str, suffix: str) -> str:
         """The key of a blob with hex digest ``sha256``: ``ab/<sha256><suffix>`` (256
@@ -68,7 +85,7 @@ class BlobStore:
 
     def put(self, data: bytes, suffix: str = ".png", *, durable: bool = True) -> tuple[str, str]:
         """Store ``data``; returns ``(key, sha256_hex)``. Errors of the underlying
-        filesystem (disk full, access denied, endpoint unreachable) propagate as
+        storage (disk full, access denied, endpoint unreachable) propagate as
         ``OSError``; a failed ``put`` never leaves anything under the key.
 
         On a local disk a durable put syncs the file before returning. Bulk writers pass
@@ -76,25 +93,39 @@ class BlobStore:
         rows that name them: one sync instead of thousands."""
         sha256 = hashlib.sha256(data).hexdigest()
         key = self.key_for(sha256, suffix)
-        path = self._path(key)
-        if self._local:
-            self._put_local(path, data, durable)
-        else:
-            self._fs.pipe_file(path, data)
+        if self._s3 is None:
+            self._put_local(self._path(key), data, durable)
+            return key, sha256
+        try:
+            self._s3.put_object(Bucket=self._bucket, Key=self._object(key), Body=data)
+        except (BotoCoreError, ClientError) as exc:
+            raise OSError(f"blob store: cannot put {key}: {exc}") from exc
         return key, sha256
 
     def sync(self) -> None:
         """Make every earlier non-durable local put durable (object stores: nothing to
         do, an upload is durable once it returns)."""
-        if self._local:
+        if self._s3 is None:
             os.sync()
 
     def get(self, key: str) -> bytes:
         """The bytes stored under ``key``; raises :class:`BlobMissing` if absent."""
+        missing = BlobMissing(f"image {key} is not in the blob store")
+        if self._s3 is None:
+            try:
+                with open(self._path(key), "rb") as handle:
+                    return handle.read()
+            except FileNotFoundError as exc:
+                raise missing from exc
         try:
-            data: bytes = self._fs.cat_file(self._path(key))
-        except FileNotFoundError as exc:
-            raise BlobMissing(f"image {key} is not in the blob store") from exc
+            answer = self._s3.get_object(Bucket=self._bucket, Key=self._object(key))
+            data: bytes = answer["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
+                raise missing from exc
+            raise OSError(f"blob store: cannot get {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise OSError(f"blob store: cannot get {key}: {exc}") from exc
         return data
 
     def _put_local(self, path: str, data: bytes, durable: bool) -> None:
@@ -121,3 +152,6 @@ class BlobStore:
 
     def _path(self, key: str) -> str:
         return f"{self._root}/{key}"
+
+    def _object(self, key: str) -> str:
+        return f"{self._root}/{key}" if self._root else key

@@ -95,6 +95,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     ITEM_RATE_LIMITED = "item_rate_limited"
     QUEUE_FULL = "queue_full"
+    TOO_MANY_STREAMS = "too_many_streams"
     INTERNAL_ERROR = "internal_error"
     SERVICE_UNAVAILABLE = "service_unavailable"
     BAD_REQUEST = "bad_request"
@@ -237,6 +238,9 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ),
     E.QUEUE_FULL: ErrorInfo(
         429, "the key's queued-jobs cap is reached; `Retry-After` says when to retry"
+    ),
+    E.TOO_MANY_STREAMS: ErrorInfo(
+        429, "the tenant holds `SIGHTLINE_STREAMS_PER_TENANT` event streams open already"
     ),
     E.INTERNAL_ERROR: ErrorInfo(500, "an unexpected failure (logged with its traceback)"),
     E.SERVICE_UNAVAILABLE: ErrorInfo(

@@ -8,8 +8,9 @@ given and takes a slot in all of them or in none (one Lua script, atomic in Redi
 two processes cannot both take the last one.
 
 Used for webhook attempts per endpoint and tenant (``worker.delivery_slots``) and for
-long-polls per tenant (``api.wait_limits``). Errors reaching Redis are raised as
-``redis.RedisError``; callers choose whether to go ahead without the limit.
+long-polls and event streams per tenant (``api.wait_limits``, ``api.streams``). Errors
+reaching Redis are raised as ``redis.RedisError``; callers choose whether to go ahead
+without the limit.
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ end
 return 1
 """
 
+# KEYS: the hold's sorted sets. ARGV: token, lease (s). Pushes the hold's expiry to
+# now + lease where it is still held.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + lease, ARGV[1])
+  redis.call('EXPIRE', key, math.ceil(lease) + 1)
+end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Hold:
@@ -53,6 +67,7 @@ class RedisSlots:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
 
     def acquire(self, limits: dict[str, int], lease_s: float) -> Hold | None:
         """A slot in every key of ``limits`` (key → most holders), held for at most
@@ -61,6 +76,11 @@ class RedisSlots:
         hold = Hold(keys=tuple(limits), token=uuid.uuid4().hex)
         taken = self._acquire(keys=list(hold.keys), args=[hold.token, lease_s, *limits.values()])
         return hold if taken == 1 else None
+
+    def renew(self, hold: Hold, lease_s: float) -> None:
+        """Hold ``hold`` for ``lease_s`` seconds from now (a holder that outlives its
+        first lease renews it); raises ``redis.RedisError``."""
+        self._renew(keys=list(hold.keys), args=[hold.token, lease_s])
 
     def release(self, hold: Hold) -> None:
         """Give ``hold`` back; raises ``redis.RedisError`` (the hold then lapses on its

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
         description="Celery broker (Redis); default: the demo's own Redis.",
     )
     blob_url: str = Field(
-        default="", description="Image store: directory path or fsspec URL; default under data_dir."
+        default="",
+        description="Image store: a directory, or s3://bucket/prefix; default under data_dir.",
     )
     model_path: str = Field(
         default="", description="Checkpoint directory; default: the tiny checkpoint under data_dir."

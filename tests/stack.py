@@ -89,6 +89,10 @@ class Stack:
             # Its own port for the launcher's metrics: never 9101, which may be taken.
             "SIGHTLINE_WORKER_METRICS_PORT": str(free_port()),
             "SIGHTLINE_METRICS_TOKEN": "tests-metrics-token",  # tests.prometheus.METRICS_TOKEN
+            # Small caps and a quick heartbeat, so tests can reach and free them.
+            "SIGHTLINE_LONG_POLL_PER_TENANT": "6",
+            "SIGHTLINE_STREAMS_PER_TENANT": "4",
+            "SIGHTLINE_STREAM_HEARTBEAT_S": "2",
         }
         self.settings = Settings(
             **{k.removeprefix("SIGHTLINE_").lower(): v for k, v in self.env.items()}

@@ -162,8 +162,9 @@ def test_a_route_without_an_operation_fails_the_build(tmp_path: Path) -> None:
 
 def test_every_success_body_is_a_model(document: dict[str, Any]) -> None:
     """No placeholder schema (``{"type": "object"}``) for a 2xx body: each names a
-    component generated from the model that renders it (NDJSON: one per line), and
-    response models are closed, so a key their route adds is a contract violation."""
+    component generated from the model that renders it (NDJSON: one per line; an event
+    stream: its last event), and response models are closed, so a key their route adds is
+    a contract violation."""
     schemas = document["components"]["schemas"]
     for path, item in document["paths"].items():
         for method, operation in item.items():
@@ -173,7 +174,8 @@ def test_every_success_body_is_a_model(document: dict[str, Any]) -> None:
                 if int(status) >= 300:
                     continue
                 for media_type, content in response["content"].items():
-                    ref = content["x-itemSchema" if media_type == NDJSON else "schema"]["$ref"]
+                    field = {NDJSON: "x-itemSchema", "text/event-stream": "x-finalEventSchema"}
+                    ref = content[field.get(media_type, "schema")]["$ref"]
                     name = ref.removeprefix("#/components/schemas/")
                     assert name in schemas, (path, method, status)
                     if name.startswith("Batch"):

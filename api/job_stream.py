@@ -1,0 +1,249 @@
+"""A job's server-sent event stream: its status, its text as it is written, its end.
+
+Events (``event:`` name, ``data:`` one JSON object, ``id:`` the position):
+
+- ``status``: ``{"status": "queued"}`` or ``{"status": "running", "worker", "attempt"}``,
+  at the start and whenever the job moves without ending;
+- ``delta``: ``{"part": "reasoning" | "answer", "text"}``: text appended to that part
+  (a thinking job's reasoning, then its answer); a part's deltas concatenated are the
+  final job's ``reasoning`` / ``result``;
+- ``reset``: ``{"attempt", "reason"}``: forget the text received so far, it will come
+  again: the job was claimed again (its worker died) or its text was rewritten;
+- ``done``: the job exactly as ``GET /v1/jobs/{id}`` returns it, once final; then the
+  stream ends. A stream opened on a job already final sends only this.
+
+Every event's id is ``{attempt}-{claim}-{r}-{a}``: the attempt, the claim (first 8 hex
+digits of its token; ``0`` before any), and how many characters of reasoning and answer
+the reader has once it handled the event. A reader that reconnects with that id as
+``Last-Event-ID`` gets what follows, with nothing lost or repeated: the text still to
+come is cut from the job's replay hash (``shared.job_feed``), the worker's live
+messages, or the committed result, whichever holds it; a different claim means
+``reset``. Comments (``: keep-alive``) go out every ``heartbeat_s`` on an idle stream.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from api.feed_listener import FeedListener, Inbox
+from shared.job_feed import CHANGED, WATCH_TTL_S, claim_label, job_channel, text_key, watch_key
+from shared.models import Job, JobStatus
+from shared.schemas import JobOut
+
+PARTS = ("reasoning", "answer")
+# Re-read the job this often even without a message (a notice lost while Redis was away).
+RECHECK_S = 5.0
+CHANGED_BYTES = CHANGED.encode()
+_ID = re.compile(r"^(\d{1,9})-([0-9a-f]{8}|0)-(\d{1,9})-(\d{1,9})$")
+
+
+def sse(event: str, data: Any, event_id: str | None = None) -> str:
+    """One server-sent event (``data`` as one line of JSON)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@dataclass
+class Position:
+    """What the reader has: the claim its text comes from and each part's length."""
+
+    attempt: int
+    claim: str
+    have: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
+
+    @classmethod
+    def parse(cls, raw: str | None) -> Position | None:
+        """The position an event id names; ``None`` for no id or one not of ours."""
+        found = _ID.match(raw.strip()) if raw else None
+        if found is None:
+            return None
+        attempt, claim, reasoning, answer = found.groups()
+        return cls(int(attempt), claim, {"reasoning": int(reasoning), "answer": int(answer)})
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.attempt}-{self.claim}-{self.have['reasoning']}-{self.have['answer']}"
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.have.values())
+
+
+@dataclass
+class JobStream:
+    """The events of one job for one reader (see the module docstring). ``read`` loads
+    the job from the database; ``on_first_delta`` is told when (``time.time()``) this
+    stream sent its first text."""
+
+    job_id: uuid.UUID
+    read: Callable[[], Job]
+    listener: FeedListener
+    redis: redis.Redis
+    heartbeat_s: float
+    on_first_delta: Callable[[float], None] = lambda seconds: None
+    known: dict[str, str] = field(default_factory=lambda: dict.fromkeys(PARTS, ""))
+    _sent_text: bool = False
+
+    def events(self, last_event_id: str | None) -> Iterator[str]:
+        """The stream, resuming after ``last_event_id`` where one is given."""
+        yield "retry: 2000\n\n"
+        with self.listener.subscribe(job_channel(self.job_id)) as inbox:
+            self._watch()
+            job = self.read()
+            resumed = Position.parse(last_event_id)
+            if job.status.is_final and resumed is None:
+                yield self._done(job, Position(job.attempts, claim_label(job.claim_token)))
+                return
+            at = resumed or Position(job.attempts, claim_label(job.claim_token))
+            yield from self._follow(inbox, job, at)
+
+    def _follow(self, inbox: Inbox, job: Job, at: Position) -> Iterator[str]:
+        if not job.status.is_final:
+            yield self._status(job, at)
+            self._load_snapshot(job)
+        now = time.monotonic()
+        recheck_at, beat_at, watch_at = now + self._recheck_s(inbox), now + self.heartbeat_s, now
+        while True:
+            if job.status.is_final:
+                yield from self._finish(job, at)
+                return
+            yield from self._deltas(at)
+            now = time.monotonic()
+            if now >= watch_at:
+                self._watch()
+                watch_at = now + WATCH_TTL_S / 3
+            if now >= beat_at:
+                beat_at = now + self.heartbeat_s
+                yield ": keep-alive\n\n"
+            if now >= recheck_at:
+                recheck_at = now + self._recheck_s(inbox)
+                before = (job.status, job.claim_token)
+                job = self.read()
+                if not job.status.is_final and (job.status, job.claim_token) != before:
+                    yield self._status(job, at)
+                continue
+            message = inbox.get(min(recheck_at, beat_at, watch_at) - now)
+            if message is None:
+                continue
+            if message[1] == CHANGED_BYTES:
+                recheck_at = now  # read the job's new state at once
+                continue
+            job = yield from self._text(json.loads(message[1]), job, at)
+
+    @staticmethod
+    def _recheck_s(inbox: Inbox) -> float:
+        return RECHECK_S if inbox.live else 1.0
+
+    def _status(self, job: Job, at: Position) -> str:
+        """A ``status`` event, after a ``reset`` if the job's claim is no longer the
+        reader's (re-claimed: the text starts over)."""
+        reset = self._switch_claim(at, job)
+        body: dict[str, Any] = {"status": job.status.value}
+        if job.status is JobStatus.RUNNING:
+            body.update(worker=job.worker, attempt=job.attempts)
+        return reset + sse("status", body, at.event_id)
+
+    def _switch_claim(self, at: Position, job: Job) -> str:
+        claim = claim_label(job.claim_token)
+        if claim == at.claim:
+            return ""
+        had_text = not at.empty
+        at.attempt, at.claim, at.have = job.attempts, claim, dict.fromkeys(PARTS, 0)
+        self.known = dict.fromkeys(PARTS, "")
+        if not had_text:
+            return ""
+        return sse("reset", {"attempt": job.attempts, "reason": "claimed again"}, at.event_id)
+
+    def _text(self, message: dict[str, Any], job: Job, at: Position) -> Generator[str, None, Job]:
+        """Apply a worker's ``text`` message (a claim we do not know yet is checked
+        against the database first: a late worker's text is dropped); returns the job."""
+        if message["claim"] != claim_label(job.claim_token):
+            job = self.read()
+            if message["claim"] != claim_label(job.claim_token):
+                return job
+            yield self._status(job, at)
+        for part in PARTS:
+            offset, delta = message[part]
+            if offset > len(self.known[part]):
+                self._watch(fresh=True)  # a gap: ask the worker for the whole text
+                return job
+            self.known[part] = self.known[part][:offset] + delta
+        return job
+
+    def _deltas(self, at: Position) -> Iterator[str]:
+        """``delta`` events for what the reader lacks of ``known``; ``reset`` first where
+        ``known`` no longer extends what it has."""
+        # Known text shorter than the reader's is a rewrite, unless nothing is known yet
+        # (a resumed reader's text has not arrived from the worker or the hash).
+        shorter = any(len(self.known[part]) < at.have[part] for part in PARTS)
+        if shorter and any(self.known.values()):
+            at.have = dict.fromkeys(PARTS, 0)
+            yield sse("reset", {"attempt": at.attempt, "reason": "text rewritten"}, at.event_id)
+        for part in PARTS:
+            text = self.known[part][at.have[part] :]
+            if text:
+                at.have[part] += len(text)
+                self._note_first_delta()
+                yield sse("delta", {"part": part, "text": text}, at.event_id)
+
+    def _finish(self, job: Job, at: Position) -> Iterator[str]:
+        """The rest of the committed text (``reset`` first if it does not extend what the
+        reader has), then ``done``."""
+        if job.status is JobStatus.SUCCEEDED:
+            yield self._switch_claim(at, job)
+            final = {"reasoning": job.reasoning or "", "answer": job.result or ""}
+            consistent = all(
+                len(final[part]) >= at.have[part]
+                and final[part][: len(self.known[part])].startswith(
+                    self.known[part][: at.have[part]]
+                )
+                for part in PARTS
+            )
+            if not consistent:
+                at.have = dict.fromkeys(PARTS, 0)
+                yield sse("reset", {"attempt": at.attempt, "reason": "text rewritten"}, at.event_id)
+            self.known = final
+            yield from self._deltas(at)
+        yield self._done(job, at)
+
+    def _done(self, job: Job, at: Position) -> str:
+        return sse("done", JobOut.from_job(job).model_dump(mode="json"), at.event_id)
+
+    def _load_snapshot(self, job: Job) -> None:
+        """Start from the replay hash when it holds the job's current claim."""
+        try:
+            stored = self.redis.hgetall(text_key(self.job_id))
+        except redis.RedisError:
+            return
+        values = {_str(key): _str(value) for key, value in stored.items()}
+        if values.get("claim") == claim_label(job.claim_token):
+            self.known = {part: values.get(part, "") for part in PARTS}
+
+    def _watch(self, *, fresh: bool = False) -> None:
+        """Keep the job's watch key set; a new value when ``fresh`` (the worker then sends
+        the whole text again). Best effort."""
+        key = watch_key(self.job_id)
+        try:
+            if fresh:
+                self.redis.set(key, uuid.uuid4().hex, ex=WATCH_TTL_S)
+            elif not self.redis.expire(key, WATCH_TTL_S):
+                self.redis.set(key, uuid.uuid4().hex, ex=WATCH_TTL_S, nx=True)
+        except redis.RedisError:
+            pass
+
+    def _note_first_delta(self) -> None:
+        if not self._sent_text:
+            self._sent_text = True
+            self.on_first_delta(time.time())
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,140 @@
+"""Server-sent event streams: ``GET /v1/jobs/{id}/events`` and ``/v1/batches/{id}/events``.
+
+The events are described in :mod:`api.job_stream` and :mod:`api.batch_stream`. A stream
+holds no thread: the API runs under gunicorn's gevent worker, so a waiting stream is a
+sleeping greenlet, woken by the job feed (:mod:`api.feed_listener`). Same tenant rules
+as the other routes (another tenant's job or batch is 404). A tenant may hold
+``SIGHTLINE_STREAMS_PER_TENANT`` streams open at once across all API processes (counted
+in Redis with leases that each stream renews; a stream whose client vanished holds its
+slot until its next write fails, at most ``SIGHTLINE_STREAM_HEARTBEAT_S``): one more is
+refused with 429 ``too_many_streams``. If Redis cannot count, the stream goes ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC
+
+import redis
+from flask import Blueprint, Response, current_app, request
+
+from api.access import load_job, load_owned
+from api.auth import authenticate, current_key
+from api.batch_stream import BatchStream
+from api.context import Services, services
+from api.job_stream import JobStream
+from api.metrics import ApiMetrics
+from shared.error_codes import ErrorCode
+from shared.errors import TooManyRequests
+from shared.models import Batch, Job
+from shared.redis_slots import Hold, RedisSlots
+
+log = logging.getLogger(__name__)
+
+streams = Blueprint("streams", __name__, url_prefix="/v1")
+streams.before_request(authenticate)
+
+
+@streams.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """The job's events (``text/event-stream``); ``Last-Event-ID`` resumes."""
+    job = load_job(job_id)
+    return job_event_stream(services(), job, current_key().tenant_id)
+
+
+@streams.get("/batches/<batch_id>/events")
+def batch_events(batch_id: str) -> Response:
+    """The batch's events (``text/event-stream``); ``Last-Event-ID`` resumes."""
+    batch = load_owned(Batch, batch_id, "batch")
+    svc = services()
+    stream = BatchStream(batch.id, svc.sessions, svc.listener, svc.settings.stream_heartbeat_s)
+    return _respond(svc, batch.tenant_id, stream.events(request.headers.get("Last-Event-ID")))
+
+
+def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
+    """The event stream of ``job`` (already checked to be the caller's), for the API and
+    the console alike."""
+    metrics = stream_metrics()
+
+    def read() -> Job:
+        with svc.sessions() as session:
+            found = session.get(Job, job.id)
+        if found is None:  # deleted under us
+            raise LookupError(f"job {job.id} is gone")
+        return found
+
+    def first_delta(at: float) -> None:
+        created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+        metrics.first_delta.observe(max(0.0, at - created.timestamp()))
+
+    stream = JobStream(
+        job.id,
+        read,
+        svc.listener,
+        svc.counters,
+        svc.settings.stream_heartbeat_s,
+        on_first_delta=first_delta,
+    )
+    return _respond(svc, tenant_id, stream.events(request.headers.get("Last-Event-ID")))
+
+
+def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Response:
+    """The streaming response, once the tenant has a stream slot (429 otherwise)."""
+    lease_s = 2 * svc.settings.stream_heartbeat_s + 10
+    slots = RedisSlots(svc.counters)
+    hold = _take_slot(slots, tenant_id, svc.settings.streams_per_tenant, lease_s)
+    metrics = stream_metrics()
+
+    def body() -> Iterator[str]:
+        metrics.streams_open.inc()
+        renew_at = time.monotonic() + lease_s / 3
+        try:
+            for chunk in events:
+                yield chunk
+                if hold is not None and time.monotonic() >= renew_at:
+                    renew_at = time.monotonic() + lease_s / 3
+                    with _best_effort("renew"):
+                        slots.renew(hold, lease_s)
+        finally:
+            metrics.streams_open.dec()
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+            if hold is not None:
+                with _best_effort("release"):
+                    slots.release(hold)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(body(), mimetype="text/event-stream", headers=headers)
+
+
+def _take_slot(slots: RedisSlots, tenant_id: uuid.UUID, limit: int, lease_s: float) -> Hold | None:
+    try:
+        hold = slots.acquire({f"sightline:streams:{tenant_id}": limit}, lease_s)
+    except redis.RedisError as exc:
+        log.warning("stream cap not enforced: Redis unreachable (%s)", type(exc).__name__)
+        return None
+    if hold is None:
+        raise TooManyRequests(
+            f"this tenant already holds {limit} event streams open; close one or poll",
+            retry_after=int(lease_s),
+            code=ErrorCode.TOO_MANY_STREAMS,
+        )
+    return hold
+
+
+@contextmanager
+def _best_effort(what: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        log.warning("stream slot %s failed (%s); it lapses on its own", what, type(exc).__name__)
+
+
+def stream_metrics() -> ApiMetrics:
+    found: ApiMetrics = current_app.extensions["sightline_metrics"]
+    return found

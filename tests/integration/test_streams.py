@@ -1,0 +1,218 @@
+"""Event streams on the real stack: ``GET /v1/jobs/{id}/events`` and the batch's.
+
+The worker runs with fault injection so that ``[[slow]]`` prompts take 0.5 s per step:
+a job of 12 tokens streams for about 6 s, long enough to read, disconnect and come back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+
+from tests.sse import Event, events
+from tests.stack import Stack, make_image
+from tests.waiting import wait_until
+
+SLOW = {"fault_injection": "1"}
+
+
+@contextmanager
+def _stream(
+    stack: Stack, path: str, last_id: str | None = None, *, within_s: float = 120
+) -> Iterator[Iterator[Event]]:
+    """The events of ``path``; an event arriving after ``within_s`` fails the test (the
+    server's heartbeats keep the connection itself alive)."""
+    headers = {"Accept": "text/event-stream"}
+    if last_id is not None:
+        headers["Last-Event-ID"] = last_id
+    response = stack.call("GET", path, headers=headers, stream=True, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    deadline = time.monotonic() + within_s
+
+    def bounded() -> Iterator[Event]:
+        for event in events(response):
+            assert time.monotonic() < deadline, f"{path} still streaming after {within_s} s"
+            yield event
+
+    try:
+        yield bounded()
+    finally:
+        response.close()
+
+
+def _answer(received: list[Event]) -> str:
+    """The answer the deltas spell, honouring resets."""
+    text = ""
+    for event in received:
+        if event.event == "reset":
+            text = ""
+        elif event.event == "delta" and event.data["part"] == "answer":
+            text += event.data["text"]
+    return text
+
+
+def test_deltas_arrive_before_the_end_and_add_up_to_the_result(pg_stack: Stack) -> None:
+    pg_stack.start_worker(**SLOW)
+    client = pg_stack.client()
+    job_id = client.submit(make_image(1), "[[slow]] stream me", max_new_tokens=12)["id"]
+    received: list[Event] = []
+    state_at_first_delta = None
+    with _stream(pg_stack, f"/v1/jobs/{job_id}/events") as stream:
+        for event in stream:
+            received.append(event)
+            if event.event == "delta" and state_at_first_delta is None:
+                state_at_first_delta = client.get(job_id)["status"]
+
+    names = [event.event for event in received]
+    print(f"\n{names.count('delta')} deltas, events: {names[:4]}…{names[-2:]}")
+    assert names[0] == "status" and names[-1] == "done"
+    assert state_at_first_delta == "running", "text arrived while the job ran"
+    assert names.count("delta") > 1
+    final = client.get(job_id)
+    assert received[-1].data == final, "done carries the job as GET returns it"
+    assert _answer(received) == final["result"]
+    ids = [event.id for event in received]
+    assert all(ids) and len(set(ids)) >= names.count("delta"), "every event names its position"
+
+
+def test_a_finished_job_streams_one_done(pg_stack: Stack) -> None:
+    pg_stack.start_worker()
+    client = pg_stack.client()
+    job = client.wait(client.submit(make_image(2), "quick", max_new_tokens=4)["id"])
+
+    with _stream(pg_stack, f"/v1/jobs/{job['id']}/events") as stream:
+        received = list(stream)
+
+    assert [(event.event, event.data) for event in received] == [("done", job)]
+
+
+def test_resuming_with_last_event_id_loses_and_repeats_nothing(pg_stack: Stack) -> None:
+    pg_stack.start_worker(**SLOW)
+    client = pg_stack.client()
+    job_id = client.submit(make_image(3), "[[slow]] resume me", max_new_tokens=16)["id"]
+    before: list[Event] = []
+    with _stream(pg_stack, f"/v1/jobs/{job_id}/events") as stream:
+        for event in stream:
+            before.append(event)
+            if sum(e.event == "delta" for e in before) == 3:
+                break  # the connection is dropped here, mid-answer
+    time.sleep(1.5)  # tokens generated while no one listens
+
+    with _stream(pg_stack, f"/v1/jobs/{job_id}/events", last_id=before[-1].id) as stream:
+        after = list(stream)
+
+    final = client.get(job_id)
+    print(f"\n{_answer(before)!r} before the drop, {_answer(after)!r} after")
+    assert "reset" not in [event.event for event in after]
+    assert _answer(before) and _answer(after)
+    assert _answer(before) + _answer(after) == final["result"]
+    assert after[-1].event == "done"
+
+
+def test_another_tenants_job_is_404_and_canceling_ends_the_stream(pg_stack: Stack) -> None:
+    pg_stack.start_worker(**SLOW)
+    client = pg_stack.client()
+    job_id = client.submit(make_image(4), "[[slow]] cancel me", max_new_tokens=40)["id"]
+    rival = json.loads(pg_stack.cli("keys", "create", f"rival-{uuid.uuid4().hex[:6]}", "--json"))
+
+    refused = pg_stack.call("GET", f"/v1/jobs/{job_id}/events", key=rival["key"])
+    assert refused.status_code == 404
+    assert refused.headers["Content-Type"] == "application/problem+json"
+
+    received: list[Event] = []
+    canceled = False
+    with _stream(pg_stack, f"/v1/jobs/{job_id}/events") as stream:
+        for event in stream:
+            received.append(event)
+            if event.event == "delta" and not canceled:
+                canceled = pg_stack.call("DELETE", f"/v1/jobs/{job_id}").status_code == 200
+    assert canceled
+    assert received[-1].event == "done"
+    assert received[-1].data["status"] == "canceled"
+
+
+def test_a_reclaimed_job_resets_its_stream_and_streams_the_new_attempt(pg_stack: Stack) -> None:
+    # A short lease, and a sweeper that re-sends the lost wake-up (tests/test_durability).
+    recovery = {"job_lease_s": "3", "requeue_after_s": "2", "sweep_interval_s": "1", **SLOW}
+    pg_stack.start_ops(**recovery)
+    client = pg_stack.client()
+    job_id = client.submit(make_image(5), "[[slow]] outlive me", max_new_tokens=12)["id"]
+    victim = pg_stack.start_worker_child("victim@test", ready=False, **recovery)
+    received: list[Event] = []
+    with _stream(pg_stack, f"/v1/jobs/{job_id}/events") as stream:
+        for event in stream:
+            received.append(event)
+            if event.event == "delta" and victim.poll() is None:
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.wait()
+                pg_stack.start_worker_child("heir@test", ready=False, **recovery)
+
+    names = [event.event for event in received]
+    final = client.get(job_id)
+    print(f"\nevents: {names}")
+    assert final["status"] == "succeeded" and final["attempts"] == 2
+    assert "reset" in names, "the new attempt's text starts over"
+    reset_at = names.index("reset")
+    assert received[reset_at].id is not None and received[reset_at].id.startswith("2-")
+    assert _answer(received) == final["result"]
+
+
+def test_a_batch_stream_reports_every_item_then_done(pg_stack: Stack) -> None:
+    pg_stack.start_worker()
+    client = pg_stack.client()
+    items = [
+        {"image": make_image(10 + i), "prompt": f"item {i}", "max_new_tokens": 4} for i in range(5)
+    ]
+    batch_id = client.batch(items)["id"]
+
+    with _stream(pg_stack, f"/v1/batches/{batch_id}/events") as stream:
+        received = list(stream)
+
+    finished = [event.data for event in received if event.event == "item"]
+    assert sorted(item["index"] for item in finished) == [0, 1, 2, 3, 4]
+    assert {item["status"] for item in finished} == {"succeeded"}
+    assert received[-1].event == "done"
+    assert received[-1].data["counts"]["succeeded"] == 5
+    assert [event.event for event in received].count("progress") >= 1
+
+
+def test_streams_over_the_tenant_cap_are_refused_until_one_closes(pg_stack: Stack) -> None:
+    # The test stack allows 4 streams per tenant and beats every 2 s
+    # (tests.stack: SIGHTLINE_STREAMS_PER_TENANT, SIGHTLINE_STREAM_HEARTBEAT_S).
+    job_id = pg_stack.client().submit(make_image(6), "no worker: stays queued")["id"]
+    path = f"/v1/jobs/{job_id}/events"
+    opened = []
+    for _ in range(4):
+        response = pg_stack.call("GET", path, stream=True, timeout=30)
+        assert response.status_code == 200
+        next(events(response))  # the first status event: the stream is really open
+        opened.append(response)
+
+    over = pg_stack.call("GET", path, timeout=30)
+    assert over.status_code == 429, over.text
+    assert over.json()["code"] == "too_many_streams"
+    assert int(over.headers["Retry-After"]) > 0
+
+    opened.pop().close()  # the server notices at its next heartbeat and frees the slot
+    again = wait_until(
+        lambda: _opens(pg_stack, path), timeout_s=15, what="a slot after a stream closed"
+    )
+    again.close()
+    for response in opened:
+        response.close()
+
+
+def _opens(stack: Stack, path: str) -> requests.Response | None:
+    response = stack.call("GET", path, stream=True, timeout=30)
+    if response.status_code == 200:
+        return response
+    response.close()
+    return None
