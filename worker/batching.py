@@ -238,7 +238,8 @@ class BatchService:
         jobs: list[Job] = []
         interactive = room.interactive_only + (0 if bulk else room.any)
         if room.any and bulk:
-            jobs = self._claim(run, room.any, with_abandoned=idle)
+            # An abandoned job comes in as a suspect: claims stop until it has run alone.
+            jobs = self._claim(run, room.any, with_abandoned=True)
             if len(jobs) < room.any:
                 run.idle_until = now + IDLE_CLAIM_S
                 interactive = 0  # nothing else is queued
@@ -487,7 +488,16 @@ class BatchService:
         with lifecycle.unit_of_work(
             self._sessions, lambda events: self._after_commit(mine, events), self._feed
         ) as changes:
-            lifecycle.finish(changes, token=run.token, outcomes=outcomes)
+            written = set(lifecycle.finish(changes, token=run.token, outcomes=outcomes))
+        refused = [outcome.job_id for outcome in outcomes if outcome.job_id not in written]
+        if refused:
+            log.warning(
+                "results of %d jobs not written: no longer running under this claim "
+                "(canceled, or taken over after the lease ran out): %s",
+                len(refused),
+                ", ".join(map(str, refused)),
+            )
+            outcomes = [outcome for outcome in outcomes if outcome.job_id in written]
         run.outcomes += outcomes
         if run.alone in settled:
             run.alone = None
