@@ -33,8 +33,9 @@ def checkpoint(size: str = "medium") -> Path:
 
 
 @contextmanager
-def running_stack(model: Path) -> Iterator[Stack]:
-    """A started :class:`Stack` on ``model``; everything stops on exit."""
+def running_stack(model: Path, settings: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A started :class:`Stack` on ``model``, its API and workers with ``settings``
+    (``SIGHTLINE_…`` variables) over the tests' ones; everything stops on exit."""
     with ExitStack() as cleanup:
         workdir = Path(
             cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sightline-bench-"))
@@ -47,6 +48,8 @@ def running_stack(model: Path) -> Iterator[Stack]:
             print(f"(PostgreSQL unavailable: {exc}; using SQLite)")
             database = f"sqlite:///{workdir / 'bench.db'}"
         # The API as production runs it (sightline api's default worker count).
-        stack = Stack(database, redis.url, workdir, model).start(api_workers=None)
+        stack = Stack(database, redis.url, workdir, model)
+        stack.env.update(settings or {})
+        stack.start(api_workers=None)
         cleanup.callback(stack.close)
         yield stack

@@ -1,0 +1,242 @@
+"""A thousand open event streams beside ordinary traffic, on this machine.
+
+Measured side by side in one run, rounds taking turns, through the whole system (the API
+as ``sightline api`` runs it, a worker on the tiny checkpoint with room for every job at
+once, PostgreSQL, Redis):
+
+* a **workload**: ``--jobs`` bulk jobs (one batch) of ``--tokens`` new tokens each, all
+  running together, while a prober submits one interactive ``POST /v1/jobs`` every
+  ``PROBE_S`` and times each answer;
+* **with streams**: the same, plus ``--watchers`` event streams per job opened as the
+  batch is accepted (50 × 20 = 1,000 by default), read by one asyncio client (aiohttp);
+  every stream must end with ``done`` and its answer deltas must spell the job's result.
+
+Printed: POST p50/p99 with ÷ without streams (target p99 ratio ≤ 2), worker throughput
+(tokens of the batch per second, first start to last finish) with ÷ without (target
+≥ 0.9), streams complete and correct. Then, on an idle worker, an interactive job's time
+to its first delta against its total latency (submission to ``done``), median of
+``--latency-runs``.
+
+    python bench/streams.py [--jobs 50] [--watchers 20] [--tokens 200] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import requests
+from harness import checkpoint, running_stack
+
+from tests.stack import Stack, make_image
+
+PROBE_S = 0.25
+SETTINGS = {
+    "SIGHTLINE_STREAMS_PER_TENANT": "5000",
+    "SIGHTLINE_STREAM_HEARTBEAT_S": "15",
+    "SIGHTLINE_RATE_LIMIT": "0/1",
+}
+
+
+@dataclass
+class Watched:
+    """What one stream received."""
+
+    answer: str = ""
+    done: dict[str, Any] | None = None
+    first_delta_at: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Round:
+    """One run of the workload."""
+
+    streams: bool
+    post_ms: list[float] = field(default_factory=list)
+    tokens_per_s: float = 0.0
+    watched: list[tuple[str, Watched]] = field(default_factory=list)
+
+
+async def watch(session: aiohttp.ClientSession, url: str, key: str, seen: Watched) -> None:
+    """Read one job's stream to its ``done`` (answer deltas into ``seen``)."""
+    headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    try:
+        async with session.get(url, headers=headers) as response:
+            if response.status != 200:
+                seen.error = f"HTTP {response.status}: {await response.text()}"
+                return
+            name, data = "message", ""
+            async for raw in response.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = line[5:].strip()
+                elif line == "" and data:
+                    body = json.loads(data)
+                    if name == "reset":
+                        seen.answer = ""
+                    elif name == "delta" and body["part"] == "answer":
+                        seen.first_delta_at = seen.first_delta_at or time.monotonic()
+                        seen.answer += body["text"]
+                    elif name == "done":
+                        seen.done = body
+                        return
+                    name, data = "message", ""
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        seen.error = repr(exc)
+
+
+async def watch_all(stack: Stack, job_ids: list[str], watchers: int) -> list[tuple[str, Watched]]:
+    watched = [(job_id, Watched()) for job_id in job_ids for _ in range(watchers)]
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(
+            *(
+                watch(session, f"{stack.url}/v1/jobs/{job_id}/events", stack.key, seen)
+                for job_id, seen in watched
+            )
+        )
+    return watched
+
+
+def probe(stack: Stack, stop: threading.Event, took_ms: list[float]) -> None:
+    """One interactive POST every PROBE_S until ``stop``; each answer's time in ms."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {stack.key}"
+    count = 0
+    while not stop.wait(PROBE_S):
+        count += 1
+        started = time.monotonic()
+        answer = session.post(
+            f"{stack.url}/v1/jobs",
+            files={"image": ("p.png", make_image(100_000 + count))},
+            data={"prompt": "probe", "max_new_tokens": "1"},
+            timeout=60,
+        )
+        took_ms.append((time.monotonic() - started) * 1000)
+        assert answer.status_code == 202, answer.text
+
+
+def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
+    stack.reset()
+    stack.start_worker(max_batch_size=str(args.jobs + 8))
+    result = Round(streams)
+    stop = threading.Event()
+    prober = threading.Thread(target=probe, args=(stack, stop, result.post_ms))
+    prober.start()
+    time.sleep(2)  # a few probes before the batch, in both rounds alike
+    client = stack.client()
+    items = [
+        {"image": make_image(i), "prompt": f"describe #{i}", "max_new_tokens": args.tokens}
+        for i in range(args.jobs)
+    ]
+    job_ids = [str(item["id"]) for item in client.batch(items)["accepted"]]
+    if streams:
+        result.watched = asyncio.run(watch_all(stack, job_ids, args.watchers))
+    jobs = stack.wait_all(job_ids, timeout_s=1800)
+    stop.set()
+    prober.join()
+    started = min(_time(job["started_at"]) for job in jobs)
+    finished = max(_time(job["finished_at"]) for job in jobs)
+    tokens = sum(job["output_tokens"] for job in jobs)
+    result.tokens_per_s = tokens / (finished - started).total_seconds()
+    results = {job["id"]: job["result"] for job in jobs}
+    for job_id, seen in result.watched:
+        seen.error = seen.error or _mismatch(seen, results[job_id])
+    return result
+
+
+def _mismatch(seen: Watched, result: str) -> str | None:
+    if seen.done is None:
+        return "no done event"
+    return None if seen.answer == result else f"deltas {seen.answer!r} != result {result!r}"
+
+
+def first_delta(stack: Stack, tokens: int) -> tuple[float, float]:
+    """An interactive job on an idle worker: seconds to its first delta and to done."""
+    client = stack.client()
+    started = time.monotonic()
+    job_id = client.submit(make_image(7), "first delta", max_new_tokens=tokens)["id"]
+    [(_, seen)] = asyncio.run(watch_all(stack, [job_id], 1))
+    assert seen.done is not None and seen.first_delta_at is not None, seen.error
+    return seen.first_delta_at - started, time.monotonic() - started
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--watchers", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--latency-runs", type=int, default=5)
+    args = parser.parse_args()
+    print(
+        f"{args.jobs} jobs × {args.tokens} tokens, {args.jobs * args.watchers} streams, "
+        f"tiny checkpoint, {time.strftime('%Y-%m-%d')}"
+    )
+    with running_stack(checkpoint("tiny"), SETTINGS) as stack:
+        rounds: list[Round] = []
+        for number in range(args.rounds):
+            for streams in (False, True):
+                done = workload(stack, args, streams)
+                bad = [seen.error for _, seen in done.watched if seen.error]
+                print(
+                    f"round {number + 1} {'with' if streams else 'without'} streams: "
+                    f"{done.tokens_per_s:.0f} tok/s, POST p50 {_p(done.post_ms, 50):.0f} ms "
+                    f"p99 {_p(done.post_ms, 99):.0f} ms ({len(done.post_ms)} posts)"
+                    + (
+                        f", {len(done.watched) - len(bad)}/{len(done.watched)} streams right"
+                        if streams
+                        else ""
+                    )
+                )
+                for error in bad[:3]:
+                    print(f"  stream error: {error}")
+                rounds.append(done)
+        without = [r for r in rounds if not r.streams]
+        with_ = [r for r in rounds if r.streams]
+        p99_with = _p([ms for r in with_ for ms in r.post_ms], 99)
+        p99_without = _p([ms for r in without for ms in r.post_ms], 99)
+        throughput = statistics.mean(r.tokens_per_s for r in with_) / statistics.mean(
+            r.tokens_per_s for r in without
+        )
+        wrong = sum(1 for r in with_ for _, seen in r.watched if seen.error)
+        total = sum(len(r.watched) for r in with_)
+        print(f"POST p99 with ÷ without streams: {p99_with / p99_without:.2f} (target ≤ 2)")
+        print(f"worker throughput with ÷ without streams: {throughput:.2f} (target ≥ 0.9)")
+        print(f"streams ending in done with deltas = result: {total - wrong}/{total}")
+
+        stack.reset()
+        stack.start_worker()
+        first_delta(stack, 8)  # warm-up
+        runs = [first_delta(stack, 64) for _ in range(args.latency_runs)]
+        first = statistics.median(run[0] for run in runs)
+        total_s = statistics.median(run[1] for run in runs)
+        print(
+            f"idle worker, 64 tokens: first delta {first * 1000:.0f} ms, done "
+            f"{total_s * 1000:.0f} ms: first delta ÷ total {first / total_s:.2f}"
+        )
+    return 0 if wrong == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
