@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-gpu screenshots chaos soak docker-test clean
+.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-streams bench-gpu screenshots chaos soak docker-test clean
 
 demo: install
 	$(BIN)/sightline demo
@@ -59,6 +59,11 @@ bench: install
 # Continuous batching on long-tailed answer lengths and interactive latency (CPU, ~15 min).
 bench-mixed: install
 	$(BIN)/python bench/mixed.py
+
+# 1,000 open event streams beside ordinary traffic: POST latency and worker throughput
+# with ÷ without streams, every stream checked (CPU, tiny checkpoint, ~10 min).
+bench-streams: install
+	$(BIN)/python bench/streams.py
 
 # GLM-4.6V-Flash-sized random model on CUDA; prints "skipped" without a GPU.
 bench-gpu: install
