@@ -1,4 +1,5 @@
-"""A small synchronous client: submit jobs and batches, read them, wait for them."""
+"""A small synchronous client: submit jobs and batches, read them, wait for them, follow
+their event streams."""
 
 from __future__ import annotations
 
@@ -11,18 +12,12 @@ from typing import Any
 
 import requests
 
+from client.errors import raise_for_problem
+from client.stream import StreamEvent, follow
+
 FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 # The server answers a long-poll after at most this long; the client asks again.
 LONG_POLL_S = 20.0
-
-
-class ApiError(Exception):
-    """The API answered with an error; ``problem`` is its problem+json body."""
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        super().__init__(f"{status}: {problem.get('detail') or problem.get('title')}")
-        self.status = status
-        self.problem = problem
 
 
 class Client:
@@ -141,14 +136,48 @@ class Client:
                 if line:
                     yield json.loads(line)
 
+    def stream(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[StreamEvent]:
+        """The job's events as they happen, up to and including ``done`` (whose data is
+        the final job): ``status``, ``delta`` (``{"part": "reasoning" | "answer",
+        "text"}``), ``reset`` (forget the text so far: it comes again). A dropped
+        connection is resumed without loss or repetition (:mod:`client.stream`);
+        ``last_event_id`` (an event's ``id``) resumes an earlier stream."""
+        return follow(
+            self._session,
+            f"{self.url}/v1/jobs/{job_id}/events",
+            last_event_id=last_event_id,
+            timeout_s=self._timeout_s,
+        )
+
+    def stream_batch(
+        self, batch_id: str, *, last_event_id: str | None = None
+    ) -> Iterator[StreamEvent]:
+        """The batch's events up to and including ``done`` (the completed batch):
+        ``progress`` (the batch as :meth:`batch_status` returns it), ``item`` (a finished
+        item, as a line of :meth:`batch_results`), in the order the items ended."""
+        return follow(
+            self._session,
+            f"{self.url}/v1/batches/{batch_id}/events",
+            last_event_id=last_event_id,
+            timeout_s=self._timeout_s,
+        )
+
+    def ask(
+        self, image: bytes | str | Path, prompt: str | None = None, **fields: Any
+    ) -> Iterator[StreamEvent]:
+        """Submit one job and follow its stream (:meth:`stream`), e.g. to print the
+        answer as it is written::
+
+            for event in client.ask("cat.jpg", "What is this?"):
+                if event.event == "delta" and event.data["part"] == "answer":
+                    print(event.data["text"], end="", flush=True)
+        """
+        job = self.submit(image, prompt, **fields)
+        return self.stream(job["id"])
+
     @staticmethod
     def _json(response: requests.Response) -> dict[str, Any]:
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": response.text}
-            raise ApiError(response.status_code, problem)
+        raise_for_problem(response)
         body: dict[str, Any] = response.json()
         return body
 
