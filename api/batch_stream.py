@@ -14,7 +14,8 @@ transaction committed after a later-finishing item was read (a race of milliseco
 may be missed by a resume, never by a live stream, which looks back ``REORDER_S`` on
 every read and remembers what it sent. The stream is woken by the job feed (a batch's
 channel gets a notice when any of its jobs ends) and reads the database at most every
-``MIN_READ_S``, however many items end, and every ``RECHECK_S`` without a notice.
+``MIN_READ_S``, however many items end (and without a notice, as any waiter does:
+``api.feed_listener``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.feed_listener import FeedListener
-from api.job_stream import RECHECK_S, sse
+from api.job_stream import sse
 from shared.batches import batch_summary
 from shared.job_feed import batch_channel
 from shared.models import Batch, Job, JobStatus
@@ -68,7 +69,7 @@ class BatchStream:
                 if summary["completed_at"] is not None:
                     yield sse("done", summary)
                     return
-                read_at = time.monotonic() + (RECHECK_S if inbox.live else 1.0)
+                read_at = time.monotonic() + inbox.recheck_s
                 while time.monotonic() < read_at:
                     message = inbox.get(min(read_at, beat_at) - time.monotonic())
                     if message is not None:

@@ -10,9 +10,10 @@ database: they sleep until a message or their own timeout wakes them.
 :meth:`FeedListener.subscribe` returns once Redis has confirmed the subscription (so a
 message published after that cannot be missed) or, when Redis does not answer within
 ``confirm_s``, with ``inbox.live`` false: the waiter then re-reads the database on its
-own timer, as it also does every so often anyway, since a message can be lost while the
-connection is down. The connection is re-made and every channel subscribed again after
-an error.
+own timer. The connection is re-made and every channel subscribed again after an error;
+since messages may have been lost meanwhile, each inbox of a channel subscribed again
+gets a ``changed`` notice (:data:`shared.job_feed.CHANGED`) as its subscription is
+confirmed, so its waiter reads the database at once.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ from contextlib import contextmanager, suppress
 
 import redis
 
+from shared.job_feed import CHANGED
+
 log = logging.getLogger(__name__)
 
+CHANGED_BYTES = CHANGED.encode()
+# How long a waiter sleeps without a message before it reads the database anyway: a last
+# resort, since the listener sends ``changed`` itself after a lost connection; while
+# Redis cannot be reached at all (no subscription), every FALLBACK_S.
+RECHECK_S = 30.0
+FALLBACK_S = 2.0
 _POLL_S = 0.05
 _RECONNECT_S = 1.0
 
@@ -38,6 +47,11 @@ class Inbox:
         self.channels = channels
         self.live = False
         self._messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+
+    @property
+    def recheck_s(self) -> float:
+        """How long to wait for a message before reading the database anyway."""
+        return RECHECK_S if self.live else FALLBACK_S
 
     def get(self, timeout_s: float) -> tuple[str, bytes] | None:
         """The next message, or ``None`` after ``timeout_s`` without one."""
@@ -60,6 +74,8 @@ class FeedListener:
         self._inboxes: dict[str, set[Inbox]] = {}
         self._confirmed: dict[str, threading.Event] = {}
         self._requests: queue.Queue[str] = queue.Queue()
+        # Channels subscribed again after a lost connection, not yet confirmed.
+        self._resubscribing: set[str] = set()
         self._thread: threading.Thread | None = None
 
     @contextmanager
@@ -111,6 +127,7 @@ class FeedListener:
                         event.clear()
                     for name in self._confirmed:
                         self._requests.put(name)
+                    self._resubscribing = set(self._confirmed)
                 threading.Event().wait(_RECONNECT_S)
             finally:
                 pubsub.close()
@@ -132,6 +149,10 @@ class FeedListener:
             with self._lock:
                 if kind == "subscribe" and name in self._confirmed:
                     self._confirmed[name].set()
+                    if name in self._resubscribing:
+                        self._resubscribing.discard(name)
+                        for inbox in self._inboxes.get(name, ()):
+                            inbox.put(name, CHANGED_BYTES)
                 elif kind == "message":
                     for inbox in self._inboxes.get(name, ()):
                         inbox.put(name, message["data"])

@@ -33,15 +33,12 @@ from typing import Any
 
 import redis
 
-from api.feed_listener import FeedListener, Inbox
-from shared.job_feed import CHANGED, WATCH_TTL_S, claim_label, job_channel, text_key, watch_key
+from api.feed_listener import CHANGED_BYTES, FeedListener, Inbox
+from shared.job_feed import WATCH_TTL_S, claim_label, job_channel, text_key, watch_key
 from shared.models import Job, JobStatus
 from shared.schemas import JobOut
 
 PARTS = ("reasoning", "answer")
-# Re-read the job this often even without a message (a notice lost while Redis was away).
-RECHECK_S = 5.0
-CHANGED_BYTES = CHANGED.encode()
 _ID = re.compile(r"^(\d{1,9})-([0-9a-f]{8}|0)-(\d{1,9})-(\d{1,9})$")
 
 
@@ -110,7 +107,7 @@ class JobStream:
             yield self._status(job, at)
             self._load_snapshot(job)
         now = time.monotonic()
-        recheck_at, beat_at, watch_at = now + self._recheck_s(inbox), now + self.heartbeat_s, now
+        recheck_at, beat_at, watch_at = now + inbox.recheck_s, now + self.heartbeat_s, now
         while True:
             if job.status.is_final:
                 yield from self._finish(job, at)
@@ -124,7 +121,7 @@ class JobStream:
                 beat_at = now + self.heartbeat_s
                 yield ": keep-alive\n\n"
             if now >= recheck_at:
-                recheck_at = now + self._recheck_s(inbox)
+                recheck_at = now + inbox.recheck_s
                 before = (job.status, job.claim_token)
                 job = self.read()
                 if not job.status.is_final and (job.status, job.claim_token) != before:
@@ -137,10 +134,6 @@ class JobStream:
                 recheck_at = now  # read the job's new state at once
                 continue
             job = yield from self._text(json.loads(message[1]), job, at)
-
-    @staticmethod
-    def _recheck_s(inbox: Inbox) -> float:
-        return RECHECK_S if inbox.live else 1.0
 
     def _status(self, job: Job, at: Position) -> str:
         """A ``status`` event, after a ``reset`` if the job's claim is no longer the

@@ -9,8 +9,8 @@ from flask import Blueprint, request, url_for
 from api.access import load_job
 from api.auth import authenticate, current_key
 from api.context import services
+from api.feed_listener import CHANGED_BYTES
 from api.job_input import read_job_input
-from api.job_stream import CHANGED_BYTES, RECHECK_S
 from api.listing import JobFilter, encode_cursor
 from api.submission import submit_job
 from api.wait_limits import wait_limits
@@ -64,7 +64,7 @@ def get_job(job_id: str) -> Body:
     ``?wait=N`` (seconds, at most 60) long-polls: the answer comes as soon as the job is
     final, or after N seconds with its state then. The wait sleeps until the job feed
     says the job moved (:mod:`api.feed_listener`; the database is read again then, and
-    every ``RECHECK_S`` in case a notice was lost), holding no thread. Waits are capped
+    now and then in case a notice was lost), holding no thread. Waits are capped
     per process and per tenant (:mod:`api.wait_limits`): over a cap, the answer comes at
     once with the job's current state.
     """
@@ -79,7 +79,7 @@ def get_job(job_id: str) -> Body:
                 deadline = time.monotonic() + wait_s
                 job = load_job(job_id)
                 while not job.status.is_final and (left := deadline - time.monotonic()) > 0:
-                    message = inbox.get(min(left, RECHECK_S if inbox.live else 1.0))
+                    message = inbox.get(min(left, inbox.recheck_s))
                     if message is None or message[1] == CHANGED_BYTES:  # moved, or recheck
                         job = load_job(job_id)
     return _render(job)
