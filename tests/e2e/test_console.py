@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 
+import psutil
 import pytest
 import requests
 
@@ -22,6 +23,17 @@ from tests.stack import Stack, make_image
 from tests.waiting import wait_until
 
 NOT_CREATED_BY_THE_PAGE = "window.__sightlineMarker === 1"
+# Every text the Ask page's answer shows, in order (window.__answers).
+RECORD_ANSWERS = """
+window.__answers = [];
+const answer = document.getElementById("result-answer");
+new MutationObserver(() => window.__answers.push(answer.textContent)).observe(answer, {
+  childList: true, characterData: true, subtree: true,
+});
+"""
+# Workers run with fault injection, so that ``[[slow]]`` prompts take 0.5 s per decoding
+# step (other prompts run as usual): one parked worker then serves every test here.
+FAULTS = {"fault_injection": "1"}
 # One webhook attempt, no automatic retry within the test: only Redeliver sends again.
 ONE_ATTEMPT = {
     "sweep_interval_s": "0.5",
@@ -61,7 +73,7 @@ def test_ask_shows_the_answer_live_then_jobs_detail_and_status(page: Page, pg_st
     expect(page.locator("#result-status")).to_have_text("Queued: waiting for a worker…")
     expect(page.locator('#steps li[aria-current="step"]')).to_have_text("Queued")
 
-    pg_stack.start_worker()
+    pg_stack.start_worker(**FAULTS)
     expect(page.locator("#result-status")).to_have_text("Done.", timeout=60_000)
     assert page.evaluate(NOT_CREATED_BY_THE_PAGE), "the page reloaded"
     [job] = pg_stack.jobs()
@@ -130,6 +142,51 @@ def test_ask_shows_the_answer_live_then_jobs_detail_and_status(page: Page, pg_st
         screenshot(page, f"{name}-phone")
 
 
+def test_ask_streams_the_answer_while_the_job_runs(page: Page, pg_stack: Stack) -> None:
+    """With the worker slowed to 0.5 s per decoding step (``[[slow]]``, fault injection),
+    the answer grows on the Ask page while the API still says the job is running. Then the
+    API's workers die: the page says the connection is lost, resumes the stream once
+    gunicorn has replaced them, and shows exactly the job's result at the end; every text
+    it showed on the way is a beginning of that result (a resume that repeated text would
+    show one that is not)."""
+    pg_stack.start_worker(**FAULTS)
+    page.goto("/console/sign-in")
+    sign_in(page, pg_stack.key)
+    page.goto("/console/ask")
+    picked: FilePayload = {"name": "dot.png", "mimeType": "image/png", "buffer": make_image(7)}
+    page.set_input_files("#image", files=[picked])
+    page.get_by_label("Prompt").fill("[[slow]] What is in the picture?")
+    page.get_by_label("Max new tokens").fill("16")
+    page.evaluate(RECORD_ANSWERS)
+    page.get_by_role("button", name="Ask").click()
+
+    answer = page.locator("#result-answer")
+    expect(answer).to_have_text(re.compile(r"\S"), timeout=60_000)
+    partial = answer.text_content()
+    [job] = pg_stack.jobs()
+    client = pg_stack.client()
+    assert client.get(str(job.id))["status"] == "running", "text showed before the job ended"
+    expect(answer).to_be_visible()
+    expect(answer).to_have_attribute("aria-busy", "true")
+    expect(page.locator("#result-status")).to_have_text(re.compile(r"^Running on cpu0@"))
+    expect(page.locator("#result-reasoning-block")).to_be_hidden()
+    screenshot(page, "ask-streaming")
+
+    _kill_api_workers(pg_stack)  # the stream breaks; EventSource retries on its own
+    expect(page.locator("#result-status")).to_have_text("Connection lost; retrying…")
+    # It reconnects with Last-Event-ID once gunicorn has new workers, and resumes.
+    expect(page.locator("#result-status")).to_have_text("Done.", timeout=60_000)
+    final = client.get(str(job.id))
+    print(f"\n{partial!r} while running, {final['result']!r} at the end")
+    assert final["status"] == "succeeded" and partial and final["result"].startswith(partial)
+    assert answer.text_content() == final["result"]
+    shown = [text for text in page.evaluate("window.__answers") if text]
+    assert all(final["result"].startswith(text) for text in shown), shown
+    assert len(set(shown)) > 2, f"the answer grew in steps: {shown}"
+    expect(answer).to_have_attribute("aria-busy", "false")
+    expect(page.locator("#result-batch")).to_have_text(str(final["batch_size"]))
+
+
 def test_cancel_a_queued_job_then_redeliver_its_webhook(page: Page, pg_stack: Stack) -> None:
     """With no worker running a job stays queued; Cancel cancels it. Its ``job.canceled``
     webhook fails once (503), the attempt is listed, and Redeliver gets it through."""
@@ -179,8 +236,8 @@ def test_another_keys_job_is_not_found(page: Page, pg_stack: Stack) -> None:
     expect(page.get_by_text(f"no job {theirs}")).to_be_visible()
     screenshot(page, "not-found")
     assert page.request.get(f"/console/jobs/{theirs}/image").status == 404
-    watched = page.request.get(f"/console/api/jobs/{theirs}")
-    assert watched.status == 404 and watched.json()["code"] == "not_found"
+    streamed = page.request.get(f"/console/api/jobs/{theirs}/events")
+    assert streamed.status == 404 and streamed.json()["code"] == "not_found"
     api = requests.get(
         f"{pg_stack.url}/v1/jobs/{theirs}",
         headers={"Authorization": f"Bearer {pg_stack.key}"},
@@ -189,6 +246,17 @@ def test_another_keys_job_is_not_found(page: Page, pg_stack: Stack) -> None:
     assert api.status_code == 404
     page.goto("/console/jobs")
     expect(page.get_by_text("private to the other key")).to_have_count(0)
+
+
+def _kill_api_workers(stack: Stack) -> None:
+    """SIGKILL every gunicorn worker of the API (so whichever holds the page's stream):
+    its connections drop as in a network failure; gunicorn's master starts new workers."""
+    assert stack.api is not None
+    workers = psutil.Process(stack.api.pid).children()
+    assert workers, "gunicorn has workers"
+    for worker in workers:
+        worker.kill()
+    psutil.wait_procs(workers, timeout=10)
 
 
 def _reload_until(page: Page, rows: Locator, count: int, timeout_s: float = 20) -> None:

@@ -14,13 +14,17 @@ from tests.stack import Stack, make_image
 def test_csrf_and_clickjacking_protection(pg_stack: Stack) -> None:
     """State-changing requests without the session's CSRF token are refused (and change
     nothing); pages forbid framing; the session cookie holds no key and is HttpOnly,
-    SameSite=Lax. Plain HTTP: no browser needed."""
+    SameSite=Lax; a job's event stream needs a signed-in session. Plain HTTP: no browser
+    needed."""
     job_id = pg_stack.client().submit(make_image(4), "stays queued")["id"]
     browser = requests.Session()
     page = browser.get(f"{pg_stack.url}/console/sign-in", timeout=10)
     assert page.headers["X-Frame-Options"] == "DENY"
     csp = page.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    unsigned = browser.get(f"{pg_stack.url}/console/api/jobs/{job_id}/events", timeout=10)
+    assert unsigned.status_code == 401, "no stream without a console session"
+    assert unsigned.headers["Content-Type"] == "application/problem+json"
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
     assert token is not None
 

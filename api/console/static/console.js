@@ -100,19 +100,23 @@
     }
   });
 
+  // Following a job: its event stream (server-sent events, docs/console.md). EventSource
+  // sends the session cookie itself, and after a dropped connection it reconnects with
+  // Last-Event-ID, so the server resumes where the page left off.
   const STEPS = ["queued", "running", "done"];
-  let following = null;
+  const FINAL = ["succeeded", "failed", "canceled"];
+  const answer = $("result-answer");
+  const reasoning = $("result-reasoning");
+  let source = null; // the open stream of the job on show
+  let text = { reasoning: "", answer: "" };
 
-  function render(job) {
-    result.hidden = false;
-    $("result-id").textContent = job.id.slice(0, 8);
-    $("result-link").href = job.links.detail;
-    const current = job.final ? "done" : job.status;
-    const reached = STEPS.indexOf(current);
+  function showStatus(status, worker) {
+    const final = FINAL.includes(status);
+    const reached = STEPS.indexOf(final ? "done" : status);
     document.querySelectorAll("#steps li").forEach((item, index) => {
-      item.classList.toggle("done", index < reached || (job.final && index === reached));
-      item.classList.toggle("failed", job.final && index === reached && job.status !== "succeeded");
-      if (index === reached && !job.final) {
+      item.classList.toggle("done", index < reached || (final && index === reached));
+      item.classList.toggle("failed", final && index === reached && status !== "succeeded");
+      if (index === reached && !final) {
         item.setAttribute("aria-current", "step");
       } else {
         item.removeAttribute("aria-current");
@@ -120,25 +124,35 @@
     });
     const labels = {
       queued: "Queued: waiting for a worker…",
-      running: "Running on " + (job.worker || "a worker") + "…",
+      running: "Running on " + (worker || "a worker") + "…",
       succeeded: "Done.",
       failed: "Failed.",
       canceled: "Canceled.",
     };
-    $("result-status").textContent = labels[job.status] || job.status;
-    if (job.final) {
-      showOutcome(job);
-    }
+    $("result-status").textContent = labels[status] || status;
+  }
+
+  // The reasoning block shows only when there is reasoning; the text block once any
+  // text has come.
+  function showText() {
+    $("result-text").hidden = !(text.answer || text.reasoning);
+    $("result-reasoning-block").hidden = !text.reasoning;
+    reasoning.textContent = text.reasoning;
+    answer.textContent = text.answer;
   }
 
   function formatMs(value) {
     return value === null || value === undefined ? "—" : value.toLocaleString("en") + " ms";
   }
 
-  function showOutcome(job) {
+  // The final job (the stream's "done": the job as GET /v1/jobs/{id} returns it).
+  function showOutcome(job, links) {
+    showStatus(job.status, job.worker);
+    const answered = job.result === null ? "(no answer)" : job.result;
+    text = { reasoning: job.reasoning || "", answer: answered };
+    showText();
+    answer.setAttribute("aria-busy", "false");
     $("result-body").hidden = false;
-    const answer = $("result-answer");
-    answer.textContent = job.result === null ? "(no answer)" : job.result;
     const error = $("result-error");
     error.hidden = !job.error;
     if (job.error) {
@@ -148,39 +162,61 @@
     $("result-queue").textContent = formatMs(job.queue_ms);
     $("result-inference").textContent = formatMs(job.inference_ms);
     $("result-worker").textContent = job.worker || "—";
-    $("result-image").src = job.links.image;
+    $("result-image").src = links.image;
     $("result-image-caption").textContent =
       "As stored: " + job.image.width + "×" + job.image.height + " PNG";
   }
 
-  // Long-poll: the server answers as soon as the status differs from the one we saw (or
-  // after a few seconds without change), so each change shows up at once.
-  async function follow(job) {
-    const token = {};
-    following = token;
-    $("result-body").hidden = true;
-    render(job);
-    let failures = 0;
-    while (!job.final && following === token) {
-      try {
-        const response = await fetch(job.links.watch + "?seen=" + encodeURIComponent(job.status), {
-          headers: { Accept: "application/json" },
-          credentials: "same-origin",
-        });
-        if (!response.ok) {
-          $("result-status").textContent = await problemDetail(response);
-          return;
-        }
-        job = await response.json();
-        failures = 0;
-        if (following === token) {
-          render(job);
-        }
-      } catch (error) {
-        failures += 1;
-        $("result-status").textContent = "Connection lost; retrying…";
-        await new Promise((resolve) => setTimeout(resolve, Math.min(1000 * failures, 5000)));
-      }
+  function stopFollowing() {
+    if (source) {
+      source.close();
+      source = null;
     }
+    answer.setAttribute("aria-busy", "false");
+  }
+
+  // ``job`` is the submission's answer: the job as queued, plus the console's links.
+  function follow(job) {
+    stopFollowing();
+    const links = job.links;
+    result.hidden = false;
+    $("result-id").textContent = job.id.slice(0, 8);
+    $("result-link").href = links.detail;
+    $("result-body").hidden = true;
+    text = { reasoning: "", answer: "" };
+    showText();
+    showStatus(job.status, job.worker);
+    answer.setAttribute("aria-busy", "true"); // announced once, when done
+    const stream = new EventSource(links.events);
+    source = stream;
+    const on = (name, handle) =>
+      stream.addEventListener(name, (event) => handle(JSON.parse(event.data)));
+    on("status", (body) => showStatus(body.status, body.worker));
+    on("delta", (body) => {
+      if (Object.hasOwn(text, body.part)) {
+        text[body.part] += body.text;
+        showText();
+      }
+    });
+    on("reset", () => {
+      text = { reasoning: "", answer: "" }; // the text starts over
+      showText();
+    });
+    on("done", (job) => {
+      stopFollowing(); // the server ends the stream; without close() it would reconnect
+      showOutcome(job, links);
+    });
+    stream.addEventListener("error", () => {
+      if (stream.readyState === EventSource.CLOSED) {
+        // Refused (an error status, not a network error): EventSource gives up.
+        stopFollowing();
+        $("result-status").textContent =
+          "The job cannot be followed live (signed out, too many open streams, or the job " +
+          "is gone). Open its details below, or sign in again.";
+      } else {
+        // The status event that every reconnection starts with replaces this.
+        $("result-status").textContent = "Connection lost; retrying…";
+      }
+    });
   }
 })();
