@@ -10,8 +10,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from client import Client
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -220,6 +224,82 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Settings(), jobs=args.jobs)
 
 
+def _ask(args: argparse.Namespace) -> int:
+    from client import ApiError, Client, StreamLost
+
+    key = args.key or os.environ.get("SIGHTLINE_API_KEY")
+    if not key:
+        print("sightline ask: give --key or set SIGHTLINE_API_KEY", file=sys.stderr)
+        return 2
+    if not Path(args.image).is_file():
+        print(f"sightline ask: {args.image}: no such file", file=sys.stderr)
+        return 2
+    fields: dict[str, Any] = {}
+    if args.max_new_tokens is not None:
+        fields["max_new_tokens"] = args.max_new_tokens
+    if args.thinking is not None:
+        fields["thinking"] = args.thinking
+    client = Client(args.url, key)
+    try:
+        job_id = client.submit(args.image, args.prompt, **fields)["id"]
+        job = _ask_follow(client, job_id, show=not args.json)
+    except (ApiError, StreamLost) as exc:
+        print(f"sightline ask: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(job))
+    if job["status"] == "succeeded":
+        return 0
+    error = job["error"] or {}
+    reason = f": {error.get('code')}: {error.get('message')}" if error else ""
+    print(f"sightline ask: job {job_id} {job['status']}{reason}", file=sys.stderr)
+    return 1
+
+
+def _ask_follow(client: Client, job_id: str, *, show: bool) -> dict[str, Any]:
+    """The final job, its text printed as it is written when ``show``: the answer on
+    stdout, a thinking job's reasoning on stderr. With the tenant's streams all open
+    (429), it long-polls instead and prints the text at the end."""
+    from client import ApiError
+
+    shown = {"reasoning": "", "answer": ""}
+    job: dict[str, Any] | None = None
+    try:
+        for event in client.stream(job_id):
+            if event.event == "done":
+                job = event.data
+            elif event.event == "reset" and show and any(shown.values()):
+                print("\n[the job was restarted; its text starts over]", file=sys.stderr)
+                shown = dict.fromkeys(shown, "")
+            elif event.event == "delta" and show:
+                _ask_print(shown, event.data["part"], event.data["text"])
+    except ApiError as exc:
+        if exc.status != 429:
+            raise
+        job = client.wait(job_id)
+    assert job is not None, "a stream ends with done"
+    if show:
+        # Text the stream did not carry (a job that had ended before it opened).
+        for part, key in (("reasoning", "reasoning"), ("answer", "result")):
+            final = job[key] or ""
+            if final.startswith(shown[part]) and len(final) > len(shown[part]):
+                _ask_print(shown, part, final[len(shown[part]) :])
+        if shown["answer"] or job["status"] == "succeeded":
+            print()
+    return job
+
+
+def _ask_print(shown: dict[str, str], part: str, text: str) -> None:
+    """Print ``text`` of ``part``: reasoning to stderr, the answer to stdout, on a line
+    of its own after any reasoning."""
+    if part == "answer" and shown["reasoning"] and not shown["answer"]:
+        print(file=sys.stderr)
+    out = sys.stdout if part == "answer" else sys.stderr
+    out.write(text)
+    out.flush()
+    shown[part] += text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sightline", description="Durable, micro-batched vision-language inference jobs."
@@ -292,6 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.submit import add_parser as add_submit
 
     add_submit(commands)
+
+    ask = commands.add_parser(
+        "ask", help="ask one question of an image, print the answer as it is written"
+    )
+    ask.add_argument("image", help="an image file")
+    ask.add_argument("prompt", help="the question")
+    ask.add_argument("--max-new-tokens", type=int)
+    ask.add_argument(
+        "--thinking",
+        action=argparse.BooleanOptionalAction,
+        help="the model's thinking switch (default: the server's); reasoning goes to stderr",
+    )
+    ask.add_argument("--json", action="store_true", help="print only the final job, as JSON")
+    ask.add_argument("--url", default=os.environ.get("SIGHTLINE_API_URL", "http://127.0.0.1:8000"))
+    ask.add_argument("--key", help="API key (default: $SIGHTLINE_API_KEY)")
+    ask.set_defaults(run=_ask)
 
     demo = commands.add_parser("demo", help="embedded end-to-end run")
     demo.add_argument("--jobs", type=int, default=6, help="sample jobs to submit")

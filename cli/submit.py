@@ -5,6 +5,11 @@ object per line: ``path`` or ``image_url``, optional ``prompt``, ``metadata``). 
 item gets an idempotency key derived from its content and prompt, so running the same
 command again submits nothing new and just collects the results. Progress bars show
 uploads and completions; results go to an NDJSON file, one line per item.
+
+With ``--batch`` completions come from each batch's event stream (``GET
+/v1/batches/{id}/events``) as items end; single jobs, items submitted by an earlier run
+(they belong to its batch) and any batch whose stream is refused (429: the tenant's
+streams are all open) or lost are waited for with long-polls instead.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from client import ApiError, Client
+from client import ApiError, Client, StreamLost
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 # Items per POST /v1/batches when --batch is given.
@@ -101,9 +106,10 @@ def run(args: argparse.Namespace) -> int:
         print("sightline submit: no image files found", file=sys.stderr)
         return 2
     client = Client(args.url, key)
+    batch_ids: list[str] = []
     try:
         created = (
-            _submit_batches(client, items, args.callback_url)
+            _submit_batches(client, items, args.callback_url, batch_ids)
             if args.batch
             else _submit_jobs(client, items)
         )
@@ -114,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         f"submitted {created} new job(s); {len(items) - created} were already submitted",
         file=sys.stderr,
     )
-    failures = _collect_results(client, items, Path(args.out))
+    failures = _collect_results(client, items, batch_ids, Path(args.out))
     print(f"{len(items) - failures}/{len(items)} succeeded; results in {args.out}", file=sys.stderr)
     return 0 if failures == 0 else 1
 
@@ -132,7 +138,10 @@ def _submit_jobs(client: Client, items: list[Item]) -> int:
     return created
 
 
-def _submit_batches(client: Client, items: list[Item], callback_url: str | None) -> int:
+def _submit_batches(
+    client: Client, items: list[Item], callback_url: str | None, batch_ids: list[str]
+) -> int:
+    """Submit ``items`` in batches of ``BATCH_CHUNK``, their ids added to ``batch_ids``."""
     created = 0
     with tqdm(total=len(items), desc="upload", unit="img") as bar:
         for start in range(0, len(items), BATCH_CHUNK):
@@ -154,6 +163,7 @@ def _submit_batches(client: Client, items: list[Item], callback_url: str | None)
                     entry["image_url"] = item.image_url
                 payload.append(entry)
             answer = client.batch(payload, callback_url=callback_url)
+            batch_ids.append(answer["id"])
             for rejected in answer["rejected"]:
                 item = chunk[rejected["index"]]
                 print(f"rejected {item.label}: {rejected['detail']}", file=sys.stderr)
@@ -164,15 +174,26 @@ def _submit_batches(client: Client, items: list[Item], callback_url: str | None)
     return created
 
 
-def _collect_results(client: Client, items: list[Item], out: Path) -> int:
+def _collect_results(client: Client, items: list[Item], batch_ids: list[str], out: Path) -> int:
+    """Wait for every item (the batches' streams, then long-polls for the rest) and write
+    the results in item order; returns the number of items that did not succeed."""
+    ended: dict[str, dict[str, Any]] = {}  # by job id: the job, or its batch result line
+    with tqdm(total=len(items), desc="done", unit="job") as bar:
+        bar.update(sum(not item.job_id for item in items))
+        for batch_id in batch_ids:
+            _follow_batch(client, batch_id, ended, bar)
+        for item in items:
+            if item.job_id and item.job_id not in ended:
+                ended[item.job_id] = client.wait(item.job_id, timeout_s=24 * 3600)
+                bar.update(1)
     failures = 0
     with out.open("w", encoding="utf-8") as sink:
-        for item in tqdm(items, desc="done", unit="job"):
+        for item in items:
             if not item.job_id:
                 failures += 1
                 sink.write(json.dumps({"source": item.label, "status": "rejected"}) + "\n")
                 continue
-            job = client.wait(item.job_id, timeout_s=24 * 3600)
+            job = ended[item.job_id]
             failures += job["status"] != "succeeded"
             line = {
                 "source": item.label,
@@ -187,6 +208,22 @@ def _collect_results(client: Client, items: list[Item], out: Path) -> int:
             }
             sink.write(json.dumps(line) + "\n")
     return failures
+
+
+def _follow_batch(
+    client: Client, batch_id: str, ended: dict[str, dict[str, Any]], bar: tqdm[Any]
+) -> None:
+    """Add the batch's items to ``ended`` as its stream reports them; a stream refused or
+    lost leaves the rest to the long-polls."""
+    try:
+        for event in client.stream_batch(batch_id):
+            if event.event == "item" and event.data["id"] not in ended:
+                ended[event.data["id"]] = event.data
+                bar.update(1)
+    except (ApiError, StreamLost) as exc:
+        if isinstance(exc, ApiError) and exc.status != 429:
+            raise
+        tqdm.write(f"batch {batch_id}: {exc}; waiting for its jobs one by one", file=sys.stderr)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
