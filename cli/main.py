@@ -269,7 +269,7 @@ def _ask_follow(client: Client, job_id: str, *, show: bool) -> dict[str, Any]:
             if event.event == "done":
                 job = event.data
             elif event.event == "reset" and show and any(shown.values()):
-                print("\n[the job was restarted; its text starts over]", file=sys.stderr)
+                print(f"\n[{event.data['reason']}: the text starts over]", file=sys.stderr)
                 shown = dict.fromkeys(shown, "")
             elif event.event == "delta" and show:
                 _ask_print(shown, event.data["part"], event.data["text"])

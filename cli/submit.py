@@ -141,7 +141,8 @@ def _submit_jobs(client: Client, items: list[Item]) -> int:
 def _submit_batches(
     client: Client, items: list[Item], callback_url: str | None, batch_ids: list[str]
 ) -> int:
-    """Submit ``items`` in batches of ``BATCH_CHUNK``, their ids added to ``batch_ids``."""
+    """Submit ``items`` in batches of ``BATCH_CHUNK``; the ids of those that hold new jobs
+    are added to ``batch_ids``."""
     created = 0
     with tqdm(total=len(items), desc="upload", unit="img") as bar:
         for start in range(0, len(items), BATCH_CHUNK):
@@ -163,13 +164,15 @@ def _submit_batches(
                     entry["image_url"] = item.image_url
                 payload.append(entry)
             answer = client.batch(payload, callback_url=callback_url)
-            batch_ids.append(answer["id"])
             for rejected in answer["rejected"]:
                 item = chunk[rejected["index"]]
                 print(f"rejected {item.label}: {rejected['detail']}", file=sys.stderr)
+            new = [a for a in answer["accepted"] if not a.get("existing", False)]
             for accepted in answer["accepted"]:
                 chunk[accepted["index"]].job_id = accepted["id"]
-                created += not accepted.get("existing", False)
+            created += len(new)
+            if new:  # repeats stay in an earlier batch: this one has no jobs to stream
+                batch_ids.append(answer["id"])
             bar.update(len(chunk))
     return created
 

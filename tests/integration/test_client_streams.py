@@ -203,21 +203,27 @@ def _api_log(stack: Stack) -> str:
 
 def test_sightline_submit_batch_follows_the_batch_stream(pg_stack: Stack, tmp_path: Path) -> None:
     pg_stack.start_worker(**SLOW)
+    command = _submit_batch(pg_stack, tmp_path)
 
-    done = subprocess.run(
-        _submit_batch(pg_stack, tmp_path),
-        env={**os.environ, **pg_stack.env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    def submit() -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **pg_stack.env}
+        return subprocess.run(
+            command, env=env, capture_output=True, text=True, check=False, timeout=60
+        )
 
+    done = submit()
     assert done.returncode == 0, done.stderr
     lines = _results(pg_stack, tmp_path / "results.ndjson")
     [batch_id] = {str(job.batch_id) for job in pg_stack.jobs()}
     log = _api_log(pg_stack)
     assert f"GET /v1/batches/{batch_id}/events" in log
     assert not any(f"/v1/jobs/{line['id']}?wait" in log for line in lines), "no long-polls"
+
+    # Run again: nothing new, and no stream of the new batch, which holds no job to end.
+    again = submit()
+    assert again.returncode == 0, again.stderr
+    assert "submitted 0 new job(s)" in again.stderr
+    assert _results(pg_stack, tmp_path / "results.ndjson") == lines
 
 
 @contextmanager
