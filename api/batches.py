@@ -46,8 +46,8 @@ from api.job_insert import insert_jobs
 from api.limits import enforce_item_rate, enforce_queue_cap
 from api.submission import JobDraft, JobRow, draft_job, finish_job_row, normalise_upload
 from shared import lifecycle
-from shared.batches import batch_summary
-from shared.enqueue import enqueue_wakeups
+from shared.batches import batch_summary, complete_batches
+from shared.enqueue import enqueue_events, enqueue_wakeups
 from shared.error_codes import ErrorCode
 from shared.errors import (
     BadRequest,
@@ -148,6 +148,10 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         session.add(batch)
         session.flush()
         insert_jobs(session, new_jobs)
+        # Every item an earlier job (repeated idempotency keys): nothing will run, so
+        # the batch is complete now, not at the sweeper's next pass.
+        completed = [] if new_jobs else complete_batches(session, [batch.id])
+    enqueue_events(svc.celery, completed)
     wake = [row["id"] for row in new_jobs]
     after_this_request(lambda response: _wake_after(response, svc, batch.id, wake))
     created = BatchCreated(

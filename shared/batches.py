@@ -45,7 +45,11 @@ def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
         "items_submitted": batch.items_submitted,
         "items_accepted": batch.items_accepted,
         "counts": counts,
-        "progress": round(finished / batch.items_accepted, 4) if batch.items_accepted else 1.0,
+        "progress": (
+            1.0
+            if batch.completed_at or not batch.items_accepted
+            else round(finished / batch.items_accepted, 4)
+        ),
         "callback_url": batch.callback_url,
     }
 

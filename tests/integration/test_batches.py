@@ -157,6 +157,10 @@ def test_ndjson_body_and_resubmission_with_item_keys(pg_stack: Stack) -> None:
     assert [a["id"] for a in again["accepted"]] == [a["id"] for a in first.json()["accepted"]]
     assert all(a["existing"] for a in again["accepted"])
     assert len(pg_stack.jobs()) == 5
+    # Nothing of the repeat will run (no worker, no sweeper here): it is complete at once.
+    repeat = pg_stack.call("GET", f"/v1/batches/{again['id']}").json()
+    assert repeat["completed_at"] is not None and repeat["progress"] == 1.0
+    assert pg_stack.call("GET", f"/v1/batches/{first.json()['id']}").json()["completed_at"] is None
 
 
 def test_whole_batch_refused_only_when_nothing_is_valid(pg_stack: Stack) -> None:
