@@ -5,9 +5,9 @@ line ends an event, lines starting with ``:`` are comments."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -36,3 +36,21 @@ def events(response: requests.Response) -> Iterator[Event]:
             continue
         name, _, value = line.partition(":")
         fields.setdefault(name, []).append(value.removeprefix(" "))
+
+
+class Named(Protocol):
+    """An event as the tests' reader or the client library gives it."""
+
+    event: str
+    data: Any
+
+
+def answer(received: Iterable[Named]) -> str:
+    """The answer a stream's deltas spell, honouring resets."""
+    text = ""
+    for event in received:
+        if event.event == "reset":
+            text = ""
+        elif event.event == "delta" and event.data["part"] == "answer":
+            text += event.data["text"]
+    return text

@@ -23,21 +23,11 @@ from pathlib import Path
 from cli.processes import sightline_command
 from client import Client, StreamEvent
 from shared.models import JobStatus
-from tests.sse import events
+from tests.sse import answer, events
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
 
 SLOW = {"fault_injection": "1"}
-
-
-def _answer(received: list[StreamEvent]) -> str:
-    text = ""
-    for event in received:
-        if event.event == "reset":
-            text = ""
-        elif event.event == "delta" and event.data["part"] == "answer":
-            text += event.data["text"]
-    return text
 
 
 class CuttingProxy:
@@ -101,7 +91,7 @@ def test_stream_deltas_add_up_to_the_result(pg_stack: Stack) -> None:
     assert names.count("delta") > 1, names
     assert received[-1].data == final
     assert final["status"] == "succeeded" and final["result"]
-    assert _answer(received) == final["result"]
+    assert answer(received) == final["result"]
 
 
 def test_a_dropped_connection_is_resumed_and_no_delta_comes_twice(pg_stack: Stack) -> None:
@@ -128,7 +118,7 @@ def test_a_dropped_connection_is_resumed_and_no_delta_comes_twice(pg_stack: Stac
     assert "delta" in names[cut_at:], "text still came after the drop"
     assert "reset" not in names
     assert names.count("status") == 1, "the status the resumed stream repeats is left out"
-    assert _answer(received) == final["result"]
+    assert answer(received) == final["result"]
 
 
 def _ask(stack: Stack, *args: str) -> list[str]:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import requests
 
-from tests.sse import Event, events
+from tests.sse import Event, answer, events
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
 
@@ -48,17 +48,6 @@ def _stream(
         response.close()
 
 
-def _answer(received: list[Event]) -> str:
-    """The answer the deltas spell, honouring resets."""
-    text = ""
-    for event in received:
-        if event.event == "reset":
-            text = ""
-        elif event.event == "delta" and event.data["part"] == "answer":
-            text += event.data["text"]
-    return text
-
-
 def test_deltas_arrive_before_the_end_and_add_up_to_the_result(pg_stack: Stack) -> None:
     pg_stack.start_worker(**SLOW)
     client = pg_stack.client()
@@ -78,7 +67,7 @@ def test_deltas_arrive_before_the_end_and_add_up_to_the_result(pg_stack: Stack) 
     assert names.count("delta") > 1
     final = client.get(job_id)
     assert received[-1].data == final, "done carries the job as GET returns it"
-    assert _answer(received) == final["result"]
+    assert answer(received) == final["result"]
     ids = [event.id for event in received]
     assert all(ids) and len(set(ids)) >= names.count("delta"), "every event names its position"
 
@@ -110,10 +99,10 @@ def test_resuming_with_last_event_id_loses_and_repeats_nothing(pg_stack: Stack) 
         after = list(stream)
 
     final = client.get(job_id)
-    print(f"\n{_answer(before)!r} before the drop, {_answer(after)!r} after")
+    print(f"\n{answer(before)!r} before the drop, {answer(after)!r} after")
     assert "reset" not in [event.event for event in after]
-    assert _answer(before) and _answer(after)
-    assert _answer(before) + _answer(after) == final["result"]
+    assert answer(before) and answer(after)
+    assert answer(before) + answer(after) == final["result"]
     assert after[-1].event == "done"
 
 
@@ -162,7 +151,7 @@ def test_a_reclaimed_job_resets_its_stream_and_streams_the_new_attempt(pg_stack:
     assert "reset" in names, "the new attempt's text starts over"
     reset_at = names.index("reset")
     assert received[reset_at].id is not None and received[reset_at].id.startswith("2-")
-    assert _answer(received) == final["result"]
+    assert answer(received) == final["result"]
 
 
 def test_a_batch_stream_reports_every_item_then_done(pg_stack: Stack) -> None:
