@@ -32,9 +32,17 @@ def create_celery(settings: Settings) -> Celery:
         # Flower follows jobs through task events.
         worker_send_task_events=True,
         task_send_sent_event=True,
-        # Redis: consume the queues in the order the worker lists them (interactive first)
-        # rather than round-robin.
-        broker_transport_options={"queue_order_strategy": "priority"},
+        broker_transport_options={
+            # Redis: consume the queues in the order the worker lists them (interactive
+            # first) rather than round-robin.
+            "queue_order_strategy": "priority",
+            # Without these a publish on a connection whose packets are dropped (Redis
+            # cut off, no RST) waits forever for its reply, and a new connection for the
+            # kernel's SYN retries: a submission hung for minutes. With them a publish
+            # to an unreachable Redis fails in about 2 s (the retries below included).
+            "socket_timeout": 2,
+            "socket_connect_timeout": 1,
+        },
         broker_connection_retry_on_startup=True,
         # The API must answer fast when Redis is down: the job is already committed, and
         # the sweeper enqueues it later, so don't retry publishing for long.
