@@ -10,14 +10,18 @@ broker's task events. None loads a model.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
+from celery.platforms import EX_FAILURE
 
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
@@ -31,11 +35,15 @@ from worker.fair_delivery import FairDelivery
 from worker.sweeper import sweep
 from worker.webhook_sender import LOCK_MARGIN_S, WebhookSender
 
+log = logging.getLogger(__name__)
+
 # Webhook attempts wait on the network, not the CPU: threads overlap them.
 DELIVERY_THREADS = 8
 # Threads attempts can never hold (they are deferred instead): the sweep's, and the
 # brief runs that defer an attempt.
 MAINTENANCE_THREADS = 1
+# After an unrecoverable error the ops worker starts afresh this much later (seconds).
+RESTART_PAUSE_S = 2.0
 
 
 def create_ops_app(settings: Settings) -> Celery:
@@ -73,7 +81,14 @@ def run_ops_worker(settings: Settings) -> int:
     """Consume ``maintenance`` and ``webhooks`` until shut down; returns the exit code.
 
     ``maintenance`` is listed first: the broker's queue order is by priority, so a sweep
-    is taken before any waiting attempt whenever a thread frees."""
+    is taken before any waiting attempt whenever a thread frees.
+
+    If Celery stops on an unrecoverable error rather than a shutdown request, the
+    process starts afresh (same command, same pid) after ``RESTART_PAUSE_S``: the sweeper
+    and every webhook live here, and nothing else would bring them back. kombu 5.7 does
+    this to a thread-pool worker when Redis drops its connection while messages are
+    unacknowledged (a Redis restart under load): closing the channel then raises
+    ``AttributeError`` instead of a connection error (found by ``make chaos``)."""
     configure_logging(settings.log_level, "webhooks")
     app = create_ops_app(settings)
     worker = app.Worker(
@@ -87,6 +102,12 @@ def run_ops_worker(settings: Settings) -> int:
         quiet=True,  # no banner: stdout and stderr carry JSON log lines only
     )
     worker.start()
+    if worker.exitcode == EX_FAILURE:
+        log.error(
+            "ops worker stopped on an unrecoverable error; restarting in %g s", RESTART_PAUSE_S
+        )
+        time.sleep(RESTART_PAUSE_S)
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     return int(worker.exitcode or 0)
 
 
