@@ -20,13 +20,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# libpq's tcp_user_timeout: how long sent data may go unacknowledged by the database
+# host's TCP stack (not by PostgreSQL: a busy server still acknowledges at once).
+TCP_USER_TIMEOUT_MS = 10_000
 
 
 def create_engine_for(settings: Settings, **kwargs: Any) -> Engine:
     """Build the engine for ``settings.database_url``.
 
     PostgreSQL URLs without a driver use psycopg 3. Connections are checked before use so
-    a restarted database does not surface as an error on the first request after it.
+    a restarted database does not surface as an error on the first request after it. A
+    connection whose packets go unacknowledged for ``TCP_USER_TIMEOUT_MS`` (the database
+    host cut off, no RST) fails instead of waiting for the kernel's retransmissions,
+    minutes long: the API answers 503 rather than hanging.
     """
     url = make_url(settings.database_url)
     if url.drivername in ("postgresql", "postgres"):
@@ -34,7 +40,9 @@ def create_engine_for(settings: Settings, **kwargs: Any) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url.render_as_string(hide_password=False), **kwargs)
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("connect_args", {"connect_timeout": 3})
+    kwargs.setdefault(
+        "connect_args", {"connect_timeout": 3, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
+    )
     return create_engine(url, **kwargs)
 
 
