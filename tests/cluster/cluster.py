@@ -125,7 +125,7 @@ class Cluster:
         )
         self.celery = create_celery(self.settings)
         self.url = f"http://{self.api.address}:{API_PORT}"
-        self.key = ""
+        self.key = self.other_key = ""
 
     # -- the hosts -------------------------------------------------------------------
 
@@ -162,6 +162,9 @@ class Cluster:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute(AUDIT)
         self.key = json.loads(self.cli("keys", "create", "chaos", "--json"))["key"]
+        # A second tenant: webhook slots are shared per tenant, so "a slow receiver does
+        # not hold up the others" is about other tenants' receivers.
+        self.other_key = json.loads(self.cli("keys", "create", "chaos-other", "--json"))["key"]
         for name in ("hooks", "sink"):
             self._spawn(
                 name,
@@ -305,6 +308,11 @@ class Cluster:
     def log(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
+    def log_lines(self, name: str, text: str) -> int:
+        """How many lines of process ``name``'s log contain ``text``."""
+        with self.log(name).open(errors="replace") as log:
+            return sum(1 for line in log if text in line)
+
     def close(self) -> None:
         for name in reversed(list(self.processes)):
             self.stop(name)
@@ -403,14 +411,17 @@ def _redis_answers(url: str) -> bool:
 
 @dataclass
 class Load:
-    """Jobs submitted at a steady rate by a background thread while a scenario runs:
-    what was accepted (by time), and every answer that was not a 202."""
+    """Jobs submitted at a steady rate by two background threads while a scenario runs:
+    what was accepted (by time), how long each answer took (by time), and every answer
+    that was not a 202."""
 
     cluster: Cluster
     per_s: float = 4.0
     callback_host: str = "hooks"
+    key: str = ""  # the cluster's first key unless given
     accepted: list[tuple[float, str]] = field(default_factory=list)
     refused: list[tuple[float, int, str]] = field(default_factory=list)
+    answer_s: list[tuple[float, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @contextmanager
@@ -429,7 +440,7 @@ class Load:
 
     def _submit_loop(self, lane: int) -> None:
         session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {self.cluster.key}"
+        session.headers["Authorization"] = f"Bearer {self.key or self.cluster.key}"
         interval = 2 / self.per_s
         index = lane
         next_at = time.monotonic()
@@ -447,6 +458,7 @@ class Load:
                     },
                     timeout=30,
                 )
+                self.answer_s.append((at, time.time() - at))
                 if answer.status_code == 202:
                     self.accepted.append((at, answer.json()["id"]))
                 else:
@@ -460,6 +472,11 @@ class Load:
     def ids(self) -> list[str]:
         return [job_id for _, job_id in self.accepted]
 
+    def slowest_answer_s(self, start: float, end: float) -> float:
+        """The longest a submission sent between ``start`` and ``end`` waited for its
+        answer (0 if none was sent)."""
+        return max((took for at, took in self.answer_s if start <= at < end), default=0.0)
+
 
 @dataclass
 class Report:
@@ -472,6 +489,7 @@ class Report:
     duplicates: int
     refused: dict[int, int]
     recovery_s: float
+    webhooks_missing: int
     extra: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -479,17 +497,29 @@ class Report:
         return (
             f"[chaos] {self.name}: accepted {self.accepted}, succeeded {self.succeeded}, "
             f"lost {self.lost}, duplicates {self.duplicates}, refused {self.refused}, "
-            f"recovery {self.recovery_s:.1f} s after the fault ended{extra}"
+            f"recovery {self.recovery_s:.1f} s after the fault ended, "
+            f"webhooks missing {self.webhooks_missing}{extra}"
         )
+
+    def check(self) -> None:
+        """Print the figures; fail unless every accepted job succeeded exactly once and
+        its webhook reached the receiver (under one ``webhook-id``)."""
+        print(self.line())
+        assert self.lost == 0, f"{self.lost} accepted jobs did not succeed"
+        assert self.duplicates == 0, f"{self.duplicates} jobs written or delivered twice"
+        assert self.succeeded == self.accepted
+        assert self.webhooks_missing == 0, f"{self.webhooks_missing} webhooks never arrived"
 
 
 def settle(
     cluster: Cluster, load: Load, name: str, fault_end: float, timeout_s: float = 240
 ) -> Report:
-    """Wait until every accepted job is final, then count: succeeded, lost (not final, or
-    not succeeded), duplicates (more than one final write, or more than one distinct
-    ``webhook-id`` delivered for a job), and the recovery time: from ``fault_end`` (a
-    ``time.time()``) until the last job accepted before it was finished."""
+    """Wait until every accepted job is final and its webhook arrived (or the timeouts
+    pass), then count: succeeded, lost (not final, or not succeeded), duplicates (more
+    than one final write, or more than one distinct ``webhook-id`` delivered for a job),
+    webhooks missing, and the recovery time: from ``fault_end`` (a ``time.time()``) until
+    the last job accepted before it was finished. Nothing is asserted or printed here:
+    :meth:`Report.check` does both."""
     ids = load.ids
     assert ids, "no job was accepted"
 
@@ -542,7 +572,6 @@ def settle(
         duplicates=duplicates,
         refused=refused,
         recovery_s=max(0.0, last - fault_end),
-        extra={"webhooks missing": sum(1 for j in ids if j not in hooks)},
+        webhooks_missing=sum(1 for j in ids if j not in hooks),
     )
-    print(report.line())
     return report

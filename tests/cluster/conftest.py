@@ -30,11 +30,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def cluster(tiny_checkpoint: Path) -> Iterator[Cluster]:
     """Every host started, with default settings (a shorter lease with
-    ``SIGHTLINE_CHAOS_LEASE_S``); images in a directory all hosts share, or on the data
-    host's S3 server with ``SIGHTLINE_CHAOS_BLOBS=s3``."""
+    ``SIGHTLINE_CHAOS_LEASE_S``); images on the data host's S3 server, or in a directory
+    all hosts share with ``SIGHTLINE_CHAOS_BLOBS=local``."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     lease = os.environ.get("SIGHTLINE_CHAOS_LEASE_S")
-    blobs = os.environ.get("SIGHTLINE_CHAOS_BLOBS", "local")
+    blobs = os.environ.get("SIGHTLINE_CHAOS_BLOBS", "s3")
     with Cluster(tiny_checkpoint, lease_s=int(lease) if lease else None, blobs=blobs) as running:
         yield running

@@ -20,20 +20,30 @@ FAULT_S = 20
 
 
 def _flowing(load: Load, count: int = 10) -> None:
-    wait_until(lambda: len(load.accepted) >= count, timeout_s=60, what="jobs flowing")
+    wait_until(lambda: len(load.accepted) >= count, timeout_s=60, what=f"{count} jobs accepted")
+
+
+# Seconds Redis stays down in each of the restarts, one after another under load. Short
+# outages matter: kombu's reconnect then races the ops worker's unacknowledged messages,
+# which stopped the ops worker (sweeper and webhooks) for good before worker/ops.py
+# restarted it.
+REDIS_DOWN_S = (5.0, 1.0, 0.3)
+OPS_RESTARTED = "ops worker stopped on an unrecoverable error"
 
 
 def test_redis_restart_under_load(cluster: Cluster) -> None:
+    ops_restarts = cluster.log_lines("ops", OPS_RESTARTED)
     with Load(cluster).running() as load:
-        _flowing(load)
-        cluster.stop("redis")
+        for down_s in REDIS_DOWN_S:
+            _flowing(load, len(load.accepted) + 10)
+            cluster.stop("redis")
+            time.sleep(down_s)
+            cluster.start_redis()
+            restarted_at = time.time()
         time.sleep(5)
-        cluster.start_redis()
-        restarted_at = time.time()
-        time.sleep(5)
-    report = settle(cluster, load, "Redis restart", restarted_at)
-    assert report.lost == 0 and report.duplicates == 0
-    assert report.succeeded == report.accepted
+    report = settle(cluster, load, f"Redis restart x{len(REDIS_DOWN_S)}", restarted_at)
+    report.extra["ops_worker_restarts"] = cluster.log_lines("ops", OPS_RESTARTED) - ops_restarts
+    report.check()
     assert not report.refused, load.refused
 
 
@@ -47,13 +57,15 @@ def test_redis_cut_off_from_the_api_host(cluster: Cluster) -> None:
         healed_at = time.time()
         accepted_during = sum(1 for at, _ in load.accepted if cut_at <= at < healed_at)
         time.sleep(5)
+    slowest = load.slowest_answer_s(cut_at, healed_at)
     report = settle(cluster, load, "Redis cut off from the API host", healed_at)
-    report.extra["accepted_while_cut"] = accepted_during
-    print(report.line())
-    assert report.lost == 0 and report.duplicates == 0
-    assert report.succeeded == report.accepted
+    report.extra.update(accepted_while_cut=accepted_during, slowest_202_s=round(slowest, 1))
+    report.check()
     assert accepted_during, "submissions commit while the broker is unreachable"
     assert not report.refused, load.refused
+    # A publish to the unreachable broker gives up within about 2 s (and the rate
+    # limit's counter within 1 s); generous for a busy 2-core machine.
+    assert slowest < 10, f"a submission waited {slowest:.1f} s while Redis was cut off"
 
 
 def test_the_api_host_cut_off_from_the_data_host(cluster: Cluster) -> None:
@@ -72,11 +84,10 @@ def test_the_api_host_cut_off_from_the_data_host(cluster: Cluster) -> None:
         )
         answered_s = min(at for at, _ in load.accepted if at > healed_at) - healed_at
         time.sleep(5)
+    slowest = load.slowest_answer_s(cut_at, healed_at)
     report = settle(cluster, load, "API host cut off from the data host", healed_at)
-    report.extra["api_answers_s"] = round(answered_s, 1)
-    print(report.line())
-    assert report.lost == 0 and report.duplicates == 0
-    assert report.succeeded == report.accepted
+    report.extra.update(api_answers_s=round(answered_s, 1), slowest_503_s=round(slowest, 1))
+    report.check()
     during = [(status, body) for at, status, body in load.refused if at >= cut_at]
     assert during, "requests during the cut were refused"
     assert all(status == 503 and "503" in body for status, body in during), during
@@ -92,10 +103,14 @@ def test_the_api_host_cut_off_from_the_data_host(cluster: Cluster) -> None:
 
 
 def test_a_blackholing_webhook_receiver_does_not_hold_up_the_others(cluster: Cluster) -> None:
+    """One tenant's receiver drops every packet, so each attempt to it takes the whole
+    attempt timeout; another tenant's receiver gets its webhooks all the same. (Within
+    one tenant, the blackholed attempts would hold the tenant's delivery slots: that is
+    the tenant's own share, by design.)"""
     sink = cluster.hosts["sink"]
     sink.drop_to()
     try:
-        blackholed = Load(cluster, per_s=2, callback_host="sink")
+        blackholed = Load(cluster, per_s=2, callback_host="sink", key=cluster.other_key)
         healthy = Load(cluster, per_s=2)
         with blackholed.running(), healthy.running():
             time.sleep(FAULT_S)
@@ -103,9 +118,16 @@ def test_a_blackholing_webhook_receiver_does_not_hold_up_the_others(cluster: Clu
         report = settle(cluster, healthy, "webhook receiver blackholing", stopped)
         delivered_s = time.time() - stopped
         report.extra.update(blackholed_jobs=len(blackholed.ids), delivered_s=round(delivered_s))
-        print(report.line())
-        assert report.lost == 0 and report.duplicates == 0
-        assert report.extra["webhooks missing"] == 0, "deliveries to the healthy receiver stalled"
+        report.check()
         assert delivered_s < 60, "the healthy receiver's deliveries waited on the blackhole"
+
+        def blackholed_succeeded() -> bool:
+            rows = cluster.sql(
+                "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status = 'succeeded'",
+                blackholed.ids,
+            )
+            return bool(rows[0][0] == len(blackholed.ids))
+
+        wait_until(blackholed_succeeded, timeout_s=120, interval_s=1, what="every job succeeded")
     finally:
         sink.heal()
