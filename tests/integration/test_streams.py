@@ -16,11 +16,14 @@ from contextlib import contextmanager
 
 import requests
 
+from tests.prometheus import scrape, scrape_until, total
 from tests.sse import Event, answer, events
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
 
 SLOW = {"fault_injection": "1"}
+OPEN = "sightline_event_streams_open"
+FIRST_DELTA = "sightline_stream_first_delta_seconds"
 
 
 @contextmanager
@@ -54,11 +57,13 @@ def test_deltas_arrive_before_the_end_and_add_up_to_the_result(pg_stack: Stack) 
     job_id = client.submit(make_image(1), "[[slow]] stream me", max_new_tokens=12)["id"]
     received: list[Event] = []
     state_at_first_delta = None
+    open_then = 0.0
     with _stream(pg_stack, f"/v1/jobs/{job_id}/events") as stream:
         for event in stream:
             received.append(event)
             if event.event == "delta" and state_at_first_delta is None:
                 state_at_first_delta = client.get(job_id)["status"]
+                open_then = total(scrape(f"{pg_stack.url}/metrics"), OPEN)
 
     names = [event.event for event in received]
     print(f"\n{names.count('delta')} deltas, events: {names[:4]}…{names[-2:]}")
@@ -70,10 +75,21 @@ def test_deltas_arrive_before_the_end_and_add_up_to_the_result(pg_stack: Stack) 
     assert answer(received) == final["result"]
     ids = [event.id for event in received]
     assert all(ids) and len(set(ids)) >= names.count("delta"), "every event names its position"
+    assert open_then >= 1, "the open stream is counted"
+    # Other tests' streams may still be open (a closed one is noticed at its next
+    # heartbeat): this one's end shows as one fewer.
+    samples = scrape_until(
+        f"{pg_stack.url}/metrics",
+        lambda found: total(found, OPEN) < open_then and total(found, f"{FIRST_DELTA}_count") >= 1,
+        timeout_s=10,
+        what="the closed stream and its time to first delta",
+    )
+    first_delta_s = total(samples, f"{FIRST_DELTA}_sum") / total(samples, f"{FIRST_DELTA}_count")
+    assert 0 < first_delta_s < 60
 
 
 def test_a_finished_job_streams_one_done(pg_stack: Stack) -> None:
-    pg_stack.start_worker()
+    pg_stack.start_worker(**SLOW)  # the same settings: the parked worker is reused
     client = pg_stack.client()
     job = client.wait(client.submit(make_image(2), "quick", max_new_tokens=4)["id"])
 
@@ -155,7 +171,7 @@ def test_a_reclaimed_job_resets_its_stream_and_streams_the_new_attempt(pg_stack:
 
 
 def test_a_batch_stream_reports_every_item_then_done(pg_stack: Stack) -> None:
-    pg_stack.start_worker()
+    pg_stack.start_worker(**SLOW)
     client = pg_stack.client()
     items = [
         {"image": make_image(10 + i), "prompt": f"item {i}", "max_new_tokens": 4} for i in range(5)
