@@ -41,13 +41,15 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        engine = create_engine_for(settings)
+        # fail_fast: with PostgreSQL or Redis cut off, a request still answers within
+        # seconds (503; or 202 with the wake-up left to the sweeper) instead of hanging.
+        engine = create_engine_for(settings, fail_fast=True)
         return cls(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
             blobs=BlobStore(settings.blob_url),
-            celery=create_celery(settings),
+            celery=create_celery(settings, fail_fast=True),
             outbound=OutboundPolicy.from_setting(settings.outbound_allowlist),
             presets=load_presets(settings.presets_path),
             # Rate-limit counters live in the broker's Redis; connecting is lazy.

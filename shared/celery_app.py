@@ -12,8 +12,21 @@ from shared.settings import Settings
 from shared.tasks import QUEUE_INTERACTIVE
 
 
-def create_celery(settings: Settings) -> Celery:
-    """A Celery app bound to ``settings.broker_url``; tasks are registered by the worker."""
+def create_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
+    """A Celery app bound to ``settings.broker_url``; tasks are registered by the worker.
+
+    With ``fail_fast`` (the API, which only publishes), a publish to a Redis whose packets
+    are dropped (cut off, no RST) fails in about 2 s, retries included, instead of
+    waiting forever for its reply (kombu's default): the job is committed already and
+    the sweeper re-sends its wake-up. Consumers keep kombu's defaults: a worker whose ack
+    timed out that way stopped consuming for good (``make chaos``, worker partition)."""
+    transport_options: dict[str, object] = {
+        # Redis: consume the queues in the order the worker lists them (interactive
+        # first) rather than round-robin.
+        "queue_order_strategy": "priority",
+    }
+    if fail_fast:
+        transport_options |= {"socket_timeout": 2, "socket_connect_timeout": 1}
     app = Celery("sightline", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_default_queue=QUEUE_INTERACTIVE,
@@ -32,17 +45,7 @@ def create_celery(settings: Settings) -> Celery:
         # Flower follows jobs through task events.
         worker_send_task_events=True,
         task_send_sent_event=True,
-        broker_transport_options={
-            # Redis: consume the queues in the order the worker lists them (interactive
-            # first) rather than round-robin.
-            "queue_order_strategy": "priority",
-            # Without these a publish on a connection whose packets are dropped (Redis
-            # cut off, no RST) waits forever for its reply, and a new connection for the
-            # kernel's SYN retries: a submission hung for minutes. With them a publish
-            # to an unreachable Redis fails in about 2 s (the retries below included).
-            "socket_timeout": 2,
-            "socket_connect_timeout": 1,
-        },
+        broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         # The API must answer fast when Redis is down: the job is already committed, and
         # the sweeper enqueues it later, so don't retry publishing for long.

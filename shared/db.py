@@ -25,14 +25,16 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 TCP_USER_TIMEOUT_MS = 10_000
 
 
-def create_engine_for(settings: Settings, **kwargs: Any) -> Engine:
+def create_engine_for(settings: Settings, *, fail_fast: bool = False, **kwargs: Any) -> Engine:
     """Build the engine for ``settings.database_url``.
 
     PostgreSQL URLs without a driver use psycopg 3. Connections are checked before use so
-    a restarted database does not surface as an error on the first request after it. A
-    connection whose packets go unacknowledged for ``TCP_USER_TIMEOUT_MS`` (the database
-    host cut off, no RST) fails instead of waiting for the kernel's retransmissions,
-    minutes long: the API answers 503 rather than hanging.
+    a restarted database does not surface as an error on the first request after it.
+    With ``fail_fast`` (the API), a PostgreSQL connection whose packets go unacknowledged
+    for ``TCP_USER_TIMEOUT_MS`` (the database host cut off, no RST) fails instead of
+    waiting for the kernel's retransmissions, minutes long: the API answers 503 rather
+    than hanging. Workers keep waiting: their work resumes where it was once the link is
+    back.
     """
     url = make_url(settings.database_url)
     if url.drivername in ("postgresql", "postgres"):
@@ -40,9 +42,10 @@ def create_engine_for(settings: Settings, **kwargs: Any) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url.render_as_string(hide_password=False), **kwargs)
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault(
-        "connect_args", {"connect_timeout": 3, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
-    )
+    connect_args: dict[str, Any] = {"connect_timeout": 3}
+    if fail_fast:
+        connect_args["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
+    kwargs.setdefault("connect_args", connect_args)
     return create_engine(url, **kwargs)
 
 
