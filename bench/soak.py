@@ -1,11 +1,12 @@
 """``make soak``: the API under a steady mix for a long time, with locust (headless).
 
-Starts the namespace cluster of ``tests/cluster/`` (root only: PostgreSQL, Redis, the API
-under gunicorn, two CPU workers on the tiny checkpoint, ops and beat, each on its own
-host), runs ``bench/locustfile.py`` against the API for ``--duration`` seconds
-(``SOAK_S``, default 600) and prints throughput, p50/p99 per route, errors by status, and
-the RSS of every sightline process after the warm-up and at the end. Exits 1 when a
-process grew by more than 10 % after the warm-up or any request answered 5xx.
+Starts the namespace cluster of ``tests/cluster/`` (root only: PostgreSQL, Redis and the
+S3 server, the API under gunicorn, two CPU workers on the tiny checkpoint, ops and beat,
+each on its own host), runs ``bench/locustfile.py`` against the API for ``--duration``
+seconds (``SOAK_S``, default 600) and prints throughput, p50/p99 per route, errors by
+status, the RSS of every sightline process at the start, after the warm-up and at the
+end, and the jobs by status. Exits 1 when a process grew by more than 10 % after the
+warm-up or any request answered 5xx.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sightline-soak-") as scratch:
         model = Path(scratch) / "tiny"
         build_tiny_checkpoint(model, size="tiny", seed=0)
-        with Cluster(model, blobs="local") as cluster:
+        with Cluster(model) as cluster:
             prefix = str(Path(scratch) / "locust")
             command = [
                 *(sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py")),
@@ -67,7 +68,13 @@ def main() -> int:
             warm = _rss(cluster)
             locust.wait()
             end = _rss(cluster)
+            jobs = dict(cluster.sql("SELECT status::text, count(*) FROM jobs GROUP BY 1"))
+            print(f"jobs by status at the end: {jobs} ({_per_s(jobs, args.duration)})")
             return _report(prefix, args.duration, start, warm, end)
+
+
+def _per_s(jobs: dict[str, int], duration: int) -> str:
+    return f"{jobs.get('succeeded', 0) / duration:.1f} succeeded per second"
 
 
 def _report(
