@@ -158,8 +158,12 @@ def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
 
 
 def _mismatch(seen: Watched, result: str) -> str | None:
+    """Why a stream's text is wrong, if it is: its deltas must spell the result, except
+    on a stream opened once the job had ended, which is one ``done`` carrying it."""
     if seen.done is None:
         return "no done event"
+    if seen.first_delta_at is None:
+        return None if seen.done["result"] == result else "done without the result"
     return None if seen.answer == result else f"deltas {seen.answer!r} != result {result!r}"
 
 
