@@ -472,6 +472,12 @@ class Load:
     def ids(self) -> list[str]:
         return [job_id for _, job_id in self.accepted]
 
+    def accepted_again_s(self, since: float, *, what: str) -> float:
+        """Wait (60 s at most) for a job accepted after ``since``; seconds from ``since``
+        to its acceptance."""
+        wait_until(lambda: any(at > since for at, _ in self.accepted), timeout_s=60, what=what)
+        return min(at for at, _ in self.accepted if at > since) - since
+
     def slowest_answer_s(self, start: float, end: float) -> float:
         """The longest a submission sent between ``start`` and ``end`` waited for its
         answer (0 if none was sent)."""
