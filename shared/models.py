@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -110,6 +111,8 @@ class Tenant(Base):
     webhook_secret: Mapped[str] = mapped_column(String(100))
     previous_webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Share of workers against other tenants with queued work (``lifecycle.claim``).
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class ApiKey(Base):
@@ -234,6 +237,17 @@ class Job(Base):
     __table_args__ = (
         # The claim query: oldest queued work, interactive first.
         Index("ix_jobs_claim", "status", "priority", "created_at"),
+        # The fair claim: each tenant's queued work of one priority, oldest first.
+        Index(
+            "ix_jobs_tenant_queue",
+            "tenant_id",
+            "priority",
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
+        # The fair claim's window: jobs each tenant started lately.
+        Index("ix_jobs_started", "started_at", "tenant_id", "priority"),
         Index("ux_jobs_idempotency", "tenant_id", "idempotency_key", unique=True),
         # Listing: newest first per tenant, keyset on (created_at, id).
         Index("ix_jobs_listing", "tenant_id", "created_at", "id"),
