@@ -30,6 +30,7 @@ Who moves what:
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,15 +39,29 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from celery import Celery
-from sqlalchemy import JSON, ColumnElement, Table, bindparam, case, or_, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Table,
+    Uuid,
+    bindparam,
+    case,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.selectable import SelectBase
 
+from shared import fair_share
 from shared.batches import complete_batches
 from shared.db import transaction
 from shared.enqueue import enqueue_events
 from shared.error_codes import JobErrorCode
 from shared.job_feed import JobFeed
-from shared.models import Job, JobStatus, Priority, utcnow
+from shared.models import Job, JobStatus, Priority, UTCDateTime, utcnow
 from shared.webhooks import record_events
 
 
@@ -158,12 +173,15 @@ def _update(changes: JobChanges, stmt: Any) -> list[uuid.UUID]:
 # -- the worker ------------------------------------------------------------------------
 
 
-def abandoned(max_attempts: int) -> ColumnElement[bool]:
-    """Running under an expired lease (its worker died) with attempts left; a job out of
-    attempts is left for the sweeper to fail as ``worker_lost``."""
+def abandoned(
+    max_attempts: int | ColumnElement[int], now: datetime | ColumnElement[datetime] | None = None
+) -> ColumnElement[bool]:
+    """Running under an expired lease (its worker died) at ``now`` (default: this
+    moment) with attempts left; a job out of attempts is left for the sweeper to fail as
+    ``worker_lost``."""
     return (
         (Job.status == JobStatus.RUNNING)
-        & (Job.lease_expires_at < utcnow())
+        & (Job.lease_expires_at < (utcnow() if now is None else now))
         & (Job.attempts < max_attempts)
     )
 
@@ -186,6 +204,7 @@ def claim(
     limit: int,
     lease_s: int,
     max_attempts: int,
+    fair_share_window_s: int,
     prefer: uuid.UUID | None = None,
     with_abandoned: bool = True,
     only: Priority | None = None,
@@ -193,52 +212,66 @@ def claim(
     """Take up to ``limit`` queued jobs, plus at most one abandoned job, in one statement
     (queued → running, running → running under a new token).
 
-    Queued jobs come in this order: ``prefer`` first (the job whose message woke us),
-    then interactive before bulk, then oldest first. An abandoned job (its worker died
-    while running it) may be the one that killed that worker, so it is taken alone and
-    run alone: a poison job must not burn its neighbours' attempts. On PostgreSQL
-    ``FOR UPDATE SKIP LOCKED`` lets workers claim side by side; on SQLite the
-    transaction holds the write lock. Every claimed job gets ``attempts + 1``, the claim
-    ``token`` (one per batch; it alone may finish the jobs) and a lease of ``lease_s``
-    seconds. ``only`` restricts the queued jobs to one priority. Returns the rows in no
-    particular order (``worker.scheduling.claim_order`` orders them for running).
+    Queued jobs are picked by weighted fair share between tenants, interactive before
+    bulk (:mod:`shared.fair_share`; the share counts the jobs each tenant started in the
+    last ``fair_share_window_s`` seconds); ``prefer`` (the job whose message woke us)
+    takes its own tenant's next turn. An abandoned job (its worker died while running it)
+    may be the one that killed that worker, so it is taken alone and run alone: a poison
+    job must not burn its neighbours' attempts. On PostgreSQL ``FOR UPDATE SKIP LOCKED``
+    lets workers claim side by side; on SQLite the transaction holds the write lock.
+    Every claimed job gets ``attempts + 1``, the claim ``token`` (one per batch; it alone
+    may finish the jobs) and a lease of ``lease_s`` seconds. ``only`` restricts the
+    queued jobs to one priority. Returns the rows in no particular order
+    (``worker.scheduling.claim_order`` orders them for running).
     """
     now = utcnow()
-    order = next_queued()
-    if prefer is not None:
-        order.insert(0, case((Job.id == prefer, 0), else_=1))
-    wanted = Job.status == JobStatus.QUEUED
-    if only is not None:
-        wanted &= Job.priority == only
-    queued = (
-        select(Job.id).where(wanted).order_by(*order).limit(limit).with_for_update(skip_locked=True)
+    stmt = _claim_statement(
+        changes.session.get_bind().dialect.name, prefer is not None, with_abandoned, only
     )
-    taken: ColumnElement[bool] = Job.id.in_(queued.scalar_subquery())
+    values = {
+        **fair_share.parameters(
+            limit=limit, since=now - timedelta(seconds=fair_share_window_s), prefer=prefer
+        ),
+        "claim_worker": worker,
+        "claim_token": token,
+        "claim_now": now,
+        "claim_lease_until": now + timedelta(seconds=lease_s),
+        "claim_max_attempts": max_attempts,
+    }
+    claimed = list(
+        changes.session.scalars(stmt, values, execution_options={"synchronize_session": False})
+    )
+    changes.moved += [job.id for job in claimed]
+    return claimed
+
+
+@functools.cache
+def _claim_statement(
+    dialect: str, prefer: bool, with_abandoned: bool, only: Priority | None
+) -> ReturningUpdate[Job]:
+    """The claim's statement, built once per shape: its values are parameters."""
+    now = bindparam("claim_now", type_=UTCDateTime())
+    picks: SelectBase = fair_share.fair_pick(dialect=dialect, prefer=prefer, only=only)
     if with_abandoned:
-        orphan = (
-            select(Job.id)
-            .where(abandoned(max_attempts))
-            .order_by(Job.created_at)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+        orphan = fair_share.orphan_pick(abandoned(bindparam("claim_max_attempts"), now=now))
+        # One IN over both picks: an OR of two would make PostgreSQL scan the whole table.
+        # Each pick locks its rows in its own subquery (no FOR UPDATE over a UNION).
+        picks = union_all(
+            select(picks.subquery("fair").c.id), select(orphan.subquery("orphan").c.id)
         )
-        taken = or_(taken, Job.id.in_(orphan.scalar_subquery()))
-    stmt = (
+    return (
         update(Job)
-        .where(taken)
+        .where(Job.id.in_(picks.scalar_subquery()))
         .values(
             status=JobStatus.RUNNING,
-            worker=worker,
-            claim_token=token,
+            worker=bindparam("claim_worker"),
+            claim_token=bindparam("claim_token", type_=Uuid()),
             started_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_s),
+            lease_expires_at=bindparam("claim_lease_until", type_=UTCDateTime()),
             attempts=Job.attempts + 1,
         )
         .returning(Job)
     )
-    claimed = list(changes.session.scalars(stmt, execution_options={"synchronize_session": False}))
-    changes.moved += [job.id for job in claimed]
-    return claimed
 
 
 def renew(changes: JobChanges, *, token: uuid.UUID, lease_s: int) -> int:

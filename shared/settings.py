@@ -104,6 +104,15 @@ class Settings(BaseSettings):
             "of this while a batch runs, so it bounds crash detection, not batch length."
         ),
     )
+    fair_share_window_s: int = Field(
+        default=60,
+        ge=1,
+        description=(
+            "How far back the claim counts the jobs each tenant started, to share workers "
+            "between tenants by weight: a tenant that got less than its share in this "
+            "window goes first. Longer remembers more; shorter forgives a past burst sooner."
+        ),
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Claims a job gets before a lost worker fails it."
     )

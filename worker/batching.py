@@ -270,6 +270,7 @@ class BatchService:
                 limit=limit,
                 lease_s=self._settings.job_lease_s,
                 max_attempts=self._settings.max_attempts,
+                fair_share_window_s=self._settings.fair_share_window_s,
                 prefer=prefer,
                 with_abandoned=with_abandoned,
                 only=only,

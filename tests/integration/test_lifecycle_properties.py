@@ -161,6 +161,7 @@ def machine_for(sessions: sessionmaker[Session]) -> type[RuleBasedStateMachine]:
                     limit=limit,
                     lease_s=60,
                     max_attempts=MAX_ATTEMPTS,
+                    fair_share_window_s=60,
                     with_abandoned=with_abandoned,
                 )
 
@@ -351,7 +352,13 @@ MOVES: dict[str, tuple[JobStatus, JobStatus, Any, dict[str, Any]]] = {
         JobStatus.QUEUED,
         JobStatus.RUNNING,
         lambda c, job: lifecycle.claim(
-            c, worker="w", token=uuid.uuid4(), limit=50, lease_s=60, max_attempts=2
+            c,
+            worker="w",
+            token=uuid.uuid4(),
+            limit=50,
+            lease_s=60,
+            max_attempts=2,
+            fair_share_window_s=60,
         ),
         {},
     ),
@@ -365,7 +372,13 @@ MOVES: dict[str, tuple[JobStatus, JobStatus, Any, dict[str, Any]]] = {
         JobStatus.RUNNING,
         JobStatus.RUNNING,
         lambda c, job: lifecycle.claim(
-            c, worker="w", token=uuid.uuid4(), limit=0, lease_s=60, max_attempts=2
+            c,
+            worker="w",
+            token=uuid.uuid4(),
+            limit=0,
+            lease_s=60,
+            max_attempts=2,
+            fair_share_window_s=60,
         ),
         {**PAST, "attempts": 1},
     ),
