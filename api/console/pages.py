@@ -37,6 +37,7 @@ from shared.broker import queue_depths
 from shared.errors import NotFound, SightlineError
 from shared.models import Batch, JobStatus, utcnow
 from shared.tasks import GPU_QUEUES
+from shared.tenants import SHARE_WINDOW, shares
 from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,8 @@ def status() -> str:
     with svc.sessions() as db:
         throughput = recent_throughput(db, utcnow())
         workers = live_workers(svc.celery, db, utcnow())
+        # Other tenants stay anonymous: their names are theirs (operators: `tenants shares`).
+        tenant_shares = shares(db, utcnow() - SHARE_WINDOW)
     per_minute = bar_chart(
         [(start.strftime("%H:%M"), count) for start, count in throughput.per_minute],
         label_every=5,
@@ -218,6 +221,8 @@ def status() -> str:
         throughput=throughput,
         per_minute=per_minute,
         sizes=sizes,
+        shares=tenant_shares,
+        own_tenant=current_key().tenant_id,
     )
 
 

@@ -116,6 +116,10 @@ def test_ask_shows_the_answer_live_then_jobs_detail_and_status(page: Page, pg_st
     # into its caption ("Jobs finished per minute") and matches too.
     expect(page.locator("#throughput-summary")).to_contain_text("6 jobs finished")
     expect(page.get_by_role("img", name="Jobs finished per minute")).to_be_visible()
+    # The six jobs this tenant started, and no other tenant's name.
+    expect(page.locator("#tenant-shares")).to_contain_text("(yours, weight 1)")
+    mine = page.locator("#tenant-shares tr", has_text="(yours")
+    expect(mine.locator("td").nth(2)).to_have_text("6")
     screenshot(page, "status")
 
     page.goto("/console/batches")
