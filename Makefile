@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-streams bench-gpu screenshots chaos soak docker-test clean
+.PHONY: demo test test-repeat lint docs install system-deps bench bench-mixed bench-streams bench-claim bench-gpu screenshots chaos soak docker-test clean
 
 demo: install
 	$(BIN)/sightline demo
@@ -64,6 +64,10 @@ bench-mixed: install
 # with ÷ without streams, every stream checked (CPU, tiny checkpoint, ~10 min).
 bench-streams: install
 	$(BIN)/python bench/streams.py
+
+# The fair claim with 100,000 queued jobs of 1,000 tenants vs 1 tenant (PostgreSQL, ~2 min).
+bench-claim: install system-deps
+	$(BIN)/python bench/claim.py
 
 # GLM-4.6V-Flash-sized random model on CUDA; prints "skipped" without a GPU.
 bench-gpu: install
