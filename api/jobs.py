@@ -44,9 +44,9 @@ def create_job() -> tuple[Body, int, dict[str, str]]:
 
 @jobs.get("")
 def list_jobs() -> Body:
-    """The jobs of the caller's tenant, newest first:
-    ``?status=&action=&created_after=&limit=&cursor=``. ``next_cursor`` is null on the last
-    page."""
+    """The jobs of the caller's tenant, newest first: ``?status=&action=&batch_id=
+    &model_revision=&policy_version=&created_after=&limit=&cursor=``. ``next_cursor`` is
+    null on the last page."""
     wanted = JobFilter.parse(request.args.to_dict())
     with services().sessions() as session:
         rows = list(session.scalars(wanted.query(current_key().tenant_id)))

@@ -21,6 +21,8 @@ from shared.models import Job, JobStatus
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
+# Filters matched exactly, each at most as long as its column.
+_EXACT = {"model_revision": 64, "policy_version": 64}
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class JobFilter:
     status: JobStatus | None
     action: str | None
     batch_id: uuid.UUID | None
+    model_revision: str | None
+    policy_version: str | None
     created_after: datetime | None
     limit: int
     after: tuple[datetime, uuid.UUID] | None
@@ -37,7 +41,15 @@ class JobFilter:
     @classmethod
     def parse(cls, args: dict[str, str]) -> JobFilter:
         """Parse and check the query arguments; 422 naming the bad one."""
-        unknown = set(args) - {"status", "action", "batch_id", "created_after", "limit", "cursor"}
+        unknown = set(args) - {
+            *_EXACT,
+            "status",
+            "action",
+            "batch_id",
+            "created_after",
+            "limit",
+            "cursor",
+        }
         if unknown:
             raise ValidationFailed(
                 f"unknown query parameter(s): {sorted(unknown)}", code=ErrorCode.INVALID_QUERY
@@ -68,6 +80,8 @@ class JobFilter:
             status=status,
             action=action,
             batch_id=batch_id,
+            model_revision=_exact(args, "model_revision"),
+            policy_version=_exact(args, "policy_version"),
             created_after=_timestamp(args["created_after"]) if "created_after" in args else None,
             limit=_limit(args.get("limit")),
             after=decode_cursor(args["cursor"]) if "cursor" in args else None,
@@ -83,6 +97,10 @@ class JobFilter:
             query = query.where(Job.action == self.action)
         if self.batch_id is not None:
             query = query.where(Job.batch_id == self.batch_id)
+        if self.model_revision is not None:
+            query = query.where(Job.model_revision == self.model_revision)
+        if self.policy_version is not None:
+            query = query.where(Job.policy_version == self.policy_version)
         if self.created_after is not None:
             query = query.where(Job.created_at > self.created_after)
         if self.after is not None:
@@ -108,6 +126,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise ValidationFailed(
             "cursor is not one this API returned", code=ErrorCode.INVALID_QUERY
         ) from exc
+
+
+def _exact(args: dict[str, str], name: str) -> str | None:
+    """``args[name]`` for an exact match, if given; 422 if empty or longer than the column."""
+    value = args.get(name)
+    if value is not None and not 1 <= len(value) <= _EXACT[name]:
+        raise ValidationFailed(
+            f"{name} must be 1 to {_EXACT[name]} characters", code=ErrorCode.INVALID_QUERY
+        )
+    return value
 
 
 def _timestamp(value: str) -> datetime:

@@ -585,6 +585,18 @@ def _list_parameters() -> list[dict[str, Any]]:
     return [
         query("status", "Only jobs in this status.", {"enum": [s.value for s in JobStatus]}),
         query("action", "Only jobs whose preset decided this action.", {"type": "string"}),
+        query("batch_id", "Only the items of this batch.", {"type": "string", "format": "uuid"}),
+        query(
+            "model_revision",
+            "Only jobs answered by this model revision (exact match; see the job's "
+            "``model_revision``).",
+            {"type": "string", "minLength": 1, "maxLength": 64},
+        ),
+        query(
+            "policy_version",
+            "Only jobs whose action this policy version decided (exact match).",
+            {"type": "string", "minLength": 1, "maxLength": 64},
+        ),
         query(
             "created_after",
             "Only jobs created after this ISO 8601 time (with a time zone).",

@@ -205,6 +205,8 @@ def _collect_results(client: Client, items: list[Item], batch_ids: list[str], ou
                 "result": job["result"],
                 "result_json": job["result_json"],
                 "action": job["action"],
+                "policy_version": job["policy_version"],
+                "model_revision": job["model_revision"],
                 "cached": job["cached"],
                 "error": job["error"],
                 "metadata": item.metadata,

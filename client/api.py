@@ -78,6 +78,39 @@ class Client:
         )
         return self._json(response)
 
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        action: str | None = None,
+        batch_id: str | None = None,
+        model_revision: str | None = None,
+        policy_version: str | None = None,
+        created_after: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The tenant's jobs matching every filter given, newest first, fetched a page
+        (``limit`` jobs) at a time as the iteration needs them. ``model_revision`` and
+        ``policy_version`` match exactly (each job carries both fields)."""
+        filters = {
+            "status": status,
+            "action": action,
+            "batch_id": batch_id,
+            "model_revision": model_revision,
+            "policy_version": policy_version,
+            "created_after": created_after,
+            "limit": limit,
+        }
+        params = {name: value for name, value in filters.items() if value is not None}
+        while True:
+            page = self._json(
+                self._session.get(f"{self.url}/v1/jobs", params=params, timeout=self._timeout_s)
+            )
+            yield from page["jobs"]
+            if page["next_cursor"] is None:
+                return
+            params["cursor"] = page["next_cursor"]
+
     def wait(self, job_id: str, *, timeout_s: float = 300.0, poll_s: float = 0.2) -> dict[str, Any]:
         """Until the job is final (long-polling the server); ``TimeoutError`` after
         ``timeout_s``."""

@@ -337,7 +337,8 @@ def expire_predecessor(changes: JobChanges, *, worker: str) -> list[uuid.UUID]:
 class Outcome:
     """How one claimed job ended. ``batch_size`` is the forward pass it ran in (0 when it
     failed before reaching the model), ``inference_ms`` that pass's duration and
-    ``queue_ms`` the time from submission to claim."""
+    ``queue_ms`` the time from submission to claim; ``policy_version`` is the version of
+    the policy that decided ``action``."""
 
     job_id: uuid.UUID
     status: JobStatus
@@ -345,6 +346,7 @@ class Outcome:
     result_json: Any = None
     reasoning: str | None = None
     action: str | None = None
+    policy_version: str | None = None
     output_tokens: int | None = None
     error_code: str | None = None
     error_message: str | None = None
@@ -383,6 +385,7 @@ def finish(
             result_json=bindparam("b_result_json", type_=JSON(none_as_null=True)),
             reasoning=bindparam("b_reasoning"),
             action=bindparam("b_action"),
+            policy_version=bindparam("b_policy_version"),
             output_tokens=bindparam("b_tokens"),
             error_code=bindparam("b_error_code"),
             error_message=bindparam("b_error_message"),
@@ -405,6 +408,7 @@ def finish(
                 "b_result_json": outcome.result_json,
                 "b_reasoning": outcome.reasoning,
                 "b_action": outcome.action,
+                "b_policy_version": outcome.policy_version,
                 "b_tokens": outcome.output_tokens,
                 "b_error_code": outcome.error_code,
                 "b_error_message": outcome.error_message,

@@ -169,7 +169,9 @@ class Job(Base):
     ``temperature``); ``response_schema`` the JSON schema the answer must follow (NULL for
     text) and ``thinking`` the chat template's switch. A job from a ``preset`` keeps a
     copy of its ``policy``; the worker stores the parsed answer in ``result_json``, any
-    ``<think>`` section in ``reasoning`` and the policy's verdict in ``action``.
+    ``<think>`` section in ``reasoning``, the policy's verdict in ``action`` and the
+    version of the policy that reached it in ``policy_version``; ``model_revision`` is
+    the loaded checkpoint that answered (``worker.model.base.ModelBackend``).
     ``attempts`` counts claims by a worker. While running,
     ``claim_token`` identifies the claim and ``lease_expires_at`` its reservation: a lease
     in the past means the worker that claimed it is presumed dead, and only the holder of
@@ -205,6 +207,7 @@ class Job(Base):
     result_json: Mapped[Any] = mapped_column(JSON, nullable=True)
     reasoning: Mapped[str | None] = mapped_column(Text, nullable=True)
     action: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    policy_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -6,13 +6,23 @@ Presets live in a JSON file (``SIGHTLINE_PRESETS_PATH``; default: the bundled
 thinking switch, and keeps a copy of the preset's policy, so editing the file later never
 changes how an accepted job is judged.
 
-The policy maps the model's structured answer to an ``action``: a label in
-``allow_labels`` is ``allow``; otherwise a score at or above ``block_at`` is ``block``, at
-or above ``flag_at`` is ``flag``, and below both ``allow``.
+The policy maps the model's structured answer to an ``action``, per label: a label in
+``allow_labels`` is ``allow``; any other label takes its rule in ``labels``, or the
+``default`` rule when it has none there (or is missing or not a string). A rule's score at
+or above ``block_at`` is ``block``, at or above ``flag_at`` is ``flag``, and below both
+``allow``; a threshold left out never applies (no ``block_at``: that label is at most
+flagged). An answer without a numeric score gets no action. The older shape, one
+``flag_at``/``block_at`` pair beside ``allow_labels``, still loads and means what it
+did: that pair is the ``default`` rule and no label has its own.
+
+``version`` names the policy; every job it judges records it (``policy_version``). A
+policy without one gets ``sha256:`` and the first 12 hex digits of a hash of its rules,
+so changing the rules changes the version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -25,25 +35,67 @@ from shared.json_schema import SchemaError, min_new_tokens, validate_schema
 Action = Literal["allow", "flag", "block"]
 
 
-class Policy(BaseModel):
-    """Thresholds turning ``{label, score}`` into an action (see the module docstring)."""
+class Rule(BaseModel):
+    """One label's thresholds (see the module docstring); ``None`` never applies."""
 
     model_config = ConfigDict(extra="forbid")
 
-    label_field: str
-    score_field: str
-    allow_labels: list[str] = Field(default_factory=list)
-    flag_at: float = Field(ge=0)
-    block_at: float = Field(ge=0)
+    flag_at: float | None = Field(default=None, ge=0)
+    block_at: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> Policy:
-        if self.flag_at > self.block_at:
+    def _ordered(self) -> Rule:
+        if self.flag_at is not None and self.block_at is not None and self.flag_at > self.block_at:
             raise ValueError("flag_at must not exceed block_at")
         return self
 
+    def action(self, score: float) -> Action:
+        """The action for ``score`` under this rule."""
+        if self.block_at is not None and score >= self.block_at:
+            return "block"
+        if self.flag_at is not None and score >= self.flag_at:
+            return "flag"
+        return "allow"
+
+
+class Policy(BaseModel):
+    """Per-label rules turning ``{label, score}`` into an action (see the module
+    docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(default="", max_length=64)
+    label_field: str
+    score_field: str
+    allow_labels: list[str] = Field(default_factory=list)
+    labels: dict[str, Rule] = Field(default_factory=dict)
+    default: Rule
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_pair(cls, data: Any) -> Any:
+        """The older shape: its ``flag_at``/``block_at`` pair becomes the default rule."""
+        if not isinstance(data, dict) or not {"flag_at", "block_at"} & set(data):
+            return data
+        if "default" in data:
+            raise ValueError("give either flag_at/block_at or a default rule, not both")
+        pair = {name: data[name] for name in ("flag_at", "block_at") if name in data}
+        rest = {name: value for name, value in data.items() if name not in pair}
+        return rest | {"default": pair}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        both = sorted(set(self.allow_labels) & set(self.labels))
+        if both:
+            raise ValueError(f"labels both allowed and given rules: {both}")
+        if not self.version:
+            rules = json.dumps(self.model_dump(exclude={"version"}), sort_keys=True)
+            self.version = f"sha256:{hashlib.sha256(rules.encode()).hexdigest()[:12]}"
+        return self
+
     def decide(self, answer: Any) -> Action | None:
-        """The action for a parsed answer; ``None`` if it lacks the label or score."""
+        """The action for a parsed answer; ``None`` if it is not an object, or if its
+        label is not allow-listed and its score is missing or not a number."""
         if not isinstance(answer, dict):
             return None
         label, score = answer.get(self.label_field), answer.get(self.score_field)
@@ -51,9 +103,8 @@ class Policy(BaseModel):
             return "allow"
         if not isinstance(score, int | float) or isinstance(score, bool):
             return None
-        if score >= self.block_at:
-            return "block"
-        return "flag" if score >= self.flag_at else "allow"
+        rule = self.labels.get(label, self.default) if isinstance(label, str) else self.default
+        return rule.action(score)
 
 
 class Preset(BaseModel):

@@ -18,6 +18,21 @@ from shared.models import Job, JobStatus, Priority
 
 EventType = Literal["job.succeeded", "job.failed", "job.canceled"]
 
+MODEL_REVISION = (
+    "The model checkpoint that produced the result; null for a job without one (queued, "
+    "running, failed or canceled). For a local checkpoint directory: 16 hex digits of a "
+    "SHA-256 over its top-level files, by content up to 1 MiB (configs, tokenizer, chat "
+    "template) and by name and size above (weight shards are not read). For a hub id: "
+    "the commit sha the weights were loaded from (or, where transformers reports no "
+    "commit, 16 hex digits of the id's SHA-256). A cached result (``cached``) carries the "
+    "revision of the job that first produced it, which is the answering worker's own."
+)
+POLICY_VERSION = (
+    "The version of the preset's policy that decided ``action`` (the policy's "
+    "``version``, or ``sha256:`` and 12 hex digits of its rules when it names none); "
+    "null when no policy judged the job."
+)
+
 
 class JobOptions(BaseModel):
     """Generation settings of one job. Jobs with equal options can share a forward pass.
@@ -138,6 +153,8 @@ class JobOut(BaseModel):
     result_json: Any
     reasoning: str | None
     action: str | None
+    policy_version: str | None = Field(description=POLICY_VERSION)
+    model_revision: str | None = Field(description=MODEL_REVISION)
     output_tokens: int | None
     error: ErrorOut | None
     created_at: datetime
@@ -178,6 +195,8 @@ class JobOut(BaseModel):
             result_json=job.result_json,
             reasoning=job.reasoning,
             action=job.action,
+            policy_version=job.policy_version,
+            model_revision=job.model_revision,
             output_tokens=job.output_tokens,
             error=error,
             created_at=job.created_at,
@@ -328,6 +347,8 @@ class BatchResultLine(BaseModel):
     result: str | None
     result_json: Any
     action: str | None
+    policy_version: str | None = Field(description=POLICY_VERSION)
+    model_revision: str | None = Field(description=MODEL_REVISION)
     cached: bool
     error: ErrorOut | None
 
@@ -346,6 +367,8 @@ class BatchResultLine(BaseModel):
             result=job.result,
             result_json=job.result_json,
             action=job.action,
+            policy_version=job.policy_version,
+            model_revision=job.model_revision,
             cached=job.cached,
             error=error,
         )

@@ -349,6 +349,8 @@ class BatchService:
                 result_json=hit.result_json,
                 reasoning=hit.reasoning,
                 action=hit.action,
+                # The cache key holds the job's policy, so the hit's verdict is its own.
+                policy_version=policy.version if (policy := _policy(job)) else None,
                 output_tokens=hit.output_tokens,
                 queue_ms=_queue_ms(job),
                 cached=True,
@@ -411,13 +413,15 @@ class BatchService:
         self, row: _Row, result: GenerationResult, batch_size: int, now: float
     ) -> Outcome:
         job = row.job
+        policy = _policy(job)
         return Outcome(
             job_id=job.id,
             status=JobStatus.SUCCEEDED,
             result=result.text,
             result_json=result.json,
             reasoning=result.reasoning,
-            action=Policy.model_validate(job.policy).decide(result.json) if job.policy else None,
+            action=policy.decide(result.json) if policy else None,
+            policy_version=policy.version if policy else None,
             output_tokens=result.tokens,
             model_revision=self._revision,
             batch_size=max(batch_size, 1),
@@ -554,6 +558,11 @@ class BatchService:
 
 def _no_events(events: list[str]) -> None:
     """The wake-up of moves that write no outbox events (claims, hand-backs)."""
+
+
+def _policy(job: Job) -> Policy | None:
+    """The policy ``job`` copied from its preset; ``None`` for a job without one."""
+    return Policy.model_validate(job.policy) if job.policy else None
 
 
 def _queue_ms(job: Job) -> int | None:

@@ -106,8 +106,9 @@ def ask() -> str:
 
 @pages.get("/jobs")
 def jobs() -> str:
-    """The signed-in key's tenant's jobs, newest first, filtered like ``GET /v1/jobs`` (status,
-    action, batch, created after) and paged by cursor."""
+    """The signed-in key's tenant's jobs, newest first, with the model revision and policy
+    version of each; filtered like ``GET /v1/jobs`` (status, action, batch, model
+    revision, policy version, created after) and paged by cursor."""
     args = {name: value for name, value in request.args.items() if value}
     with services().sessions() as db:
         page = list_jobs(db, current_key(), args)
@@ -118,6 +119,8 @@ def jobs() -> str:
         status=JobStatus(args["status"]) if "status" in args else None,
         action=args.get("action"),
         batch_id=args.get("batch_id"),
+        model_revision=args.get("model_revision"),
+        policy_version=args.get("policy_version"),
         counts=counts,
         statuses=list(JobStatus),
         first_page="cursor" not in args,

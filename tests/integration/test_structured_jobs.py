@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 from shared.blobs import BlobStore
-from shared.presets import Policy
+from shared.presets import load_presets
 from tests.stack import Stack, make_image
 from worker.model.base import GenerationOptions, GenerationRequest
 from worker.model.hf import TransformersBackend
@@ -132,13 +132,9 @@ def test_moderation_preset_sets_action_and_listing_filters_on_it(pg_stack: Stack
     assert all(job["action"] is None for job in pg_stack.wait_all(text_jobs))
     done = pg_stack.wait_all(ids, timeout_s=300)
 
-    policy = Policy(
-        label_field="label",
-        score_field="confidence",
-        allow_labels=["safe"],
-        flag_at=0.5,
-        block_at=0.8,
-    )
+    # The bundled preset's own policy: its edges are tested in tests/unit/test_presets.py.
+    policy = load_presets()["moderation-v1"].policy
+    assert policy is not None
     for job in done:
         assert job["status"] == "succeeded" and job["preset"] == "moderation-v1"
         answer = job["result_json"]
