@@ -58,16 +58,12 @@ def tenant_endpoints(session: Session, tenant_id: uuid.UUID) -> list[EndpointOut
             WebhookEndpoint.port,
         )
     ).all()
-    kept = dict(
-        session.execute(
-            select(WebhookEvent.endpoint_id, func.count())
-            .where(
-                WebhookEvent.tenant_id == tenant_id,
-                WebhookEvent.status == EventStatus.KEPT,
-            )
-            .group_by(WebhookEvent.endpoint_id)
-        ).tuples()
-    )
+    counted = session.execute(
+        select(WebhookEvent.endpoint_id, func.count())
+        .where(WebhookEvent.tenant_id == tenant_id, WebhookEvent.status == EventStatus.KEPT)
+        .group_by(WebhookEvent.endpoint_id)
+    ).tuples()
+    kept = {endpoint_id: count for endpoint_id, count in counted}
     return [_render(endpoint, kept.get(endpoint.id, 0)) for endpoint in rows]
 
 
