@@ -159,7 +159,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         completed = [] if new_jobs else complete_batches(session, [batch.id])
     enqueue_events(svc.celery, completed)
     wake = [row["id"] for row in new_jobs]
-    after_this_request(lambda response: _wake_after(response, svc, batch.id, wake))
+    after_this_request(lambda response: wake_after(response, svc, batch.id, wake))
     created = BatchCreated(
         id=batch.id,
         items_submitted=len(raw_items),
@@ -204,7 +204,7 @@ def retry(batch_id: str) -> tuple[Body, int, dict[str, str]]:
     svc = services()
     retried = retry_failed(svc, current_key(), original, read_retry_request(request))
     after_this_request(
-        lambda response: _wake_after(response, svc, retried.id, [a.id for a in retried.accepted])
+        lambda response: wake_after(response, svc, retried.id, [a.id for a in retried.accepted])
     )
     location = url_for("batches.get_batch", batch_id=retried.id)
     return retried.model_dump(mode="json"), 202, {"Location": location}
@@ -258,7 +258,7 @@ def cancel_batch(batch_id: str) -> Body:
     return BatchCanceled.model_validate(summary | {"canceled": canceled}).model_dump(mode="json")
 
 
-def _wake_after(
+def wake_after(
     response: Response, svc: Services, batch_id: uuid.UUID, job_ids: list[uuid.UUID]
 ) -> Response:
     """Send the batch's wake-ups once ``response`` has gone out: the jobs are committed

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from cli.redis_server import free_port
-from client import ApiError, Client
+from client import ApiError
+from tests.console_browser import ConsoleBrowser
 from tests.receiver import Receiver
 from tests.stack import Stack, make_image
 
@@ -26,7 +27,7 @@ def receiver() -> Iterator[Receiver]:
     started.stop()
 
 
-def _tenant_keys(stack: Stack) -> tuple[Client, Client]:
+def _tenant_keys(stack: Stack) -> tuple[str, str]:
     """Two keys of a fresh tenant (so its batches are this test's alone): one without a
     queue cap, one capped at 2 queued jobs."""
     name = f"retry-{uuid.uuid4().hex[:8]}"
@@ -36,7 +37,7 @@ def _tenant_keys(stack: Stack) -> tuple[Client, Client]:
             "keys", "create", f"{name}-capped", "--tenant", name, "--max-queued", "2", "--json"
         )
     )["key"]
-    return stack.client(free), stack.client(capped)
+    return free, capped
 
 
 def _items(count: int, timeout_s: int) -> list[dict[str, Any]]:
@@ -55,7 +56,8 @@ def _items(count: int, timeout_s: int) -> list[dict[str, Any]]:
 def test_failed_items_run_again_as_a_new_batch_listed_beside_the_original(
     pg_stack: Stack, receiver: Receiver
 ) -> None:
-    client, capped = _tenant_keys(pg_stack)
+    key, capped_key = _tenant_keys(pg_stack)
+    client, capped = pg_stack.client(key), pg_stack.client(capped_key)
     original = client.batch(_items(3, timeout_s=1), callback_url=receiver.url, item_events=True)
     waiting = client.batch(_items(1, timeout_s=3600))  # no worker: it stays open
     pg_stack.start_ops(**OPS)
@@ -105,6 +107,18 @@ def test_failed_items_run_again_as_a_new_batch_listed_beside_the_original(
     assert [b["id"] for b in client.batches(status="open")["batches"]] == [waiting["id"]]
     completed = client.batches(status="completed")["batches"]
     assert [b["id"] for b in completed] == [retried["id"], original["id"]]
+
+    # The console lists them too, and its retry button makes another retry batch.
+    console = ConsoleBrowser(pg_stack.url, key)
+    listed = console.get("/batches").text
+    assert (
+        listed.count("Retry 3 failed items") == 2
+        and f"retry of <code>{original['id'][:8]}" in listed
+    )
+    shown = console.post(f"/batches/{original['id']}/retry").text
+    newest = client.batches(limit=1)["batches"][0]
+    assert newest["retry_of"] == original["id"] and newest["id"] != retried["id"]
+    assert f"as batch {newest['id'][:8]}" in shown
 
 
 def test_bad_retry_and_listing_requests_are_refused_before_anything_runs(pg_stack: Stack) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from cli.redis_server import free_port
 from client import Client
+from tests.console_browser import ConsoleBrowser
 from tests.receiver import Receiver
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
@@ -99,6 +100,11 @@ def test_a_failing_endpoint_is_disabled_keeps_its_events_and_recovers_them(
     # Newest first (the other two expired in one sweep: same time, either order).
     assert listed[0] == second and sorted(listed) == sorted([first, second, refused])
     assert rest["next_cursor"] is None
+
+    # The console shows the disabled endpoint, with its button, and the kept events.
+    page = ConsoleBrowser(pg_stack.url, pg_stack.key).get("/deliveries").text
+    assert f"http://127.0.0.1:{failing.port}" in page and ">Enable</button>" in page
+    assert page.count("badge-kept") == 2 and "badge-failed" in page
 
     # Redelivery skips a disabled endpoint's events: they stay kept.
     gone.default = 200
