@@ -20,6 +20,7 @@ import pytest
 from cli.redis_server import free_port
 from client import Client
 from tests.console_browser import ConsoleBrowser
+from tests.prometheus import scrape_until, total
 from tests.receiver import Receiver
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
@@ -101,6 +102,12 @@ def test_a_failing_endpoint_is_disabled_keeps_its_events_and_recovers_them(
     assert listed[0] == second and sorted(listed) == sorted([first, second, refused])
     assert rest["next_cursor"] is None
 
+    scrape_until(
+        f"{pg_stack.url}/metrics",
+        lambda found: total(found, "sightline_webhook_events", status="kept") == 2,
+        timeout_s=30,
+        what="the kept events in /metrics",
+    )
     # The console shows the disabled endpoint, with its button, and the kept events.
     page = ConsoleBrowser(pg_stack.url, pg_stack.key).get("/deliveries").text
     assert f"http://127.0.0.1:{failing.port}" in page and ">Enable</button>" in page
