@@ -7,8 +7,9 @@ from flask import Flask
 from api.batches import batches
 from api.console import console
 from api.context import Services
-from api.deliveries import deliveries
+from api.deliveries import deliveries, tenant_deliveries
 from api.docs import docs
+from api.endpoints import endpoints
 from api.errors import register_error_handlers
 from api.health import health
 from api.jobs import jobs
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs)
     app.register_blueprint(streams)
     app.register_blueprint(deliveries)
+    app.register_blueprint(tenant_deliveries)
+    app.register_blueprint(endpoints)
     app.register_blueprint(docs)
     app.register_blueprint(batches)
     app.register_blueprint(console)

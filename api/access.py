@@ -8,9 +8,9 @@ from typing import TypeVar
 from api.auth import current_key
 from api.context import services
 from shared.errors import NotFound
-from shared.models import Batch, Job
+from shared.models import Batch, Job, WebhookEndpoint
 
-Owned = TypeVar("Owned", Job, Batch)
+Owned = TypeVar("Owned", Job, Batch, WebhookEndpoint)
 
 
 def load_owned(model: type[Owned], raw_id: str, noun: str) -> Owned:

@@ -1,4 +1,5 @@
-"""``/v1/batches``: bulk submission, progress, streamed results, cancellation.
+"""``/v1/batches``: bulk submission, listing, progress, streamed results, cancellation,
+retry of the failed items (:mod:`api.batch_retry`).
 
 Partial acceptance: every item is validated like a single job; valid items become jobs
 (``bulk`` priority), invalid ones are reported with their index and a problem (``code``,
@@ -39,14 +40,16 @@ from sqlalchemy import select
 from api.access import load_owned
 from api.auth import authenticate, current_key
 from api.batch_intake import IntakeDeadline, fetch_images, vet_callbacks
+from api.batch_retry import read_retry_request, retry_failed
 from api.context import Services, services
 from api.gc_paused import gc_paused
 from api.job_input import check_json_shape, check_texts, loads_strict
 from api.job_insert import insert_jobs
 from api.limits import enforce_item_rate, enforce_queue_cap
+from api.listing import BatchFilter, encode_cursor
 from api.submission import JobDraft, JobRow, draft_job, finish_job_row, normalise_upload
 from shared import lifecycle
-from shared.batches import batch_summary, complete_batches
+from shared.batches import batch_summaries, batch_summary, complete_batches
 from shared.enqueue import enqueue_events, enqueue_wakeups
 from shared.error_codes import ErrorCode
 from shared.errors import (
@@ -63,6 +66,7 @@ from shared.schemas import (
     BatchCreated,
     BatchExisting,
     BatchItem,
+    BatchList,
     BatchOut,
     BatchRejected,
     BatchRequest,
@@ -93,7 +97,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     svc = services()
     request.max_content_length = svc.settings.max_batch_body_bytes
     key = current_key()
-    raw_items, callback_url = _read_items(svc)
+    raw_items, callback_url, item_events = _read_items(svc)
     enforce_item_rate(svc, svc.counters, key, len(raw_items))
     if callback_url is not None:
         svc.outbound.check(callback_url, field="callback_url")
@@ -102,7 +106,8 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     pool = ThreadPoolExecutor(max_workers=svc.settings.image_fetch_concurrency)
     try:
         with gc_paused():
-            outcomes = _draft_items(svc, pool, key, raw_items, deadline)
+            item_callback = callback_url if item_events else None
+            outcomes = _draft_items(svc, pool, key, raw_items, deadline, item_callback)
             existing = _existing(svc, key, outcomes)
             fresh = {
                 i: item
@@ -140,6 +145,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         items_submitted=len(raw_items),
         items_accepted=len(accepted),
         callback_url=callback_url,
+        item_events=item_events,
     )
     for row in new_jobs:
         row["batch_id"] = batch.id
@@ -153,7 +159,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
         completed = [] if new_jobs else complete_batches(session, [batch.id])
     enqueue_events(svc.celery, completed)
     wake = [row["id"] for row in new_jobs]
-    after_this_request(lambda response: _wake_after(response, svc, batch.id, wake))
+    after_this_request(lambda response: wake_after(response, svc, batch.id, wake))
     created = BatchCreated(
         id=batch.id,
         items_submitted=len(raw_items),
@@ -171,6 +177,37 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     )
     location = url_for("batches.get_batch", batch_id=batch.id)
     return created.model_dump(mode="json"), 202, {"Location": location}
+
+
+@batches.get("")
+def list_batches() -> Body:
+    """The batches of the caller's tenant, newest first: ``?status=open|completed&limit=
+    &cursor=``. ``next_cursor`` is null on the last page."""
+    wanted = BatchFilter.parse(request.args.to_dict())
+    with services().sessions() as session:
+        rows = list(session.scalars(wanted.query(current_key().tenant_id)))
+        page, more = rows[: wanted.limit], len(rows) > wanted.limit
+        summaries = batch_summaries(session, page)
+    listed = BatchList(
+        batches=[BatchOut.model_validate(summary) for summary in summaries],
+        next_cursor=encode_cursor(page[-1]) if more else None,
+    )
+    return listed.model_dump(mode="json")
+
+
+@batches.post("/<batch_id>/retry")
+def retry(batch_id: str) -> tuple[Body, int, dict[str, str]]:
+    """Run the batch's failed items again (optionally only those that failed with one of
+    ``error_codes``) as a new batch with ``retry_of`` set; 202 like ``POST /v1/batches``,
+    409 ``nothing_to_retry`` when no item qualifies."""
+    original = _load(batch_id)
+    svc = services()
+    retried = retry_failed(svc, current_key(), original, read_retry_request(request))
+    after_this_request(
+        lambda response: wake_after(response, svc, retried.id, [a.id for a in retried.accepted])
+    )
+    location = url_for("batches.get_batch", batch_id=retried.id)
+    return retried.model_dump(mode="json"), 202, {"Location": location}
 
 
 @batches.get("/<batch_id>")
@@ -221,7 +258,7 @@ def cancel_batch(batch_id: str) -> Body:
     return BatchCanceled.model_validate(summary | {"canceled": canceled}).model_dump(mode="json")
 
 
-def _wake_after(
+def wake_after(
     response: Response, svc: Services, batch_id: uuid.UUID, job_ids: list[uuid.UUID]
 ) -> Response:
     """Send the batch's wake-ups once ``response`` has gone out: the jobs are committed
@@ -244,8 +281,10 @@ def _load(raw_id: str) -> Batch:
     return load_owned(Batch, raw_id, "batch")
 
 
-def _read_items(svc: Services) -> tuple[list[Any], str | None]:
-    """The body's items and batch callback URL. JSON bodies and NDJSON lines are parsed
+def _read_items(svc: Services) -> tuple[list[Any], str | None, bool]:
+    """The body's items, batch callback URL and ``item_events`` (NDJSON: query
+    parameters ``callback_url`` and ``item_events=true``); 422 for ``item_events`` without
+    a callback URL. JSON bodies and NDJSON lines are parsed
     strictly (as ``POST /v1/jobs`` bodies are) after the same shape pre-scan, with one
     budget of :data:`JSON_VALUES_PER_ITEM` values per allowed item for the whole body, so
     a body of many tiny values is refused (400 ``json_too_complex``) before it is built."""
@@ -260,7 +299,7 @@ def _read_items(svc: Services) -> tuple[list[Any], str | None]:
             raise BadRequest(
                 f"the body is not a valid batch: {exc}", code=ErrorCode.INVALID_JSON
             ) from exc
-        items, callback = parsed.items, parsed.callback_url
+        items, callback, item_events = parsed.items, parsed.callback_url, parsed.item_events
     elif request.mimetype in ("application/x-ndjson", "application/jsonl"):
         items = []
         used = 0
@@ -272,6 +311,7 @@ def _read_items(svc: Services) -> tuple[list[Any], str | None]:
             if len(items) > limit:
                 break
         callback = request.args.get("callback_url")
+        item_events = request.args.get("item_events", "false") == "true"
     else:
         raise UnsupportedMediaType(
             f"content type {request.mimetype or '(none)'!r} is not accepted; send "
@@ -284,7 +324,12 @@ def _read_items(svc: Services) -> tuple[list[Any], str | None]:
         raise ValidationFailed(
             f"a batch holds at most {limit} items", code=ErrorCode.TOO_MANY_ITEMS
         )
-    return items, callback
+    if item_events and callback is None:
+        raise ValidationFailed(
+            "item_events sends items' events to the batch's callback_url; give one",
+            code=ErrorCode.INVALID_FIELDS,
+        )
+    return items, callback, item_events
 
 
 @dataclass(frozen=True)
@@ -304,13 +349,17 @@ def _draft_items(
     key: ApiKey,
     raw_items: list[Any],
     deadline: IntakeDeadline,
+    item_callback: str | None,
 ) -> list[Outcome]:
     """Each item's draft (fields valid, callback URL allowed, idempotency key not
-    repeated earlier in the batch), or its problem. No image work yet."""
+    repeated earlier in the batch), or its problem. No image work yet. An item without a
+    callback URL of its own gets ``item_callback`` (the batch's, with ``item_events``)."""
     outcomes: list[Outcome] = []
     for raw in raw_items:
         try:
             item = _parse(svc, raw)
+            if item_callback is not None and item.callback_url is None:
+                item = item.model_copy(update={"callback_url": item_callback})
             outcomes.append(
                 Drafted(draft_job(svc, key, item, Priority.BULK, check_callback=False), item)
             )

@@ -1,23 +1,48 @@
-"""``/v1/jobs/{id}/deliveries``: a job's webhook events, their attempts, redelivery."""
+"""Webhook deliveries: a job's events, their attempts and redelivery
+(``/v1/jobs/{id}/deliveries``), and the tenant's events across jobs and batches
+(``/v1/deliveries``): listed by status, and redelivered by time range.
+
+A redelivery makes events due again now, with the same ``webhook-id``. By time range it
+takes the ``failed`` and ``kept`` events created in ``[since, until)`` whose endpoint is
+not disabled, oldest first, at most :data:`REDELIVER_LIMIT` per call. It is idempotent: an
+event it re-queued is ``pending`` (then ``delivered``), so a second call for the same
+range does not send it again, and two calls at once re-queue disjoint events (each
+UPDATE re-checks the status).
+"""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from flask import Blueprint
-from sqlalchemy import select, update
+from flask import Blueprint, request
+from sqlalchemy import ColumnElement, select, update
 
 from api.access import load_job
-from api.auth import authenticate
+from api.auth import authenticate, current_key
 from api.context import Services, services
+from api.listing import DeliveryFilter, encode_cursor, parse_timestamp
+from api.small_body import read_small_body
 from shared.enqueue import enqueue_events
 from shared.error_codes import ErrorCode
-from shared.errors import Conflict
-from shared.models import EventStatus, WebhookDelivery, WebhookEvent, utcnow
-from shared.schemas import DeliveryOut, EventOut
+from shared.errors import Conflict, ValidationFailed
+from shared.models import EventStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
+from shared.schemas import (
+    DeliveryEventOut,
+    DeliveryList,
+    DeliveryOut,
+    EventOut,
+    RedeliverRequest,
+    RedeliveryQueued,
+)
+
+# Events one time-range redelivery re-queues at most; ``more`` tells the caller to call again.
+REDELIVER_LIMIT = 1000
 
 deliveries = Blueprint("deliveries", __name__, url_prefix="/v1/jobs/<job_id>/deliveries")
 deliveries.before_request(authenticate)
+tenant_deliveries = Blueprint("tenant_deliveries", __name__, url_prefix="/v1/deliveries")
+tenant_deliveries.before_request(authenticate)
 
 
 @deliveries.get("")
@@ -40,6 +65,38 @@ def redeliver(job_id: str) -> tuple[dict[str, object], int]:
             code=ErrorCode.NO_WEBHOOK_EVENT,
         )
     return {"job_id": str(job.id), "redelivering": ids}, 202
+
+
+@tenant_deliveries.get("")
+def list_tenant_deliveries() -> dict[str, object]:
+    """The webhook events of the caller's tenant, newest first: ``?status=&limit=&cursor=``
+    (``status=failed``: those that need attention). ``next_cursor`` is null on the last
+    page."""
+    wanted = DeliveryFilter.parse(request.args.to_dict())
+    with services().sessions() as session:
+        rows = list(session.scalars(wanted.query(current_key().tenant_id)))
+    page, more = rows[: wanted.limit], len(rows) > wanted.limit
+    listed = DeliveryList(
+        deliveries=[DeliveryEventOut.model_validate(e, from_attributes=True) for e in page],
+        next_cursor=encode_cursor(page[-1]) if more else None,
+    )
+    return listed.model_dump(mode="json")
+
+
+@tenant_deliveries.post("/redeliver")
+def redeliver_range() -> tuple[dict[str, object], int]:
+    """Send the failed and kept events created in ``[since, until)`` again (202; see the
+    module docstring); 422 ``invalid_time_range`` for a bad range."""
+    body = read_small_body(request, RedeliverRequest)
+    try:
+        since = parse_timestamp(body.since, "since")
+        until = utcnow() if body.until is None else parse_timestamp(body.until, "until")
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), code=ErrorCode.INVALID_TIME_RANGE) from exc
+    if until <= since:
+        raise ValidationFailed("until must be after since", code=ErrorCode.INVALID_TIME_RANGE)
+    ids, more = redeliver_events_between(services(), current_key().tenant_id, since, until)
+    return RedeliveryQueued(redelivering=ids, more=more).model_dump(mode="json"), 202
 
 
 def job_events(svc: Services, job_id: uuid.UUID) -> list[EventOut]:
@@ -83,11 +140,46 @@ def redeliver_events(svc: Services, job_id: uuid.UUID) -> list[str]:
     """Make every webhook event of job ``job_id`` due again now (same ``webhook-id``) and
     wake the sender; returns their ids, empty when the job has no event (then nothing
     changes). The caller has already checked that it may see the job."""
+    return _requeue(svc, [WebhookEvent.job_id == job_id])
+
+
+def redeliver_events_between(
+    svc: Services, tenant_id: uuid.UUID, since: datetime, until: datetime
+) -> tuple[list[str], bool]:
+    """Requeue up to :data:`REDELIVER_LIMIT` of ``tenant_id``'s failed and kept events
+    created in ``[since, until)`` whose endpoint is not disabled, oldest first; returns
+    their ids and whether more such events are left."""
+    recoverable = [
+        WebhookEvent.tenant_id == tenant_id,
+        WebhookEvent.status.in_([EventStatus.FAILED, EventStatus.KEPT]),
+        WebhookEvent.created_at >= since,
+        WebhookEvent.created_at < until,
+    ]
+    with svc.sessions() as session:
+        found = list(
+            session.scalars(
+                select(WebhookEvent.id)
+                .outerjoin(WebhookEndpoint, WebhookEndpoint.id == WebhookEvent.endpoint_id)
+                .where(*recoverable, WebhookEndpoint.disabled_at.is_(None))
+                .order_by(WebhookEvent.created_at, WebhookEvent.id)
+                .limit(REDELIVER_LIMIT + 1)
+            )
+        )
+    chosen = found[:REDELIVER_LIMIT]
+    if not chosen:
+        return [], False
+    ids = _requeue(svc, [WebhookEvent.id.in_(chosen), *recoverable])
+    return ids, len(found) > REDELIVER_LIMIT
+
+
+def _requeue(svc: Services, where: list[ColumnElement[bool]]) -> list[str]:
+    """Make the events matching ``where`` pending and due now, and wake the sender;
+    returns their ids."""
     with svc.sessions() as session, session.begin():
         ids = list(
             session.scalars(
                 update(WebhookEvent)
-                .where(WebhookEvent.job_id == job_id)
+                .where(*where)
                 .values(
                     status=EventStatus.PENDING,
                     next_attempt_at=utcnow(),

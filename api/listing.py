@@ -1,6 +1,7 @@
-"""Keyset pagination for ``GET /v1/jobs``: newest first, stable under concurrent inserts.
+"""Keyset pagination for ``GET /v1/jobs`` (and the other lists: batches, deliveries):
+newest first, stable under concurrent inserts.
 
-The cursor is the ``(created_at, id)`` of the last job of the previous page, opaque to the
+The cursor is the ``(created_at, id)`` of the last row of the previous page, opaque to the
 caller (URL-safe base64). A page continues strictly after it in ``(created_at DESC, id
 DESC)`` order, so jobs inserted meanwhile (which are newer) never shift, repeat or hide
 rows of later pages.
@@ -12,12 +13,13 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import Select, and_, or_, select
 
 from shared.error_codes import ErrorCode
 from shared.errors import ValidationFailed
-from shared.models import Job, JobStatus
+from shared.models import Batch, EventStatus, Job, JobStatus, WebhookEvent
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -41,19 +43,10 @@ class JobFilter:
     @classmethod
     def parse(cls, args: dict[str, str]) -> JobFilter:
         """Parse and check the query arguments; 422 naming the bad one."""
-        unknown = set(args) - {
-            *_EXACT,
-            "status",
-            "action",
-            "batch_id",
-            "created_after",
-            "limit",
-            "cursor",
-        }
-        if unknown:
-            raise ValidationFailed(
-                f"unknown query parameter(s): {sorted(unknown)}", code=ErrorCode.INVALID_QUERY
-            )
+        _only(
+            args,
+            {*_EXACT, "status", "action", "batch_id", "created_after", "limit", "cursor"},
+        )
         status = None
         if "status" in args:
             try:
@@ -76,14 +69,20 @@ class JobFilter:
                 raise ValidationFailed(
                     "batch_id must be a batch's id", code=ErrorCode.INVALID_QUERY
                 ) from exc
+        created_after = None
+        if "created_after" in args:
+            try:
+                created_after = parse_timestamp(args["created_after"], "created_after")
+            except ValueError as exc:
+                raise ValidationFailed(str(exc), code=ErrorCode.INVALID_QUERY) from exc
         return cls(
             status=status,
             action=action,
             batch_id=batch_id,
             model_revision=_exact(args, "model_revision"),
             policy_version=_exact(args, "policy_version"),
-            created_after=_timestamp(args["created_after"]) if "created_after" in args else None,
-            limit=_limit(args.get("limit")),
+            created_after=created_after,
+            limit=page_limit(args.get("limit")),
             after=decode_cursor(args["cursor"]) if "cursor" in args else None,
         )
 
@@ -111,17 +110,124 @@ class JobFilter:
         return query.order_by(Job.created_at.desc(), Job.id.desc()).limit(self.limit + 1)
 
 
-def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+BATCH_STATES = ("open", "completed")
+
+
+@dataclass(frozen=True)
+class BatchFilter:
+    """The query string of ``GET /v1/batches``, validated: ``status`` is ``open`` (an
+    item is queued or running) or ``completed``."""
+
+    status: str | None
+    limit: int
+    after: tuple[datetime, uuid.UUID] | None
+
+    @classmethod
+    def parse(cls, args: dict[str, str]) -> BatchFilter:
+        """Parse and check the query arguments; 422 naming the bad one."""
+        _only(args, {"status", "limit", "cursor"})
+        status = args.get("status")
+        if status is not None and status not in BATCH_STATES:
+            raise ValidationFailed(
+                f"status must be one of {', '.join(BATCH_STATES)}", code=ErrorCode.INVALID_QUERY
+            )
+        return cls(
+            status=status,
+            limit=page_limit(args.get("limit")),
+            after=decode_cursor(args["cursor"]) if "cursor" in args else None,
+        )
+
+    def query(self, tenant_id: uuid.UUID) -> Select[Batch]:
+        """One page of ``tenant_id``'s batches (plus one row)."""
+        query = select(Batch).where(Batch.tenant_id == tenant_id)
+        if self.status == "open":
+            query = query.where(Batch.completed_at.is_(None))
+        elif self.status == "completed":
+            query = query.where(Batch.completed_at.is_not(None))
+        if self.after is not None:
+            created, batch_id = self.after
+            query = query.where(
+                or_(
+                    Batch.created_at < created,
+                    and_(Batch.created_at == created, Batch.id < batch_id),
+                )
+            )
+        return query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(self.limit + 1)
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """The query string of ``GET /v1/deliveries``, validated."""
+
+    status: EventStatus | None
+    limit: int
+    after: tuple[datetime, str] | None
+
+    @classmethod
+    def parse(cls, args: dict[str, str]) -> DeliveryFilter:
+        """Parse and check the query arguments; 422 naming the bad one."""
+        _only(args, {"status", "limit", "cursor"})
+        status = None
+        if "status" in args:
+            try:
+                status = EventStatus(args["status"])
+            except ValueError as exc:
+                allowed = ", ".join(s.value for s in EventStatus)
+                raise ValidationFailed(
+                    f"status must be one of {allowed}", code=ErrorCode.INVALID_QUERY
+                ) from exc
+        return cls(
+            status=status,
+            limit=page_limit(args.get("limit")),
+            after=decode_text_cursor(args["cursor"]) if "cursor" in args else None,
+        )
+
+    def query(self, tenant_id: uuid.UUID) -> Select[WebhookEvent]:
+        """One page of ``tenant_id``'s webhook events (plus one row)."""
+        query = select(WebhookEvent).where(WebhookEvent.tenant_id == tenant_id)
+        if self.status is not None:
+            query = query.where(WebhookEvent.status == self.status)
+        if self.after is not None:
+            created, event_id = self.after
+            query = query.where(
+                or_(
+                    WebhookEvent.created_at < created,
+                    and_(WebhookEvent.created_at == created, WebhookEvent.id < event_id),
+                )
+            )
+        order = (WebhookEvent.created_at.desc(), WebhookEvent.id.desc())
+        return query.order_by(*order).limit(self.limit + 1)
+
+
+def _only(args: dict[str, str], known: set[str]) -> None:
+    unknown = set(args) - known
+    if unknown:
+        raise ValidationFailed(
+            f"unknown query parameter(s): {sorted(unknown)}", code=ErrorCode.INVALID_QUERY
+        )
+
+
+class Keyed(Protocol):
+    """A listed row: ordered by ``(created_at, id)``."""
+
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> object: ...
+
+
+def encode_cursor(row: Keyed) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Undo :func:`encode_cursor`; 422 for anything it did not produce."""
+    """Undo :func:`encode_cursor` of a row with a UUID id; 422 for anything it did not
+    produce."""
+    created, row_id = decode_text_cursor(cursor)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, job_id = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
+        return created, uuid.UUID(row_id)
     except ValueError as exc:
         raise ValidationFailed(
             "cursor is not one this API returned", code=ErrorCode.INVALID_QUERY
@@ -138,22 +244,36 @@ def _exact(args: dict[str, str], name: str) -> str | None:
     return value
 
 
-def _timestamp(value: str) -> datetime:
+def decode_text_cursor(cursor: str) -> tuple[datetime, str]:
+    """Undo :func:`encode_cursor` of a row with a text id; 422 for anything it did not
+    produce."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, row_id = raw.partition("|")
+        if not row_id:
+            raise ValueError("no id")
+        return datetime.fromisoformat(created), row_id
+    except ValueError as exc:
+        raise ValidationFailed(
+            "cursor is not one this API returned", code=ErrorCode.INVALID_QUERY
+        ) from exc
+
+
+def parse_timestamp(value: str, name: str) -> datetime:
+    """``value`` as an aware datetime; ``ValueError`` naming ``name`` unless it is ISO 8601
+    with a time zone."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise ValidationFailed(
-            f"created_after must be an ISO 8601 timestamp, got {value!r}",
-            code=ErrorCode.INVALID_QUERY,
-        ) from exc
+        raise ValueError(f"{name} must be an ISO 8601 timestamp, got {value!r}") from exc
     if parsed.tzinfo is None:
-        raise ValidationFailed(
-            "created_after needs a time zone (e.g. Z)", code=ErrorCode.INVALID_QUERY
-        )
+        raise ValueError(f"{name} needs a time zone (e.g. Z)")
     return parsed
 
 
-def _limit(value: str | None) -> int:
+def page_limit(value: str | None) -> int:
+    """The ``limit`` query argument: :data:`DEFAULT_PAGE` when absent; 422 unless an
+    integer from 1 to :data:`MAX_PAGE`."""
     if value is None:
         return DEFAULT_PAGE
     if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:

@@ -58,7 +58,7 @@ from shared.tasks import QUEUE_BULK, QUEUE_INTERACTIVE, QUEUE_MAINTENANCE, QUEUE
 metrics = Blueprint("metrics", __name__)
 
 _QUEUES = (QUEUE_INTERACTIVE, QUEUE_BULK, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
-_UNDELIVERED = (EventStatus.PENDING, EventStatus.FAILED)
+_UNDELIVERED = (EventStatus.PENDING, EventStatus.FAILED, EventStatus.KEPT)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Endpoints that accept jobs, and how to count the jobs in a 202 answer's body.
 _SINGLE_SUBMISSION = "jobs.create_job"
@@ -223,7 +223,8 @@ class _StateCollector:
         )
         webhooks = GaugeMetricFamily(
             "sightline_webhook_events",
-            "Webhook events not delivered: pending (retrying) or failed (gave up, or 410).",
+            "Webhook events not delivered: pending (retrying), failed (gave up, or 410) or kept "
+            "(their endpoint is disabled).",
             labels=["status"],
         )
         lag = GaugeMetricFamily(

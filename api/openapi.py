@@ -32,20 +32,28 @@ from pydantic.json_schema import models_json_schema
 from werkzeug.routing import Map, Rule
 
 from api.errors import PROBLEM_MIMETYPE
-from api.listing import MAX_PAGE
+from api.listing import BATCH_STATES, MAX_PAGE
 from shared.error_codes import api_codes
 from shared.images import ACCEPTED_FORMATS
-from shared.models import JobStatus
+from shared.models import EventStatus, JobStatus
 from shared.schemas import (
     BatchCanceled,
     BatchCreated,
     BatchItem,
+    BatchList,
     BatchOut,
     BatchRequest,
     BatchResultLine,
+    BatchRetried,
+    BatchRetryRequest,
+    DeliveryList,
+    EndpointList,
+    EndpointOut,
     EventOut,
     JobOut,
     JobRequest,
+    RedeliverRequest,
+    RedeliveryQueued,
 )
 from shared.settings import Settings
 
@@ -133,8 +141,16 @@ _MODELS: list[type[BaseModel]] = [
     Redelivery,
     BatchCreated,
     BatchOut,
+    BatchList,
+    BatchRetryRequest,
+    BatchRetried,
     BatchCanceled,
     BatchResultLine,
+    DeliveryList,
+    RedeliverRequest,
+    RedeliveryQueued,
+    EndpointList,
+    EndpointOut,
     Health,
     Readiness,
 ]
@@ -211,8 +227,9 @@ def _default_url_map(settings: Settings) -> Map:
     # Imported here: api.docs, which serves the document, imports this module.
     from api.batches import batches
     from api.context import Services
-    from api.deliveries import deliveries
+    from api.deliveries import deliveries, tenant_deliveries
     from api.docs import docs
+    from api.endpoints import endpoints
     from api.health import health
     from api.jobs import jobs
     from api.streams import streams
@@ -224,7 +241,16 @@ def _default_url_map(settings: Settings) -> Map:
         )
         services = Services.build(scratch_settings)
         app.extensions["sightline"] = services  # blueprints find it when registered
-        for blueprint in (health, jobs, streams, deliveries, docs, batches):
+        for blueprint in (
+            health,
+            jobs,
+            streams,
+            deliveries,
+            tenant_deliveries,
+            endpoints,
+            docs,
+            batches,
+        ):
             app.register_blueprint(blueprint)
         services.engine.dispose()
     return app.url_map
@@ -285,6 +311,10 @@ _PATH_PARAMETERS = {
     "batch_id": _path_parameter(
         "batch_id", "A batch id as returned by ``POST /v1/batches``; any other value is 404."
     ),
+    "endpoint_id": _path_parameter(
+        "endpoint_id",
+        "A webhook endpoint id as listed by ``GET /v1/endpoints``; any other value is 404.",
+    ),
 }
 
 
@@ -341,6 +371,38 @@ def _operations() -> dict[str, dict[str, Any]]:
             ok={202: ("Redelivery queued.", "Redelivery", None)},
             errors=[401, 404, 409, 503],
         ),
+        "tenant_deliveries.list_tenant_deliveries": _operation(
+            "listTenantDeliveries",
+            "Webhooks",
+            "The tenant's webhook events, newest first (?status=failed: those to look at)",
+            ok={200: ("One page of events.", "DeliveryList", None)},
+            errors=[401, 422, 503],
+            parameters=_page_parameters(
+                "Only events in this status.", [s.value for s in EventStatus]
+            ),
+        ),
+        "tenant_deliveries.redeliver_range": _operation(
+            "redeliverRange",
+            "Webhooks",
+            "Send the failed and kept events created in [since, until) again; idempotent",
+            ok={202: ("Redelivery queued.", "RedeliveryQueued", None)},
+            errors=[400, 401, 413, 422, 503],
+            body=_json_body("RedeliverRequest"),
+        ),
+        "endpoints.list_endpoints": _operation(
+            "listEndpoints",
+            "Webhooks",
+            "The tenant's webhook endpoints and their health (disabled ones first)",
+            ok={200: ("Every endpoint.", "EndpointList", None)},
+            errors=[401, 503],
+        ),
+        "endpoints.enable": _operation(
+            "enableEndpoint",
+            "Webhooks",
+            "Enable a disabled endpoint again (then redeliver its kept events)",
+            ok={200: ("The endpoint.", "EndpointOut", None)},
+            errors=[401, 404, 503],
+        ),
         "batches.create_batch": _operation(
             "createBatch",
             "Batches",
@@ -350,6 +412,27 @@ def _operations() -> dict[str, dict[str, Any]]:
             },
             errors=[400, 401, 413, 415, 422, 503],
             body=_batch_body(),
+        ),
+        "batches.list_batches": _operation(
+            "listBatches",
+            "Batches",
+            "List the batches of the caller's tenant, newest first",
+            ok={200: ("One page of batches.", "BatchList", None)},
+            errors=[401, 422, 503],
+            parameters=_page_parameters(
+                "open: an item is queued or running; completed: every item ended.",
+                list(BATCH_STATES),
+            ),
+        ),
+        "batches.retry": _operation(
+            "retryBatch",
+            "Batches",
+            "Run the failed items again as a new batch (retry_of the original)",
+            ok={
+                202: ("The new batch's items, by index.", "BatchRetried", _location("batch")),
+            },
+            errors=[400, 401, 404, 409, 413, 422, 503],
+            body=_json_body("BatchRetryRequest", required=False),
         ),
         "batches.get_batch": _operation(
             "getBatch",
@@ -605,6 +688,21 @@ def _list_parameters() -> list[dict[str, Any]]:
         query("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
         query("cursor", "``next_cursor`` of the previous page.", {"type": "string"}),
     ]
+
+
+def _page_parameters(status: str, statuses: list[str]) -> list[dict[str, Any]]:
+    """``status``, ``limit`` and ``cursor`` of a paginated list."""
+    return [
+        {"name": "status", "in": "query", "description": status, "schema": {"enum": statuses}},
+        *[p for p in _list_parameters() if p["name"] in ("limit", "cursor")],
+    ]
+
+
+def _json_body(model: str, *, required: bool = True) -> dict[str, Any]:
+    return {
+        "required": required,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}},
+    }
 
 
 def _operation(

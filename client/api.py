@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,17 +126,80 @@ class Client:
             time.sleep(poll_s)
 
     def batch(
-        self, items: Sequence[dict[str, Any]], *, callback_url: str | None = None
+        self,
+        items: Sequence[dict[str, Any]],
+        *,
+        callback_url: str | None = None,
+        item_events: bool = False,
     ) -> dict[str, Any]:
         """Submit a batch. Items are job fields plus ``image`` (bytes, base64 text or a
-        path) or ``image_url``, optional ``metadata`` and ``idempotency_key``."""
+        path) or ``image_url``, optional ``metadata`` and ``idempotency_key``. With
+        ``item_events`` each item's job.* events go to ``callback_url`` too."""
         body: dict[str, Any] = {"items": [_encode_item(item) for item in items]}
         if callback_url:
             body["callback_url"] = callback_url
+        if item_events:
+            body["item_events"] = True
         response = self._session.post(
             f"{self.url}/v1/batches", json=body, timeout=self._timeout_s * 10
         )
         return self._json(response)
+
+    def batches(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of the tenant's batches, newest first (``status``: ``open`` or
+        ``completed``): ``{"batches": [...], "next_cursor"}``."""
+        return self._page("/v1/batches", status=status, limit=limit, cursor=cursor)
+
+    def retry_batch(
+        self, batch_id: str, *, error_codes: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Run the batch's failed items (only those with one of ``error_codes``, if
+        given) again as a new batch; the answer has its ``id`` and ``retry_of``."""
+        body = {"error_codes": list(error_codes)} if error_codes is not None else {}
+        return self._json(
+            self._session.post(
+                f"{self.url}/v1/batches/{batch_id}/retry", json=body, timeout=self._timeout_s
+            )
+        )
+
+    def deliveries(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of the tenant's webhook events, newest first (``status="failed"``:
+        those that need attention): ``{"deliveries": [...], "next_cursor"}``."""
+        return self._page("/v1/deliveries", status=status, limit=limit, cursor=cursor)
+
+    def redeliver(self, since: datetime, until: datetime | None = None) -> dict[str, Any]:
+        """Send the failed and kept events created in ``[since, until)`` (aware
+        datetimes; ``until`` defaults to now) again: ``{"redelivering": [ids], "more"}``.
+        Calling it again does not resend what is already on its way."""
+        body = {"since": since.isoformat()}
+        if until is not None:
+            body["until"] = until.isoformat()
+        return self._json(
+            self._session.post(
+                f"{self.url}/v1/deliveries/redeliver", json=body, timeout=self._timeout_s
+            )
+        )
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """The tenant's webhook endpoints and their health (``healthy``, ``failing``,
+        ``disabled``), disabled ones first."""
+        found: list[dict[str, Any]] = self._json(
+            self._session.get(f"{self.url}/v1/endpoints", timeout=self._timeout_s)
+        )["endpoints"]
+        return found
+
+    def enable_endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        """Enable a disabled endpoint again; recover its kept events with
+        :meth:`redeliver`."""
+        return self._json(
+            self._session.post(
+                f"{self.url}/v1/endpoints/{endpoint_id}/enable", timeout=self._timeout_s
+            )
+        )
 
     def batch_status(self, batch_id: str) -> dict[str, Any]:
         """Counts by status and progress."""
@@ -207,6 +271,12 @@ class Client:
         """
         job = self.submit(image, prompt, **fields)
         return self.stream(job["id"])
+
+    def _page(self, path: str, **params: str | int | None) -> dict[str, Any]:
+        wanted = {name: value for name, value in params.items() if value is not None}
+        return self._json(
+            self._session.get(f"{self.url}{path}", params=wanted, timeout=self._timeout_s)
+        )
 
     @staticmethod
     def _json(response: requests.Response) -> dict[str, Any]:

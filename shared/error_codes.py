@@ -63,6 +63,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"
     JOB_FINISHED = "job_finished"
     NO_WEBHOOK_EVENT = "no_webhook_event"
+    NOTHING_TO_RETRY = "nothing_to_retry"
     CONFLICT = "conflict"
     BODY_TOO_LARGE = "body_too_large"
     IMAGE_TOO_LARGE = "image_too_large"
@@ -85,6 +86,7 @@ class ErrorCode(enum.StrEnum):
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
     IMAGE_TOO_MANY_FRAMES = "image_too_many_frames"
     INVALID_QUERY = "invalid_query"
+    INVALID_TIME_RANGE = "invalid_time_range"
     EMPTY_BATCH = "empty_batch"
     TOO_MANY_ITEMS = "too_many_items"
     NO_VALID_ITEMS = "no_valid_items"
@@ -143,10 +145,15 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     E.CSRF_FAILED: ErrorInfo(
         403, "a console form sent without the session's CSRF token", Where.CONSOLE
     ),
-    E.NOT_FOUND: ErrorInfo(404, "unknown job or batch (or another caller's), or route"),
+    E.NOT_FOUND: ErrorInfo(
+        404, "unknown job, batch or webhook endpoint (or another caller's), or route"
+    ),
     E.JOB_FINISHED: ErrorInfo(409, "cancel of a job that already finished"),
     E.NO_WEBHOOK_EVENT: ErrorInfo(
         409, "redelivery asked for a job with no webhook event (not finished, or no `callback_url`)"
+    ),
+    E.NOTHING_TO_RETRY: ErrorInfo(
+        409, "retry of a batch with no failed item (with one of the given `error_codes`)"
     ),
     E.CONFLICT: ErrorInfo(
         409,
@@ -208,7 +215,14 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ),
     E.IMAGE_TOO_MANY_FRAMES: ErrorInfo(422, "more frames than `SIGHTLINE_MAX_IMAGE_FRAMES`"),
     E.INVALID_QUERY: ErrorInfo(
-        422, "a bad query parameter: `GET /v1/jobs` filter, limit or cursor, or `wait`"
+        422,
+        "a bad query parameter: a list's filter, limit or cursor (`GET /v1/jobs`, "
+        "`/v1/batches`, `/v1/deliveries`), or `wait`",
+    ),
+    E.INVALID_TIME_RANGE: ErrorInfo(
+        422,
+        "a redelivery's `since` or `until` not an ISO 8601 time with a time zone, or `until` "
+        "not after `since`",
     ),
     E.EMPTY_BATCH: ErrorInfo(422, "a batch with no items"),
     E.TOO_MANY_ITEMS: ErrorInfo(422, "a batch over `SIGHTLINE_MAX_BATCH_ITEMS` items"),

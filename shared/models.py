@@ -160,6 +160,15 @@ class Batch(Base):
     items_accepted: Mapped[int] = mapped_column(Integer)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    item_events: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    retry_of: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("batches.id"), nullable=True
+    )
+
+    __table_args__ = (
+        # Listing: newest first per tenant, keyset on (created_at, id).
+        Index("ix_batches_listing", "tenant_id", "created_at", "id"),
+    )
 
 
 class Job(Base):
@@ -264,11 +273,39 @@ class Job(Base):
 
 class EventStatus(enum.StrEnum):
     """A webhook event is ``pending`` until a 2xx answer (``delivered``), or until its
-    retries run out or the receiver answers 410 Gone (``failed``)."""
+    retries run out or the receiver answers 410 Gone (``failed``). An event whose
+    endpoint is disabled is ``kept``: never attempted again until redelivered."""
 
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    KEPT = "kept"
+
+
+class WebhookEndpoint(Base):
+    """Where a tenant's webhooks go: (tenant, scheme, host, port) of their callback URLs
+    (paths and query strings do not make new endpoints), recorded at its first attempt.
+
+    ``failing_since`` is the first failed attempt since the last delivered one (NULL while
+    healthy). An endpoint that fails every attempt for ``endpoint_disable_after_s`` is
+    disabled (``disabled_at``): no attempt is made to it until its tenant enables it again.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"))
+    scheme: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ux_webhook_endpoints_origin", "tenant_id", "scheme", "host", "port", unique=True),
+    )
 
 
 class WebhookEvent(Base):
@@ -280,6 +317,7 @@ class WebhookEvent(Base):
     ``payload`` the exact body, frozen when the event is written. ``next_attempt_at`` is
     when the next attempt is due; ``locked_until`` reserves an attempt in progress;
     ``enqueued_at`` is when a wake-up was last sent (NULL: none outstanding).
+    ``endpoint_id`` is set at the first attempt (the endpoint the URL belongs to).
     """
 
     __tablename__ = "webhook_events"
@@ -305,9 +343,14 @@ class WebhookEvent(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("webhook_endpoints.id"), index=True, nullable=True
+    )
 
     __table_args__ = (
         Index("ux_webhook_events_job_type", "job_id", "type", unique=True),
+        # Listing and redelivery: a tenant's events by time, keyset on (created_at, id).
+        Index("ix_webhook_events_listing", "tenant_id", "created_at", "id"),
         Index("ux_webhook_events_batch_type", "batch_id", "type", unique=True),
         Index("ix_webhook_events_due", "status", "next_attempt_at"),
     )

@@ -241,6 +241,78 @@ class EventOut(BaseModel):
     deliveries: list[DeliveryOut]
 
 
+class DeliveryEventOut(BaseModel):
+    """A webhook event as ``GET /v1/deliveries`` lists it: what it is for, where it goes,
+    how its delivery stands (``kept``: held back while its endpoint is disabled)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The ``webhook-id``, the same on every attempt.")
+    type: str
+    url: str
+    status: Literal["pending", "delivered", "failed", "kept"]
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str | None
+    job_id: uuid.UUID | None
+    batch_id: uuid.UUID | None
+    endpoint_id: uuid.UUID | None = Field(description="Set at the first attempt.")
+
+
+class DeliveryList(BaseModel):
+    """One page of the caller's tenant's webhook events, newest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deliveries: list[DeliveryEventOut]
+    next_cursor: str | None = Field(description="Pass as ``cursor`` for the next page.")
+
+
+class RedeliverRequest(BaseModel):
+    """``POST /v1/deliveries/redeliver``: the events created in ``[since, until)``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: str = Field(description="ISO 8601 time with a time zone.")
+    until: str | None = Field(default=None, description="ISO 8601 time; default now.")
+
+
+class RedeliveryQueued(BaseModel):
+    """The failed and kept events made due again (``more``: others in the range are left
+    for another call)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redelivering: list[str]
+    more: bool
+
+
+class EndpointOut(BaseModel):
+    """A webhook endpoint (tenant, scheme, host, port) and its health."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: uuid.UUID
+    url: str = Field(description="``scheme://host:port``.")
+    state: Literal["healthy", "failing", "disabled"]
+    failing_since: datetime | None = Field(
+        description="First failed attempt since the last delivered one."
+    )
+    disabled_at: datetime | None
+    last_error: str | None
+    kept: int = Field(ge=0, description="Events held back while disabled, to redeliver.")
+
+
+class EndpointList(BaseModel):
+    """The caller's tenant's webhook endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoints: list[EndpointOut]
+
+
 class BatchItem(JobRequest):
     """One item of ``POST /v1/batches``: a job's fields plus exactly one of ``image``
     (base64 or a ``data:`` URL) or ``image_url`` (fetched by the API through the SSRF
@@ -260,6 +332,11 @@ class BatchRequest(BaseModel):
 
     items: list[dict[str, Any]]
     callback_url: str | None = Field(default=None, max_length=2048)
+    item_events: bool = Field(
+        default=False,
+        description="Also send each item's job.* events to ``callback_url`` (items with a "
+        "callback URL of their own send them there).",
+    )
 
 
 # The batch answers. Closed (``extra="forbid"``): their OpenAPI schemas say
@@ -327,6 +404,39 @@ class BatchOut(BaseModel):
     counts: dict[JobStatus, int] = Field(description="Its jobs by status, every status present.")
     progress: float = Field(ge=0, le=1, description="Finished items / accepted items.")
     callback_url: str | None = Field(description="Where ``batch.completed`` is sent.")
+    item_events: bool = Field(description="Whether items' job.* events go there too.")
+    retry_of: uuid.UUID | None = Field(
+        description="The batch whose failed items this one runs again (null: an original)."
+    )
+
+
+class BatchList(BaseModel):
+    """One page of the caller's tenant's batches, newest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batches: list[BatchOut]
+    next_cursor: str | None = Field(description="Pass as ``cursor`` for the next page.")
+
+
+class BatchRetryRequest(BaseModel):
+    """``POST /v1/batches/{id}/retry``'s optional body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_codes: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only retry items that failed with one of these ``error.code`` values "
+        "(default: every failed item).",
+    )
+
+
+class BatchRetried(BatchCreated):
+    """``POST /v1/batches/{id}/retry``'s answer: the new batch, one job per failed item
+    (``index`` is the item's index in the original batch)."""
+
+    retry_of: uuid.UUID = Field(description="The original batch.")
 
 
 class BatchCanceled(BatchOut):

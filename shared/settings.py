@@ -158,6 +158,18 @@ class Settings(BaseSettings):
     webhook_jitter: float = Field(
         default=0.1, ge=0, le=0.5, description="Each retry delay varies by ± this fraction."
     )
+    webhook_retry_after_max_s: int = Field(
+        default=3600,
+        ge=0,
+        description="Longest Retry-After (on 429, 502, 503, 504) a retry waits for; longer "
+        "ones are cut to this.",
+    )
+    endpoint_disable_after_s: float = Field(
+        default=5 * 86_400,
+        gt=0,
+        description="An endpoint failing every attempt for this long is disabled; its events "
+        "are kept until the tenant enables it and redelivers them.",
+    )
     secret_rotation_grace_s: int = Field(
         default=86_400, ge=0, description="How long a rotated-out webhook secret still signs."
     )

@@ -21,12 +21,14 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Answers each request with the next status of ``script`` (then ``default``); while
-    ``hold`` is set to an unset event, answers wait for it (requests are recorded first)."""
+    """Answers each request with the next status of ``script`` (then ``default``), with
+    ``headers`` on every answer that is not a 2xx; while ``hold`` is set to an unset
+    event, answers wait for it (requests are recorded first)."""
 
     port: int
     script: list[int] = field(default_factory=list)
     default: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
     requests: list[Received] = field(default_factory=list)
     hold: threading.Event | None = None
     _server: ThreadingHTTPServer | None = None
@@ -48,6 +50,9 @@ class Receiver:
                     receiver.hold.wait(timeout=60)
                 status = receiver.script.pop(0) if receiver.script else receiver.default
                 self.send_response(status)
+                if not 200 <= status < 300:
+                    for name, value in receiver.headers.items():
+                        self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -15,25 +15,18 @@ so a process killed mid-attempt does not leak slots.
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import urlsplit
 
+from shared.endpoints import origin_of
 from shared.redis_slots import Hold, RedisSlots
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _PREFIX = "sightline:webhook-slots"
 
 
 def endpoint_of(tenant_id: object, url: str) -> str:
-    """The endpoint ``url`` belongs to for ``tenant_id``: ``tenant|scheme://host:port``,
-    lower-cased, with the scheme's default port filled in. A URL that does not parse
-    (the SSRF guard refuses it anyway) is its own endpoint."""
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
-        return f"{tenant_id}|{scheme}://{(parts.hostname or '').lower()}:{port}"
-    except ValueError:
-        return f"{tenant_id}|{url}"
+    """The endpoint ``url`` belongs to for ``tenant_id`` (:func:`shared.endpoints.origin_of`):
+    ``tenant|scheme://host:port``."""
+    scheme, host, port = origin_of(url)
+    return f"{tenant_id}|{scheme}://{host}:{port}"
 
 
 class DeliverySlots:

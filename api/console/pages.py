@@ -1,4 +1,4 @@
-"""The console's HTML pages: sign-in, Ask, Jobs, job detail, Batches, Status.
+"""The console's HTML pages: sign-in, Ask, Jobs, job detail, Batches, Deliveries, Status.
 
 Errors raised here render a friendly page with the status code (never a traceback); the
 same errors as the API (``NotFound`` for another tenant's job) give the same statuses.
@@ -7,11 +7,13 @@ same errors as the API (``NotFound`` for another tenant's job) give the same sta
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
     Response,
+    after_this_request,
     flash,
     g,
     redirect,
@@ -24,26 +26,39 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from api.batches import export_results
+from api.batch_retry import retry_failed
+from api.batches import export_results, wake_after
 from api.console.chart import bar_chart
-from api.console.queries import count_by_status, find_batch, find_job, list_jobs
+from api.console.queries import (
+    count_by_status,
+    find_batch,
+    find_endpoint,
+    find_job,
+    list_jobs,
+)
 from api.console.signin import current_key, sign_in, sign_out, signed_in_key
 from api.console.status import recent_throughput
 from api.context import services
-from api.deliveries import job_events, redeliver_events
+from api.deliveries import job_events, redeliver_events, redeliver_events_between
+from api.endpoints import render_endpoint, tenant_endpoints
+from api.listing import BATCH_STATES
 from shared import lifecycle
-from shared.batches import batch_summary
+from shared.batches import batch_summaries
 from shared.broker import queue_depths
+from shared.endpoints import enable_endpoint
 from shared.errors import NotFound, SightlineError
-from shared.models import Batch, JobStatus, utcnow
+from shared.models import Batch, EventStatus, JobStatus, WebhookEvent, utcnow
 from shared.tasks import GPU_QUEUES
 from shared.tenants import SHARE_WINDOW, shares
 from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
 
-# The Batches page shows this many, newest first.
+# The Batches page shows this many, newest first; the Deliveries page as many events.
 BATCHES_SHOWN = 50
+EVENTS_SHOWN = 50
+# The Deliveries page's redelivery choices: hours back from now.
+REDELIVER_HOURS = (1, 24, 168)
 
 pages = Blueprint("pages", __name__)
 
@@ -178,16 +193,108 @@ def redeliver(job_id: str) -> BaseResponse:
 
 @pages.get("/batches")
 def batches() -> str:
-    """The tenant's newest batches with a progress bar and counts by status each."""
+    """The tenant's newest batches (``?status=open|completed``) with a progress bar, counts
+    by status, the batch they retry, and a retry button where items failed."""
+    status = request.args.get("status") or None
+    if status not in (None, *BATCH_STATES):
+        raise NotFound(f"no batch status {status!r}")
+    query = select(Batch).where(Batch.tenant_id == current_key().tenant_id)
+    if status is not None:
+        query = query.where(Batch.completed_at.is_(None) == (status == "open"))
     with services().sessions() as db:
-        rows = db.scalars(
-            select(Batch)
-            .where(Batch.tenant_id == current_key().tenant_id)
-            .order_by(Batch.created_at.desc())
-            .limit(BATCHES_SHOWN)
-        ).all()
-        summaries = [batch_summary(db, batch) for batch in rows]
-    return render_template("console/batches.html", batches=summaries, shown=BATCHES_SHOWN)
+        rows = list(db.scalars(query.order_by(Batch.created_at.desc()).limit(BATCHES_SHOWN)))
+        summaries = batch_summaries(db, rows)
+    return render_template(
+        "console/batches.html",
+        batches=summaries,
+        shown=BATCHES_SHOWN,
+        status=status,
+        states=BATCH_STATES,
+    )
+
+
+@pages.post("/batches/<batch_id>/retry")
+def retry_batch(batch_id: str) -> BaseResponse:
+    """Run the batch's failed items again as a new batch (as ``POST
+    /v1/batches/{id}/retry``); a refusal (nothing failed, queue full) is shown, not raised."""
+    svc = services()
+    with svc.sessions() as db:
+        batch = find_batch(db, current_key(), batch_id)
+    try:
+        retried = retry_failed(svc, current_key(), batch, None)
+    except SightlineError as exc:
+        flash(f"Nothing was retried: {exc.detail}", "warning")
+        return redirect(url_for("console.pages.batches"))
+    wake = [item.id for item in retried.accepted]
+    after_this_request(lambda response: wake_after(response, svc, retried.id, wake))
+    flash(f"Retrying {retried.items_accepted} failed items as batch {str(retried.id)[:8]}.")
+    return redirect(url_for("console.pages.batches"))
+
+
+@pages.get("/deliveries")
+def deliveries() -> str:
+    """The tenant's webhook endpoints (disabled and failing first, with an enable button),
+    its newest failed and kept events, and a redelivery of the last hours."""
+    tenant_id = current_key().tenant_id
+    with services().sessions() as db:
+        endpoints = tenant_endpoints(db, tenant_id)
+        events = list(
+            db.scalars(
+                select(WebhookEvent)
+                .where(
+                    WebhookEvent.tenant_id == tenant_id,
+                    WebhookEvent.status.in_([EventStatus.FAILED, EventStatus.KEPT]),
+                )
+                .order_by(WebhookEvent.created_at.desc(), WebhookEvent.id.desc())
+                .limit(EVENTS_SHOWN)
+            )
+        )
+    return render_template(
+        "console/deliveries.html",
+        endpoints=endpoints,
+        events=events,
+        shown=EVENTS_SHOWN,
+        hours=REDELIVER_HOURS,
+        disable_after=_duration(services().settings.endpoint_disable_after_s),
+    )
+
+
+def _duration(seconds: float) -> str:
+    """``5 days``, ``6 hours`` or ``90 seconds``: the largest unit it is a whole number of."""
+    for unit, size in (("days", 86_400), ("hours", 3_600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g} {unit}"
+    return f"{seconds:g} seconds"
+
+
+@pages.post("/deliveries/redeliver")
+def redeliver_recent() -> BaseResponse:
+    """Send the failed and kept events of the last ``hours`` again (as ``POST
+    /v1/deliveries/redeliver``)."""
+    hours = request.form.get("hours", "")
+    if not hours.isdigit() or int(hours) not in REDELIVER_HOURS:
+        raise NotFound(f"no redelivery window of {hours!r} hours")
+    now = utcnow()
+    since = now - timedelta(hours=int(hours))
+    ids, more = redeliver_events_between(services(), current_key().tenant_id, since, now)
+    if ids:
+        rest = " More are left: redeliver again." if more else ""
+        flash(f"Redelivering {len(ids)} webhook events.{rest}")
+    else:
+        flash("No failed or kept event to redeliver in that time (disabled endpoints' wait).")
+    return redirect(url_for("console.pages.deliveries"))
+
+
+@pages.post("/endpoints/<endpoint_id>/enable")
+def enable(endpoint_id: str) -> BaseResponse:
+    """Enable a disabled webhook endpoint again (as ``POST /v1/endpoints/{id}/enable``)."""
+    with services().sessions() as db, db.begin():
+        endpoint = find_endpoint(db, current_key(), endpoint_id)
+        enable_endpoint(db, endpoint)
+    with services().sessions() as db:
+        kept = render_endpoint(db, endpoint).kept
+    flash(f"Endpoint enabled. Redeliver to send its {kept} kept events.")
+    return redirect(url_for("console.pages.deliveries"))
 
 
 @pages.get("/batches/<batch_id>/results.ndjson")

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from api.listing import JobFilter, encode_cursor
 from shared.errors import NotFound
-from shared.models import ApiKey, Batch, Job, JobStatus
+from shared.models import ApiKey, Batch, Job, JobStatus, WebhookEndpoint
 
 PAGE_SIZE = 25
 
@@ -79,3 +79,16 @@ def find_batch(db: Session, key: ApiKey, raw_id: str) -> Batch:
     if batch is None or batch.tenant_id != key.tenant_id:
         raise NotFound(f"no batch {raw_id}")
     return batch
+
+
+def find_endpoint(db: Session, key: ApiKey, raw_id: str) -> WebhookEndpoint:
+    """Webhook endpoint ``raw_id`` of ``key``'s tenant, locked for update in ``db``'s
+    transaction; :class:`NotFound` otherwise (as the API)."""
+    try:
+        endpoint_id = uuid.UUID(raw_id)
+    except ValueError as exc:
+        raise NotFound(f"no webhook endpoint {raw_id!r}") from exc
+    endpoint = db.get(WebhookEndpoint, endpoint_id, with_for_update=True)
+    if endpoint is None or endpoint.tenant_id != key.tenant_id:
+        raise NotFound(f"no webhook endpoint {raw_id}")
+    return endpoint
