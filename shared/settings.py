@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         description="How often a worker publishes the new text of jobs someone streams "
         "(GET /v1/jobs/{id}/events): text between two rounds goes out together.",
     )
+    stream_messages_per_s: float = Field(
+        default=50,
+        gt=0,
+        description="Most text messages a worker publishes per second: with more watched "
+        "running jobs than this × the interval, each is updated less often (50 watched "
+        "jobs at 50/s: once a second each), so thousands of readers cannot take a worker's "
+        "time, nor the API's.",
+    )
     max_image_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1024, description="Largest accepted image upload (bytes)."
     )

@@ -129,7 +129,11 @@ def run_worker(
         model_revision=backend.model_revision,
         worker_name=node_name,
         metrics=metrics,
-        publisher=StepPublisher(broker, interval_s=settings.stream_interval_s),
+        publisher=StepPublisher(
+            broker,
+            interval_s=settings.stream_interval_s,
+            messages_per_s=settings.stream_messages_per_s,
+        ),
         feed=JobFeed(broker),
         after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
         requeue=requeue,

@@ -5,7 +5,10 @@ reads the watch keys of the engine's running jobs (one ``MGET``; :mod:`shared.jo
 and, for each watched job whose text grew, publishes a ``text`` message with what each
 part (reasoning, answer: :func:`shared.job_feed.stream_parts`) gained, and stores the
 parts in the job's replay hash. Text between two rounds goes out in the next one, so
-nothing is skipped: a round sends everything since the last.
+nothing is skipped: a round sends everything since the last. Rounds are spaced further
+apart when many jobs are watched, so that at most ``messages_per_s`` messages go out per
+second (the readers of each message cost the API a write each): with 5 watched jobs every
+0.1 s, with 50 every second.
 
 A job whose watch key changed value (the key lapsed and a new reader set it again) is
 sent whole again, from offset 0, since what it was sent before may be gone with the
@@ -56,10 +59,13 @@ class StepPublisher:
         client: redis.Redis,
         *,
         interval_s: float = 0.1,
+        messages_per_s: float = 50,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._interval_s = interval_s
+        self._messages_per_s = messages_per_s
+        self._next_s = interval_s
         self._clock = clock
         self._round_at = -float("inf")
         self._watched: dict[uuid.UUID, _Watched] = {}
@@ -70,7 +76,7 @@ class StepPublisher:
         for job_id in (*events.finished, *events.failed):
             self.forget(job_id)
         now = self._clock()
-        if now - self._round_at < self._interval_s or not engine.running:
+        if now - self._round_at < self._next_s or not engine.running:
             return
         self._round_at = now
         try:
@@ -110,6 +116,7 @@ class StepPublisher:
             pipe.expire(text_key(job_id), TEXT_TTL_S)
             before.sent = parts
         self._watched = watched
+        self._next_s = max(self._interval_s, len(watched) / self._messages_per_s)
         pipe.execute()
 
 
