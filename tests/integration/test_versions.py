@@ -18,8 +18,8 @@ from shared.models import WebhookEvent
 from tests.stack import Stack, make_image
 from worker.model.hf import TransformersBackend
 
-# The ``version`` of the bundled moderation-v1 policy (shared/presets/default.json).
-POLICY_VERSION = "moderation-v1/2026-11-30"
+# The ``version`` of the bundled moderation-v2 policy (shared/presets/default.json).
+POLICY_VERSION = "moderation-v2/2026-11-30"
 # No webhook sender runs here: the events wait in the outbox, where their payload is read.
 HOOK = "http://127.0.0.1:9/hook"
 
@@ -42,11 +42,11 @@ def test_model_revision_and_policy_version_are_returned_and_filterable(
     pg_stack: Stack, tiny_checkpoint: Path
 ) -> None:
     client = pg_stack.client()
-    judged = [client.submit(make_image(200 + i), preset="moderation-v1")["id"] for i in range(6)]
+    judged = [client.submit(make_image(200 + i), preset="moderation-v2")["id"] for i in range(6)]
     text = [client.submit(make_image(210 + i), "hi", max_new_tokens=4)["id"] for i in range(2)]
     batch = client.batch(
         [
-            {"image": make_image(220 + i), "preset": "moderation-v1", "callback_url": HOOK}
+            {"image": make_image(220 + i), "preset": "moderation-v2", "callback_url": HOOK}
             for i in range(3)
         ]
     )
@@ -59,7 +59,7 @@ def test_model_revision_and_policy_version_are_returned_and_filterable(
 
     pg_stack.start_worker()
     done = {job["id"]: job for job in pg_stack.wait_all([*judged, *text, *items])}
-    again = client.submit(make_image(200), preset="moderation-v1")["id"]
+    again = client.submit(make_image(200), preset="moderation-v2")["id"]
     cached = client.wait(again)
 
     assert cached["cached"] is True, "an identical request is answered from the cache"

@@ -130,9 +130,15 @@ def test_the_single_pair_shape_still_means_one_rule_for_every_label(
     ],
 )
 def test_the_bundled_moderation_policy(answer: dict[str, Any], expected: str) -> None:
-    policy = load_presets()["moderation-v1"].policy
-    assert policy is not None and policy.version == "moderation-v1/2026-11-30"
+    policy = load_presets()["moderation-v2"].policy
+    assert policy is not None and policy.version == "moderation-v2/2026-11-30"
     assert policy.decide(answer) == expected
+
+
+def test_the_bundled_moderation_v1_keeps_its_single_pair() -> None:
+    """Jobs judged by moderation-v1 before per-label rules existed and after are judged
+    alike, and named alike (by the rules' hash: it has no ``version``)."""
+    assert load_presets()["moderation-v1"].policy == Policy.model_validate(SINGLE_PAIR)
 
 
 def test_a_policy_without_a_version_is_named_by_its_rules() -> None:
