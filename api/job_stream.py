@@ -2,8 +2,9 @@
 
 Events (``event:`` name, ``data:`` one JSON object, ``id:`` the position):
 
-- ``status``: ``{"status": "queued"}`` or ``{"status": "running", "worker", "attempt"}``,
-  at the start and whenever the job moves without ending;
+- ``status``: ``{"status": "queued", "ahead"}`` (``ahead``: how many of the tenant's
+  jobs of the same priority are queued before it) or ``{"status": "running", "worker",
+  "attempt"}``, at the start and whenever the job moves without ending;
 - ``delta``: ``{"part": "reasoning" | "answer", "text"}``: text appended to that part
   (a thinking job's reasoning, then its answer); a part's deltas concatenated are the
   final job's ``reasoning`` / ``result``;
@@ -77,11 +78,12 @@ class Position:
 @dataclass
 class JobStream:
     """The events of one job for one reader (see the module docstring). ``read`` loads
-    the job from the database; ``on_first_delta`` is told when (``time.time()``) this
-    stream sent its first text."""
+    the job from the database and ``ahead`` counts what is queued before it;
+    ``on_first_delta`` is told when (``time.time()``) this stream sent its first text."""
 
     job_id: uuid.UUID
     read: Callable[[], Job]
+    ahead: Callable[[Job], int]
     listener: FeedListener
     redis: redis.Redis
     heartbeat_s: float
@@ -142,6 +144,8 @@ class JobStream:
         body: dict[str, Any] = {"status": job.status.value}
         if job.status is JobStatus.RUNNING:
             body.update(worker=job.worker, attempt=job.attempts)
+        elif job.status is JobStatus.QUEUED:
+            body.update(ahead=self.ahead(job))
         return reset + sse("status", body, at.event_id)
 
     def _switch_claim(self, at: Position, job: Job) -> str:

@@ -30,6 +30,7 @@ from api.job_stream import JobStream
 from api.metrics import ApiMetrics
 from shared.error_codes import ErrorCode
 from shared.errors import TooManyRequests
+from shared.fair_share import queued_ahead
 from shared.models import Batch, Job
 from shared.redis_slots import Hold, RedisSlots
 
@@ -67,6 +68,10 @@ def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
             raise LookupError(f"job {job.id} is gone")
         return found
 
+    def ahead(queued: Job) -> int:
+        with svc.sessions() as session:
+            return queued_ahead(session, queued)
+
     def first_delta(at: float) -> None:
         created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
         metrics.first_delta.observe(max(0.0, at - created.timestamp()))
@@ -74,6 +79,7 @@ def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
     stream = JobStream(
         job.id,
         read,
+        ahead,
         svc.listener,
         svc.counters,
         svc.settings.stream_heartbeat_s,

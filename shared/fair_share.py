@@ -51,6 +51,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus, Priority, Tenant, UTCDateTime
 
@@ -255,3 +256,19 @@ def orphan_pick(abandoned: ColumnElement[bool]) -> Select[Any]:
         .limit(1)
         .with_for_update(of=Job, skip_locked=True)
     )
+
+
+def queued_ahead(session: Session, job: Job) -> int:
+    """How many of ``job``'s tenant's jobs of its priority are queued before it: what it
+    waits for within its own tenant's turns (one range of ``ix_jobs_tenant_queue``)."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.tenant_id == job.tenant_id,
+            Job.priority == job.priority,
+            Job.status == JobStatus.QUEUED,
+            Job.created_at < job.created_at,
+        )
+    )
+    return int(count or 0)

@@ -123,8 +123,12 @@ def test_resuming_with_last_event_id_loses_and_repeats_nothing(pg_stack: Stack) 
 
 
 def test_another_tenants_job_is_404_and_canceling_ends_the_stream(pg_stack: Stack) -> None:
-    pg_stack.start_worker(**SLOW)
     client = pg_stack.client()
+    waiting = [client.submit(make_image(5 + i), f"ahead {i}", max_new_tokens=2) for i in range(3)]
+    with _stream(pg_stack, f"/v1/jobs/{waiting[-1]['id']}/events") as stream:
+        first = next(stream)
+    assert (first.event, first.data) == ("status", {"status": "queued", "ahead": 2})
+    pg_stack.start_worker(**SLOW)
     job_id = client.submit(make_image(4), "[[slow]] cancel me", max_new_tokens=40)["id"]
     rival = json.loads(pg_stack.cli("keys", "create", f"rival-{uuid.uuid4().hex[:6]}", "--json"))
 
