@@ -208,7 +208,8 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ),
     E.IMAGE_TOO_MANY_FRAMES: ErrorInfo(422, "more frames than `SIGHTLINE_MAX_IMAGE_FRAMES`"),
     E.INVALID_QUERY: ErrorInfo(
-        422, "a bad query parameter: `GET /v1/jobs` filter, limit or cursor, or `wait`"
+        422,
+        "a bad query parameter: `GET /v1/jobs` filter, limit or cursor, `wait`, or `purge`",
     ),
     E.EMPTY_BATCH: ErrorInfo(422, "a batch with no items"),
     E.TOO_MANY_ITEMS: ErrorInfo(422, "a batch over `SIGHTLINE_MAX_BATCH_ITEMS` items"),
