@@ -370,8 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     flower.set_defaults(run=_flower)
 
     from cli.submit import add_parser as add_submit
+    from cli.tenants import add_parser as add_tenants
 
     add_submit(commands)
+    add_tenants(commands)
 
     ask = commands.add_parser(
         "ask", help="ask one question of an image, print the answer as it is written"

@@ -107,7 +107,7 @@ def apply_retention(settings: Settings, sessions: sessionmaker[Session], now: da
     """Empty the content of jobs final for longer than their tenant's period; returns
     how many (see the module docstring)."""
     with sessions() as session:
-        tenants = session.execute(select(Tenant.id, Tenant.retention_days)).tuples().all()
+        tenants = session.execute(select(Tenant.id, Tenant.retention_days)).all()
     emptied = 0
     chunks = 0
     for tenant_id, tenant_days in tenants:
@@ -151,7 +151,7 @@ def _empty_chunk(
             .order_by(Job.finished_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
-        ).tuples()
+        ).all()
         ids, keys = [], []
         for job_id, key in rows:
             ids.append(job_id)

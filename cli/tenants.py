@@ -1,0 +1,111 @@
+"""``sightline tenants``: an operator's commands on one tenant's data.
+
+``tenants retention NAME DAYS`` sets how long the tenant's finished jobs keep their
+content (``0``: forever; ``default``: ``SIGHTLINE_RETENTION_DAYS``), see
+:mod:`shared.retention`. ``tenants purge NAME --yes`` erases every job and batch of the
+tenant now (:mod:`shared.purge`), recorded in the audit as done by the operator's login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+
+from sqlalchemy import select
+
+from shared.settings import Settings
+
+DEFAULT = "default"
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``sightline tenants``."""
+    tenants = commands.add_parser("tenants", help="a tenant's data: retention, purge")
+    actions = tenants.add_subparsers(dest="tenants", required=True)
+    retention = actions.add_parser(
+        "retention", help="days the tenant's finished jobs keep their content"
+    )
+    retention.add_argument("name", help="the tenant's name")
+    retention.add_argument(
+        "days",
+        type=_days,
+        help=f"whole days; 0 keeps content forever, {DEFAULT!r} follows SIGHTLINE_RETENTION_DAYS",
+    )
+    retention.set_defaults(run=_retention)
+    purge = actions.add_parser("purge", help="erase every job and batch of the tenant now")
+    purge.add_argument("name", help="the tenant's name")
+    purge.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    purge.add_argument("--json", action="store_true", help="print one JSON object")
+    purge.set_defaults(run=_purge)
+
+
+def _days(raw: str) -> int | None:
+    if raw == DEFAULT:
+        return None
+    try:
+        days = int(raw)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of days (0 or more) or default")
+    return days
+
+
+def _retention(args: argparse.Namespace) -> int:
+    from shared.db import create_engine_for, session_factory, transaction
+    from shared.models import Tenant
+
+    engine = create_engine_for(Settings())
+    try:
+        with transaction(session_factory(engine)) as session:
+            tenant = session.scalars(select(Tenant).where(Tenant.name == args.name)).one_or_none()
+            if tenant is None:
+                print(f"sightline: no tenant named {args.name!r}", file=sys.stderr)
+                return 2
+            tenant.retention_days = args.days
+    finally:
+        engine.dispose()
+    said = {None: f"{DEFAULT} (SIGHTLINE_RETENTION_DAYS)", 0: "forever"}
+    print(f"tenant {args.name!r} keeps content: {said.get(args.days, f'{args.days} days')}")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from shared.celery_app import create_celery
+    from shared.db import create_engine_for, session_factory
+    from shared.job_feed import JobFeed
+    from shared.models import Tenant
+    from shared.purge import Eraser, Purger, purge_tenant
+
+    if not args.yes:
+        print(
+            f"sightline: purging tenant {args.name!r} erases all its jobs and batches and "
+            "cannot be undone; run again with --yes",
+            file=sys.stderr,
+        )
+        return 2
+    settings = Settings()
+    engine = create_engine_for(settings)
+    sessions = session_factory(engine)
+    try:
+        with sessions() as session:
+            tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == args.name))
+        if tenant_id is None:
+            print(f"sightline: no tenant named {args.name!r}", file=sys.stderr)
+            return 2
+        eraser = Eraser(
+            sessions,
+            create_celery(settings),
+            JobFeed.from_url(settings.broker_url),
+            settings.retention_chunk,
+        )
+        erased = purge_tenant(eraser, tenant_id, Purger(operator=getpass.getuser()))
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"tenant": args.name, "tenant_id": str(tenant_id), "jobs": erased}))
+    else:
+        print(f"purged tenant {args.name!r}: {erased} jobs erased (recorded in the purge audit)")
+    return 0
