@@ -8,12 +8,14 @@ images afterwards. Time is moved by writing timestamps into the database, never 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import requests
 from sqlalchemy import select, update
 
 from shared import lifecycle
@@ -127,9 +129,12 @@ def test_purged_job_and_batch_are_unreadable_everywhere_and_a_shared_image_survi
     shared_key, batch_keys = rows[job["id"]].image_key, [rows[i].image_key for i in batch_job_ids]
     assert rows[neighbours["id"]].image_key == shared_key
 
+    typo = stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=yes")
     purged = stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=true")
     purged_batch = stack.call("DELETE", f"/v1/batches/{batch['id']}?purge=true")
 
+    assert typo.status_code == 422 and typo.json()["code"] == "invalid_query"
+    assert typo.headers["Content-Type"] == "application/problem+json"
     assert purged.status_code == 200, purged.text
     assert purged.json() == {"id": job["id"], "object": "job", "purged": True, "jobs": 1}
     assert purged_batch.json() == {"id": batch["id"], "object": "batch", "purged": True, "jobs": 2}
@@ -272,3 +277,41 @@ def test_retention_empties_only_what_is_past_its_time(pg_stack: Stack) -> None:
         assert not session.scalars(
             select(WebhookEvent.id).where(WebhookEvent.job_id == uuid.UUID(hooked))
         ).all()
+
+
+def test_console_purges_only_after_confirmation(pg_stack: Stack) -> None:
+    browser = requests.Session()
+    page = browser.get(f"{pg_stack.url}/console/sign-in", timeout=10)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token is not None
+    browser.post(
+        f"{pg_stack.url}/console/sign-in",
+        data={"api_key": pg_stack.key, "csrf_token": token[1]},
+        timeout=10,
+    )
+    job = pg_stack.client().submit(make_image(940), "erase me from the console")
+    batch = pg_stack.client().batch([{"image": make_image(941), "prompt": "and this batch"}])
+    job_page = f"{pg_stack.url}/console/jobs/{job['id']}/purge"
+    batch_page = f"{pg_stack.url}/console/batches/{batch['id']}/purge"
+
+    asked = browser.get(job_page, timeout=10)
+    forged = browser.post(job_page, data={"csrf_token": "forged"}, timeout=10)
+    assert "cannot be undone" in asked.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', asked.text)  # the signed-in one
+    assert token is not None
+    assert "cannot be undone" in browser.get(batch_page, timeout=10).text
+    assert forged.status_code == 403 and pg_stack.jobs([job["id"]])
+    confirmed = [
+        browser.post(url, data={"csrf_token": token[1]}, allow_redirects=False, timeout=10)
+        for url in (job_page, batch_page)
+    ]
+
+    assert [answer.status_code for answer in confirmed] == [302, 302]
+    assert pg_stack.call("GET", f"/v1/jobs/{job['id']}").status_code == 404
+    assert pg_stack.call("GET", f"/v1/batches/{batch['id']}").status_code == 404
+    assert browser.get(job_page, timeout=10).status_code == 404
+    with pg_stack.sessions() as session:
+        tenant_id = session.scalar(select(ApiKey.tenant_id).where(ApiKey.name == "tests"))
+    assert tenant_id is not None
+    scopes = [(a.scope, str(a.target_id)) for a in _audit(pg_stack, tenant_id)]
+    assert scopes[-2:] == [(PurgeScope.JOB, job["id"]), (PurgeScope.BATCH, batch["id"])]
