@@ -3,7 +3,8 @@
 ``tenants retention NAME DAYS`` sets how long the tenant's finished jobs keep their
 content (``0``: forever; ``default``: ``SIGHTLINE_RETENTION_DAYS``), see
 :mod:`shared.retention`. ``tenants purge NAME --yes`` erases every job and batch of the
-tenant now (:mod:`shared.purge`), recorded in the audit as done by the operator's login.
+tenant now (:mod:`shared.purge`), recorded in the audit as done by the operator's login
+(or ``--operator``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 
 from sqlalchemy import select
@@ -37,6 +39,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     purge = actions.add_parser("purge", help="erase every job and batch of the tenant now")
     purge.add_argument("name", help="the tenant's name")
     purge.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    purge.add_argument("--operator", help="who purges, for the audit (default: your login)")
     purge.add_argument("--json", action="store_true", help="print one JSON object")
     purge.set_defaults(run=_purge)
 
@@ -51,6 +54,15 @@ def _days(raw: str) -> int | None:
     if days < 0:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a number of days (0 or more) or default")
     return days
+
+
+def _login() -> str:
+    """The operator's login name, or ``uid N`` where the system has none (a container
+    running under a bare uid)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid {os.getuid()}"
 
 
 def _retention(args: argparse.Namespace) -> int:
@@ -101,7 +113,7 @@ def _purge(args: argparse.Namespace) -> int:
             JobFeed.from_url(settings.broker_url),
             settings.retention_chunk,
         )
-        erased = purge_tenant(eraser, tenant_id, Purger(operator=getpass.getuser()))
+        erased = purge_tenant(eraser, tenant_id, Purger(operator=args.operator or _login()))
     finally:
         engine.dispose()
     if args.json:

@@ -109,7 +109,8 @@ def test_purged_job_and_batch_are_unreadable_everywhere_and_a_shared_image_survi
 ) -> None:
     stack = erasing_stack
     client = stack.client()
-    other = stack.client(_new_tenant(stack, "neighbour"))
+    other_key = _new_tenant(stack, "neighbour")
+    other = stack.client(other_key)
     shared_image, batch_images = make_image(901), [make_image(902), make_image(903)]
     job = client.submit(shared_image, "who is this?", idempotency_key="k-901", callback_url=HOOK)
     neighbours = other.submit(shared_image, "same picture, other tenant")
@@ -129,10 +130,12 @@ def test_purged_job_and_batch_are_unreadable_everywhere_and_a_shared_image_survi
     shared_key, batch_keys = rows[job["id"]].image_key, [rows[i].image_key for i in batch_job_ids]
     assert rows[neighbours["id"]].image_key == shared_key
 
+    stranger = stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=true", key=other_key)
     typo = stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=yes")
     purged = stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=true")
     purged_batch = stack.call("DELETE", f"/v1/batches/{batch['id']}?purge=true")
 
+    assert stranger.status_code == 404  # another tenant's job: as if it did not exist
     assert typo.status_code == 422 and typo.json()["code"] == "invalid_query"
     assert typo.headers["Content-Type"] == "application/problem+json"
     assert purged.status_code == 200, purged.text
@@ -197,7 +200,9 @@ def test_tenant_purge_by_an_operator_erases_all_and_leaves_other_tenants(pg_stac
     queued = leaving.submit(make_image(921), "still queued")["id"]
 
     refused = pg_stack.cli_result("tenants", "purge", name)
-    done = json.loads(pg_stack.cli("tenants", "purge", name, "--yes", "--json"))
+    done = json.loads(
+        pg_stack.cli("tenants", "purge", name, "--yes", "--operator", "dpo@example", "--json")
+    )
 
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert done["jobs"] == 4
@@ -217,7 +222,7 @@ def test_tenant_purge_by_an_operator_erases_all_and_leaves_other_tenants(pg_stac
         uuid.UUID(created["tenant_id"]),
         4,
     )
-    assert audit.operator and audit.api_key_id is None
+    assert (audit.operator, audit.api_key_id) == ("dpo@example", None)
 
 
 def _age(stack: Stack, job_id: str, days: float) -> None:
