@@ -164,7 +164,7 @@ def erase_jobs(changes: lifecycle.JobChanges, job_ids: Sequence[uuid.UUID]) -> N
     ids = list(job_ids)
     lifecycle.cancel_jobs(changes, ids)
     keys = session.scalars(select(Job.image_key).where(Job.id.in_(ids)).distinct()).all()
-    events = list(session.scalars(select(WebhookEvent.id).where(WebhookEvent.job_id.in_(ids))))
+    events = _locked_events(session, WebhookEvent.job_id.in_(ids))
     session.execute(
         delete(WebhookDelivery).where(
             or_(WebhookDelivery.job_id.in_(ids), WebhookDelivery.event_id.in_(events))
@@ -177,7 +177,14 @@ def erase_jobs(changes: lifecycle.JobChanges, job_ids: Sequence[uuid.UUID]) -> N
     session.execute(delete(Job).where(Job.id.in_(ids)), execution_options=_NO_SYNC)
     release_keys(session, keys, utcnow())
     # The cancels' events went with their jobs: nothing to wake the sender for.
-    changes.events = [event for event in changes.events if event not in set(events)]
+    erased = set(events)
+    changes.events = [event for event in changes.events if event not in erased]
+
+
+def _locked_events(session: Session, which: ColumnElement[bool]) -> list[str]:
+    """The ids of the events matching ``which``, locked: an attempt in flight records
+    its delivery row first (``worker.webhook_sender``), and that row goes with them."""
+    return list(session.scalars(select(WebhookEvent.id).where(which).with_for_update()))
 
 
 def _erase_batches(session: Session, batches: ColumnElement[bool]) -> int:
@@ -190,13 +197,13 @@ def _erase_batches(session: Session, batches: ColumnElement[bool]) -> int:
     ids = list(session.scalars(empty))
     if not ids:
         return 0
-    events = select(WebhookEvent.id).where(WebhookEvent.batch_id.in_(ids))
+    events = _locked_events(session, WebhookEvent.batch_id.in_(ids))
     session.execute(
         delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(events)),
         execution_options=_NO_SYNC,
     )
     session.execute(
-        delete(WebhookEvent).where(WebhookEvent.batch_id.in_(ids)), execution_options=_NO_SYNC
+        delete(WebhookEvent).where(WebhookEvent.id.in_(events)), execution_options=_NO_SYNC
     )
     session.execute(delete(Batch).where(Batch.id.in_(ids)), execution_options=_NO_SYNC)
     return len(ids)

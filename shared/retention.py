@@ -158,7 +158,12 @@ def _empty_chunk(
             keys.append(key)
         if not ids:
             return 0
-        events = select(WebhookEvent.id).where(WebhookEvent.job_id.in_(ids))
+        # Locked like a purge's (shared.purge): an attempt in flight records first.
+        events = list(
+            session.scalars(
+                select(WebhookEvent.id).where(WebhookEvent.job_id.in_(ids)).with_for_update()
+            )
+        )
         session.execute(
             delete(WebhookDelivery).where(
                 or_(WebhookDelivery.job_id.in_(ids), WebhookDelivery.event_id.in_(events))
@@ -166,7 +171,7 @@ def _empty_chunk(
             execution_options=_NO_SYNC,
         )
         session.execute(
-            delete(WebhookEvent).where(WebhookEvent.job_id.in_(ids)), execution_options=_NO_SYNC
+            delete(WebhookEvent).where(WebhookEvent.id.in_(events)), execution_options=_NO_SYNC
         )
         session.execute(
             update(Job).where(Job.id.in_(ids)).values(**EMPTIED, content_deleted_at=now),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
@@ -67,8 +67,9 @@ class WebhookSender:
 
     def deliver(self, event_id: str) -> str:
         """Make the due attempt of ``event_id``; returns what happened (``delivered``,
-        ``retry``, ``failed``) or ``skipped`` when nothing was due or it is in progress.
-        A redelivery asked for during the attempt is sent right after it."""
+        ``retry``, ``failed``), ``skipped`` when nothing was due or it is in progress, or
+        ``erased`` when a purge deleted the event during the attempt. A redelivery asked
+        for during the attempt is sent right after it."""
         now = utcnow()
         reserved = self._reserve(event_id, now)
         if reserved is None:
@@ -145,6 +146,15 @@ class WebhookSender:
             status, verdict = EventStatus.PENDING, "retry"
             next_at = now + timedelta(seconds=self._delay(schedule[event.attempts]))
         with transaction(self._sessions) as session:
+            # A purge erases events under this row lock: either it waits for this
+            # attempt's row (and erases it too), or the event is gone and there is no
+            # event left to record an attempt of.
+            held = session.scalar(
+                select(WebhookEvent.id).where(WebhookEvent.id == event.id).with_for_update()
+            )
+            if held is None:
+                log.info("webhook %s was purged during its attempt", event.id)
+                return "erased"
             session.add(
                 WebhookDelivery(
                     event_id=event.id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,6 +19,7 @@ import pytest
 import requests
 from sqlalchemy import select, update
 
+from cli.redis_server import free_port
 from shared import lifecycle
 from shared.blob_release import release_blobs
 from shared.blobs import BlobMissing, BlobStore
@@ -33,7 +35,9 @@ from shared.models import (
     utcnow,
 )
 from shared.retention import apply_retention
+from tests.receiver import Receiver
 from tests.stack import Stack, make_image
+from worker.webhook_sender import WebhookSender
 
 HOOK = "http://127.0.0.1:9/hook"  # nothing delivers in these tests: events stay pending
 
@@ -320,3 +324,39 @@ def test_console_purges_only_after_confirmation(pg_stack: Stack) -> None:
     assert tenant_id is not None
     scopes = [(a.scope, str(a.target_id)) for a in _audit(pg_stack, tenant_id)]
     assert scopes[-2:] == [(PurgeScope.JOB, job["id"]), (PurgeScope.BATCH, batch["id"])]
+
+
+def test_a_webhook_attempt_in_flight_when_its_job_is_purged_records_nothing(
+    pg_stack: Stack,
+) -> None:
+    hold = threading.Event()
+    receiver = Receiver(free_port(), hold=hold).start()
+    verdicts: list[str] = []
+    try:
+        job = pg_stack.client().submit(
+            make_image(950), "purged mid-delivery", callback_url=receiver.url
+        )
+        _finish(pg_stack, _claim(pg_stack, [job["id"]]), [job["id"]])
+        with pg_stack.sessions() as session:
+            event_id = session.scalars(
+                select(WebhookEvent.id).where(WebhookEvent.job_id == uuid.UUID(job["id"]))
+            ).one()
+        sender = WebhookSender(pg_stack.settings, pg_stack.sessions)
+        attempt = threading.Thread(target=lambda: verdicts.append(sender.deliver(event_id)))
+        attempt.start()
+        receiver.wait_for(1)  # the attempt is in flight, its answer held back
+
+        purged = pg_stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=true")
+        hold.set()
+        attempt.join(timeout=30)
+    finally:
+        hold.set()
+        receiver.stop()
+
+    assert purged.status_code == 200
+    assert verdicts == ["erased"]
+    with pg_stack.sessions() as session:
+        assert session.get(WebhookEvent, event_id) is None
+        assert not session.scalars(
+            select(WebhookDelivery.id).where(WebhookDelivery.event_id == event_id)
+        ).all()
