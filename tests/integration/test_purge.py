@@ -23,6 +23,7 @@ from cli.redis_server import free_port
 from shared import lifecycle
 from shared.blob_release import release_blobs
 from shared.blobs import BlobMissing, BlobStore
+from shared.job_feed import text_key
 from shared.models import (
     ApiKey,
     EventStatus,
@@ -134,12 +135,15 @@ def test_purged_job_and_batch_are_unreadable_everywhere_and_a_shared_image_survi
     shared_key, batch_keys = rows[job["id"]].image_key, [rows[i].image_key for i in batch_job_ids]
     assert rows[neighbours["id"]].image_key == shared_key
 
+    # What a worker streamed of it (the replay text a reader resumes from).
+    stack.redis.hset(text_key(job["id"]), mapping={"claim": "0", "answer": "secret answer"})
     stranger = stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=true", key=other_key)
     typo = stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=yes")
     purged = stack.call("DELETE", f"/v1/jobs/{job['id']}?purge=true")
     purged_batch = stack.call("DELETE", f"/v1/batches/{batch['id']}?purge=true")
 
     assert stranger.status_code == 404  # another tenant's job: as if it did not exist
+    assert not stack.redis.exists(text_key(job["id"]))
     assert typo.status_code == 422 and typo.json()["code"] == "invalid_query"
     assert typo.headers["Content-Type"] == "application/problem+json"
     assert purged.status_code == 200, purged.text
