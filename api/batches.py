@@ -1,5 +1,5 @@
 """``/v1/batches``: bulk submission, listing, progress, streamed results, cancellation,
-retry of the failed items (:mod:`api.batch_retry`).
+retry of the failed items (:mod:`api.batch_retry`), purge.
 
 Partial acceptance: every item is validated like a single job; valid items become jobs
 (``bulk`` priority), invalid ones are reported with their index and a problem (``code``,
@@ -9,8 +9,8 @@ items were taken. Only when no item is valid is the request refused (422). Items
 existing job's id (``"existing": true``), so a pipeline can resubmit after a failure.
 
 Every answer is rendered through its model in :mod:`shared.schemas` (``BatchCreated``,
-``BatchOut``, ``BatchCanceled``, ``BatchResultLine``), the models the OpenAPI document's
-schemas are generated from.
+``BatchOut``, ``BatchCanceled``, ``BatchResultLine``, ``Purged``), the models the OpenAPI
+document's schemas are generated from.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from api.job_input import check_json_shape, check_texts, loads_strict
 from api.job_insert import insert_jobs
 from api.limits import enforce_item_rate, enforce_queue_cap
 from api.listing import BatchFilter, encode_cursor
+from api.purging import by_caller, eraser, purge_requested
 from api.submission import JobDraft, JobRow, draft_job, finish_job_row, normalise_upload
 from shared import lifecycle
 from shared.batches import batch_summaries, batch_summary, complete_batches
@@ -54,12 +55,14 @@ from shared.enqueue import enqueue_events, enqueue_wakeups
 from shared.error_codes import ErrorCode
 from shared.errors import (
     BadRequest,
+    NotFound,
     SightlineError,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from shared.images import NormalisedImage
 from shared.models import ApiKey, Batch, Job, JobStatus, Priority, utcnow
+from shared.purge import purge_batch
 from shared.schemas import (
     BatchAccepted,
     BatchCanceled,
@@ -71,6 +74,7 @@ from shared.schemas import (
     BatchRejected,
     BatchRequest,
     BatchResultLine,
+    Purged,
 )
 
 log = logging.getLogger(__name__)
@@ -248,9 +252,17 @@ def export_results(batch: Batch) -> Response:
 
 @batches.delete("/<batch_id>")
 def cancel_batch(batch_id: str) -> Body:
-    """Cancel every item still queued (running ones finish); 200 with the batch."""
+    """Cancel every item still queued (running ones finish); 200 with the batch. With
+    ``?purge=true``, erase the batch and every item, canceling those not final (200 with
+    :class:`Purged`; the batch and its jobs answer 404 from then on)."""
+    purge = purge_requested()
     batch = _load(batch_id)
     svc = services()
+    if purge:
+        erased = purge_batch(eraser(svc), batch.tenant_id, batch.id, by_caller())
+        if erased is None:
+            raise NotFound(f"no batch {batch_id}")  # a concurrent purge came first
+        return Purged(id=batch.id, object="batch", jobs=erased).model_dump(mode="json")
     with lifecycle.unit_of_work(svc.sessions, svc.celery, svc.feed) as changes:
         canceled = lifecycle.cancel_batch(changes, batch.id)
     with svc.sessions() as session:

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit a job, read it back, cancel it."""
+"""``/v1/jobs``: submit a job, read it back, cancel or purge it."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from api.context import services
 from api.feed_listener import CHANGED_BYTES
 from api.job_input import read_job_input
 from api.listing import JobFilter, encode_cursor
+from api.purging import by_caller, eraser, purge_requested
 from api.submission import submit_job
 from api.wait_limits import wait_limits
 from shared import lifecycle
 from shared.error_codes import ErrorCode
-from shared.errors import Conflict, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.job_feed import job_channel
 from shared.models import Job
-from shared.schemas import JobOut
+from shared.purge import purge_job
+from shared.schemas import JobOut, Purged
 
 MAX_WAIT_S = 60
 
@@ -103,9 +105,16 @@ def _wait_seconds(raw: str | None) -> float:
 
 @jobs.delete("/<job_id>")
 def delete_job(job_id: str) -> Body:
-    """Cancel a queued or running job (200 with the job); 409 if it already finished."""
+    """Cancel a queued or running job (200 with the job); 409 if it already finished.
+    With ``?purge=true``, erase the job whatever its state, canceling it first if it
+    is not final (200 with :class:`Purged`; the id answers 404 from then on)."""
+    purge = purge_requested()
     job = load_job(job_id)
     svc = services()
+    if purge:
+        if not purge_job(eraser(svc), job.tenant_id, job.id, by_caller()):
+            raise NotFound(f"no job {job_id}")  # a concurrent purge came first
+        return Purged(id=job.id, object="job", jobs=1).model_dump(mode="json")
     with lifecycle.unit_of_work(svc.sessions, svc.celery, svc.feed) as changes:
         canceled = lifecycle.cancel(changes, job.id)
     job = load_job(job_id)

@@ -52,6 +52,7 @@ from shared.schemas import (
     EventOut,
     JobOut,
     JobRequest,
+    Purged,
     RedeliverRequest,
     RedeliveryQueued,
 )
@@ -151,6 +152,7 @@ _MODELS: list[type[BaseModel]] = [
     RedeliveryQueued,
     EndpointList,
     EndpointOut,
+    Purged,
     Health,
     Readiness,
 ]
@@ -318,6 +320,17 @@ _PATH_PARAMETERS = {
 }
 
 
+_PURGE = {
+    "name": "purge",
+    "in": "query",
+    "description": (
+        "``true``: erase instead of cancel, canceling first what is not final; the id "
+        "answers 404 from then on. Any value but ``true`` or ``false`` is 422."
+    ),
+    "schema": {"type": "boolean", "default": False},
+}
+
+
 def _operations() -> dict[str, dict[str, Any]]:
     """Each API route's operation, by the Flask endpoint of its view; the document lists
     them in this order (Swagger UI's order)."""
@@ -353,9 +366,16 @@ def _operations() -> dict[str, dict[str, Any]]:
         "jobs.delete_job": _operation(
             "cancelJob",
             jobs_v1,
-            "Cancel a queued or running job",
-            ok={200: ("The job, now canceled.", "JobOut", None)},
-            errors=[401, 404, 409, 503],
+            "Cancel a queued or running job; ?purge=true erases it, whatever its state",
+            ok={
+                200: (
+                    "The job, now canceled; with ?purge=true, what was erased.",
+                    "JobOut | Purged",
+                    None,
+                )
+            },
+            errors=[401, 404, 409, 422, 503],
+            parameters=[_PURGE],
         ),
         "deliveries.list_deliveries": _operation(
             "listDeliveries",
@@ -444,9 +464,16 @@ def _operations() -> dict[str, dict[str, Any]]:
         "batches.cancel_batch": _operation(
             "cancelBatch",
             "Batches",
-            "Cancel the queued jobs of a batch (running ones finish)",
-            ok={200: ("The batch, with what was canceled.", "BatchCanceled", None)},
-            errors=[401, 404, 503],
+            "Cancel the queued jobs of a batch (running ones finish); ?purge=true erases it",
+            ok={
+                200: (
+                    "The batch, with what was canceled; with ?purge=true, what was erased.",
+                    "BatchCanceled | Purged",
+                    None,
+                )
+            },
+            errors=[401, 404, 422, 503],
+            parameters=[_PURGE],
         ),
         "batches.batch_results": _operation(
             "batchResults",
@@ -718,7 +745,8 @@ def _operation(
     media_type: str = "application/json",
 ) -> dict[str, Any]:
     """One operation; ``ok`` maps a success status to (description, response model,
-    headers). An NDJSON answer is a stream of the model, one object per line."""
+    headers); ``"A | B"`` names either of two models. An NDJSON answer is a stream of
+    the model, one object per line."""
     responses: dict[str, Any] = {}
     for status, (description, model, headers) in ok.items():
         if media_type == NDJSON:
@@ -726,7 +754,8 @@ def _operation(
         elif media_type == EVENT_STREAM:
             content = _event_stream(model)
         else:
-            content = {"schema": {"$ref": REF.format(model=model)}}
+            refs = [{"$ref": REF.format(model=name)} for name in model.split(" | ")]
+            content = {"schema": refs[0] if len(refs) == 1 else {"oneOf": refs}}
         response: dict[str, Any] = {
             "description": description,
             "content": {media_type: content},

@@ -1,14 +1,31 @@
-"""``sightline tenants``: list tenants, set their weight, see their share of work."""
+"""``sightline tenants``: an operator's commands on tenants.
+
+``tenants list`` prints them with their weight; ``tenants weight NAME N`` sets a tenant's
+share of the workers against the others (:mod:`shared.fair_share`), and ``tenants
+shares`` what each got lately.
+
+``tenants retention NAME DAYS`` sets how long the tenant's finished jobs keep their
+content (``0``: forever; ``default``: ``SIGHTLINE_RETENTION_DAYS``), see
+:mod:`shared.retention`. ``tenants purge NAME --yes`` erases every job and batch of the
+tenant now (:mod:`shared.purge`), recorded in the audit as done by the operator's login
+(or ``--operator``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import sys
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from shared.settings import Settings
 from shared.tenants import SHARE_WINDOW
+
+DEFAULT = "default"
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -71,7 +88,9 @@ def _shares(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``sightline tenants``."""
-    tenants = commands.add_parser("tenants", help="tenants: weights and shares of work")
+    tenants = commands.add_parser(
+        "tenants", help="tenants: weights, shares of work, retention, purge"
+    )
     actions = tenants.add_subparsers(dest="tenants", required=True)
     listing = actions.add_parser("list", help="tenants by name, with weight and key count")
     listing.add_argument("--json", action="store_true", help="print a JSON list")
@@ -88,3 +107,98 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     share.add_argument("--json", action="store_true", help="print a JSON list")
     share.set_defaults(run=_shares)
+    retention = actions.add_parser(
+        "retention", help="days the tenant's finished jobs keep their content"
+    )
+    retention.add_argument("name", help="the tenant's name")
+    retention.add_argument(
+        "days",
+        type=_days,
+        help=f"whole days; 0 keeps content forever, {DEFAULT!r} follows SIGHTLINE_RETENTION_DAYS",
+    )
+    retention.set_defaults(run=_retention)
+    purge = actions.add_parser("purge", help="erase every job and batch of the tenant now")
+    purge.add_argument("name", help="the tenant's name")
+    purge.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    purge.add_argument("--operator", help="who purges, for the audit (default: your login)")
+    purge.add_argument("--json", action="store_true", help="print one JSON object")
+    purge.set_defaults(run=_purge)
+
+
+def _days(raw: str) -> int | None:
+    if raw == DEFAULT:
+        return None
+    try:
+        days = int(raw)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of days (0 or more) or default")
+    return days
+
+
+def _login() -> str:
+    """The operator's login name, or ``uid N`` where the system has none (a container
+    running under a bare uid)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid {os.getuid()}"
+
+
+def _retention(args: argparse.Namespace) -> int:
+    from shared.db import create_engine_for, session_factory, transaction
+    from shared.models import Tenant
+
+    engine = create_engine_for(Settings())
+    try:
+        with transaction(session_factory(engine)) as session:
+            tenant = session.scalars(select(Tenant).where(Tenant.name == args.name)).one_or_none()
+            if tenant is None:
+                print(f"sightline: no tenant named {args.name!r}", file=sys.stderr)
+                return 2
+            tenant.retention_days = args.days
+    finally:
+        engine.dispose()
+    said = {None: f"{DEFAULT} (SIGHTLINE_RETENTION_DAYS)", 0: "forever"}
+    print(f"tenant {args.name!r} keeps content: {said.get(args.days, f'{args.days} days')}")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from shared.celery_app import create_celery
+    from shared.db import create_engine_for, session_factory
+    from shared.job_feed import JobFeed
+    from shared.models import Tenant
+    from shared.purge import Eraser, Purger, purge_tenant
+
+    if not args.yes:
+        print(
+            f"sightline: purging tenant {args.name!r} erases all its jobs and batches and "
+            "cannot be undone; run again with --yes",
+            file=sys.stderr,
+        )
+        return 2
+    settings = Settings()
+    engine = create_engine_for(settings)
+    sessions = session_factory(engine)
+    try:
+        with sessions() as session:
+            tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == args.name))
+        if tenant_id is None:
+            print(f"sightline: no tenant named {args.name!r}", file=sys.stderr)
+            return 2
+        eraser = Eraser(
+            sessions,
+            create_celery(settings),
+            JobFeed.from_url(settings.broker_url),
+            settings.retention_chunk,
+        )
+        erased = purge_tenant(eraser, tenant_id, Purger(operator=args.operator or _login()))
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"tenant": args.name, "tenant_id": str(tenant_id), "jobs": erased}))
+    else:
+        print(f"purged tenant {args.name!r}: {erased} jobs erased (recorded in the purge audit)")
+    return 0

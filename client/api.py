@@ -201,6 +201,33 @@ class Client:
             )
         )
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job (``DELETE /v1/jobs/{id}``)."""
+        return self._json(
+            self._session.delete(f"{self.url}/v1/jobs/{job_id}", timeout=self._timeout_s)
+        )
+
+    def purge(self, job_id: str) -> dict[str, Any]:
+        """Erase a job and everything of it now, canceling it first if needed; it answers
+        404 from then on (``DELETE /v1/jobs/{id}?purge=true``)."""
+        return self._json(
+            self._session.delete(
+                f"{self.url}/v1/jobs/{job_id}",
+                params={"purge": "true"},
+                timeout=self._timeout_s,
+            )
+        )
+
+    def purge_batch(self, batch_id: str) -> dict[str, Any]:
+        """Erase a batch and all its jobs now (``DELETE /v1/batches/{id}?purge=true``)."""
+        return self._json(
+            self._session.delete(
+                f"{self.url}/v1/batches/{batch_id}",
+                params={"purge": "true"},
+                timeout=self._timeout_s,
+            )
+        )
+
     def batch_status(self, batch_id: str) -> dict[str, Any]:
         """Counts by status and progress."""
         return self._json(

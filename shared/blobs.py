@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import uuid
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -49,6 +50,11 @@ class BlobStore:
     store every ``put`` is one PUT, and the object appears only once the upload is
     complete. Rewriting a key with identical bytes is harmless, and for mostly distinct
     images one request is cheaper than asking first whether the key exists.
+
+    A put of a blob that exists marks it as just stored: on a local disk the file's
+    modification time is refreshed, on an object store the PUT rewrites the object (its
+    ``LastModified``). :meth:`delete_if_idle` reads that time, so a blob being submitted
+    again is never deleted from under its new job (see :mod:`shared.blob_release`).
 
     Construction does no I/O beyond creating a local directory; a wrong endpoint, bucket or
     credentials surface at the first ``put``/``get`` as ``OSError`` (a missing bucket
@@ -128,9 +134,47 @@ class BlobStore:
             raise OSError(f"blob store: cannot get {key}: {exc}") from exc
         return data
 
+    def delete_if_idle(self, key: str, stored_before: datetime) -> bool:
+        """Delete the blob under ``key`` unless it was stored (or stored again) at or
+        after ``stored_before``; True when it is gone (also when it was never there),
+        False when a recent put kept it. Errors of the storage propagate as ``OSError``.
+
+        On a local disk the file is first renamed away, atomically, and its time is read
+        from the renamed file: a put that refreshed it before the rename puts it back, a
+        put after the rename finds no file and writes a new one. On an object store the
+        time is read (HEAD) and the object deleted next; a PUT landing between those two
+        requests is the one window :mod:`shared.blob_release` documents."""
+        if self._s3 is None:
+            path = self._path(key)
+            aside = f"{path}.{uuid.uuid4().hex}.deleting"
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                return True
+            if os.stat(aside).st_mtime >= stored_before.timestamp():
+                os.replace(aside, path)  # identical bytes if a put has rewritten it since
+                return False
+            os.unlink(aside)
+            return True
+        try:
+            head = self._s3.head_object(Bucket=self._bucket, Key=self._object(key))
+            if head["LastModified"] >= stored_before:
+                return False
+            self._s3.delete_object(Bucket=self._bucket, Key=self._object(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return True
+            raise OSError(f"blob store: cannot delete {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise OSError(f"blob store: cannot delete {key}: {exc}") from exc
+        return True
+
     def _put_local(self, path: str, data: bytes, durable: bool) -> None:
-        if os.path.exists(path):
+        try:
+            os.utime(path)  # stored already: now it counts as just stored
             return
+        except FileNotFoundError:
+            pass
         folder = os.path.dirname(path)
         if folder not in self._made:
             os.makedirs(folder, exist_ok=True)

@@ -217,7 +217,7 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     E.INVALID_QUERY: ErrorInfo(
         422,
         "a bad query parameter: a list's filter, limit or cursor (`GET /v1/jobs`, "
-        "`/v1/batches`, `/v1/deliveries`), or `wait`",
+        "`/v1/batches`, `/v1/deliveries`), `wait`, or `purge`",
     ),
     E.INVALID_TIME_RANGE: ErrorInfo(
         422,

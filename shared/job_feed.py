@@ -93,6 +93,17 @@ class JobFeed:
         except redis.RedisError as exc:
             log.warning("job feed: %d notices not sent (%s)", len(channels), type(exc).__name__)
 
+    def forget(self, job_ids: Iterable[uuid.UUID]) -> None:
+        """Drop the replay text of ``job_ids`` (their jobs were purged); what a worker
+        still publishes for them expires within ``TEXT_TTL_S``."""
+        keys = [text_key(job_id) for job_id in job_ids]
+        if not keys:
+            return
+        try:
+            self._client.delete(*keys)
+        except redis.RedisError as exc:
+            log.warning("job feed: %d texts not dropped (%s)", len(keys), type(exc).__name__)
+
 
 def text_message(claim: str, parts: dict[str, tuple[int, str]]) -> str:
     """A ``text`` message: ``parts`` maps ``reasoning``/``answer`` to (offset, delta)."""

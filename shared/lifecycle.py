@@ -18,9 +18,10 @@ Who moves what:
   under a node name expires the leases its dead predecessor of that name left, so they
   are claimed again at once as abandoned jobs (:func:`expire_predecessor`);
 - the **caller** cancels one queued or running job, or a batch's queued jobs
-  (:func:`cancel`, :func:`cancel_batch`); a running job's worker aborts its row at the
-  next step, and could not write its result anyway: it finishes only jobs still running
-  under its token;
+  (:func:`cancel`, :func:`cancel_batch`), and a purge cancels whatever it erases that
+  is not final yet (:func:`cancel_jobs`, ``shared.purge``); a running job's worker
+  aborts its row at the next step, and could not write its result anyway: it finishes
+  only jobs still running under its token;
 - the **sweeper** fails queued jobs past their deadline (``expired``) and running jobs
   whose lease expired with no attempts left (``worker_lost``) (:func:`expire_overdue`,
   :func:`fail_lost`). Re-sending lost wake-ups (``worker/sweeper.py``) moves nothing: a
@@ -444,14 +445,25 @@ def cancel(changes: JobChanges, job_id: uuid.UUID) -> bool:
     until its worker sees the cancel (at its next step), and no result of it is written
     (see :func:`finish`).
     """
+    return bool(cancel_jobs(changes, [job_id]))
+
+
+def cancel_jobs(changes: JobChanges, job_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """:func:`cancel` for many jobs in one statement (a purge cancels what it erases);
+    returns the ones it canceled."""
+    if not job_ids:
+        return []
     stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(sources(JobStatus.CANCELED, Actor.CALLER)))
+        .where(
+            Job.id.in_(list(job_ids)),
+            Job.status.in_(sources(JobStatus.CANCELED, Actor.CALLER)),
+        )
         .values(status=JobStatus.CANCELED, finished_at=utcnow(), lease_expires_at=None)
     )
     canceled = _update(changes, stmt)
     changes.settled(canceled)
-    return bool(canceled)
+    return canceled
 
 
 def cancel_batch(changes: JobChanges, batch_id: uuid.UUID) -> int:

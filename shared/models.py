@@ -113,6 +113,9 @@ class Tenant(Base):
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Share of workers against other tenants with queued work (``lifecycle.claim``).
     weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Days a finished job keeps its content (``shared.retention``): NULL follows
+    # ``SIGHTLINE_RETENTION_DAYS``, 0 keeps it forever.
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ApiKey(Base):
@@ -189,6 +192,10 @@ class Job(Base):
     ``idempotency_key`` (unique per tenant) and ``request_sha256`` (a fingerprint of the
     submission) let a retried ``POST`` return the original job. ``queue_ms`` is
     created→started, ``inference_ms`` the forward pass that produced the result.
+
+    ``content_deleted_at`` is set when retention emptied the row into a tombstone
+    (:data:`shared.retention.TOMBSTONE_KEEPS` says which columns survive); a purged job
+    has no row at all.
     """
 
     __tablename__ = "jobs"
@@ -245,6 +252,7 @@ class Job(Base):
     batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     queue_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     inference_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         # The claim query: oldest queued work, interactive first.
@@ -268,6 +276,16 @@ class Job(Base):
         Index("ix_jobs_tenant_status", "tenant_id", "status"),
         # The result cache: a finished job with the same request and model revision.
         Index("ix_jobs_cache", "cache_key", "model_revision", "finished_at"),
+        # Retention: each tenant's jobs that still hold content, oldest finished first.
+        Index(
+            "ix_jobs_retention",
+            "tenant_id",
+            "finished_at",
+            postgresql_where=text("content_deleted_at IS NULL"),
+            sqlite_where=text("content_deleted_at IS NULL"),
+        ),
+        # Blob release: does any job still name this image?
+        Index("ix_jobs_image", "image_key"),
     )
 
 
@@ -377,3 +395,42 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BlobRelease(Base):
+    """An image key some job stopped naming (its content was purged or retained away):
+    a candidate for deletion from the blob store. ``shared.blob_release`` deletes the
+    blob once no job names it and nothing wrote it for a grace period, then the row."""
+
+    __tablename__ = "blob_releases"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    released_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PurgeScope(enum.StrEnum):
+    """What one purge erased."""
+
+    JOB = "job"
+    BATCH = "batch"
+    TENANT = "tenant"
+
+
+class Purge(Base):
+    """The audit trail of erasures: who purged what, when, and how many jobs went. It
+    holds ids and counts only, never content, and no foreign keys: it outlives what it
+    names. ``api_key_id`` is the caller's key for an API purge, ``operator`` the
+    operator's login for a CLI one."""
+
+    __tablename__ = "purges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    purged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    scope: Mapped[PurgeScope] = mapped_column(_enum_column(PurgeScope, "purge_scope"))
+    target_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    operator: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    jobs: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_purges_tenant", "tenant_id", "purged_at"),)

@@ -130,20 +130,25 @@ class ErrorOut(BaseModel):
 
 
 class ImageOut(BaseModel):
-    """The stored (normalised) image: content hash and size in pixels."""
+    """The stored (normalised) image: content hash and size in pixels (the hash is null
+    once retention deleted the job's content)."""
 
-    sha256: str
+    sha256: str | None
     width: int
     height: int
 
 
 class JobOut(BaseModel):
-    """A job as ``GET /v1/jobs/{id}`` returns it. Times are UTC, durations milliseconds."""
+    """A job as ``GET /v1/jobs/{id}`` returns it. Times are UTC, durations milliseconds.
+
+    A tombstone (``content_deleted_at`` set: retention deleted its content) keeps status,
+    times, error code and settings; its prompt, image hash, result, reasoning, action,
+    error message and metadata are null (``shared.retention``)."""
 
     id: uuid.UUID
     status: JobStatus
     priority: Priority
-    prompt: str
+    prompt: str | None
     options: dict[str, Any]
     image: ImageOut
     preset: str | None
@@ -171,19 +176,27 @@ class JobOut(BaseModel):
     batch_id: uuid.UUID | None
     item_index: int | None
     metadata: Any
+    content_deleted_at: datetime | None = Field(
+        description="When retention deleted the job's content (null: it still has it)."
+    )
 
     @classmethod
     def from_job(cls, job: Job) -> JobOut:
         error = None
         if job.error_code is not None:
             error = ErrorOut(code=job.error_code, message=job.error_message or "")
+        tombstone = job.content_deleted_at is not None
         return cls(
             id=job.id,
             status=job.status,
             priority=job.priority,
-            prompt=job.prompt,
+            prompt=None if tombstone else job.prompt,
             options=job.options,
-            image=ImageOut(sha256=job.image_sha256, width=job.image_width, height=job.image_height),
+            image=ImageOut(
+                sha256=None if tombstone else job.image_sha256,
+                width=job.image_width,
+                height=job.image_height,
+            ),
             preset=job.preset,
             response_format=(
                 {"type": "json_schema", "schema": job.response_schema}
@@ -213,7 +226,20 @@ class JobOut(BaseModel):
             batch_id=job.batch_id,
             item_index=job.item_index,
             metadata=job.item_metadata,
+            content_deleted_at=job.content_deleted_at,
         )
+
+
+class Purged(BaseModel):
+    """``DELETE /v1/jobs/{id}?purge=true`` and ``DELETE /v1/batches/{id}?purge=true``:
+    what was erased. From now on the id answers 404, as if it had never existed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: uuid.UUID
+    object: Literal["job", "batch"]
+    purged: Literal[True] = True
+    jobs: int = Field(ge=0, description="Jobs erased (1 for a job, a batch's items).")
 
 
 class DeliveryOut(BaseModel):

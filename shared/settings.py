@@ -137,6 +137,24 @@ class Settings(BaseSettings):
     sweep_batch: int = Field(
         default=1000, ge=1, description="Most wake-ups the sweeper sends per queue per sweep."
     )
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days after which the sweeper deletes a finished job's content, keeping "
+        "a tombstone; unset keeps everything. A tenant's own retention overrides it.",
+    )
+    retention_chunk: int = Field(
+        default=500,
+        ge=1,
+        description="Jobs the sweeper empties per transaction (retention) or per purge "
+        "transaction of a whole tenant; at most 20 such chunks per sweep.",
+    )
+    blob_grace_s: int = Field(
+        default=3600,
+        ge=0,
+        description="A released image is deleted only once no job names it and nothing "
+        "stored it for this long; longer than any submission takes to commit.",
+    )
     outbound_allowlist: str = Field(
         default="",
         description="Hosts/CIDRs callback and image URLs may reach despite the SSRF guard.",

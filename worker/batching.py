@@ -10,8 +10,8 @@ rows only interactive jobs may take), then steps the engine
   for the running rows: an interactive job joins at the next step, bulk jobs once a
   quarter of the rows are free or a free row has waited a few steps, so that joiners
   share one prefill (:func:`worker.scheduling.join_now`);
-- aborts the rows of jobs that are no longer running under its claim (canceled, or
-  taken over after a lost lease), so their slot is free at the next step;
+- aborts the rows of jobs that are no longer running under its claim (canceled,
+  purged, or taken over after a lost lease), so their slot is free at the next step;
 - commits the jobs whose rows finished in the step, all in one transaction, and wakes
   the webhook sender after it.
 
@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from PIL import Image
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import lifecycle
@@ -468,15 +468,19 @@ class BatchService:
 
     def _abort_gone(self, run: _Run) -> None:
         """Abort the rows of jobs no longer running under this run's claim (canceled,
-        or taken over after a lost lease): their results would be discarded anyway."""
+        purged, or taken over after a lost lease): their results would be discarded
+        anyway."""
         with self._sessions() as session:
-            gone = session.scalars(
-                select(Job.id).where(
-                    Job.id.in_(list(run.rows)),
-                    or_(Job.status != JobStatus.RUNNING, Job.claim_token != run.token),
+            mine = set(
+                session.scalars(
+                    select(Job.id).where(
+                        Job.id.in_(list(run.rows)),
+                        Job.status == JobStatus.RUNNING,
+                        Job.claim_token == run.token,
+                    )
                 )
-            ).all()
-        for job_id in gone:
+            )
+        for job_id in [job_id for job_id in run.rows if job_id not in mine]:
             log.info("job %s is no longer this worker's (canceled?); aborting its row", job_id)
             self._engine.abort(job_id)
             self._publisher.forget(job_id)

@@ -23,6 +23,7 @@ import redis
 from celery import Celery
 from celery.platforms import EX_FAILURE
 
+from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
 from shared.job_feed import JobFeed
@@ -52,6 +53,7 @@ def create_ops_app(settings: Settings) -> Celery:
     sessions = session_factory(create_engine_for(settings))
     broker = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
     feed = JobFeed(broker)
+    blobs = BlobStore(settings.blob_url)
     slots = DeliverySlots(
         RedisSlots(broker),
         per_endpoint=settings.webhook_endpoint_concurrency,
@@ -66,7 +68,7 @@ def create_ops_app(settings: Settings) -> Celery:
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def run_sweep() -> dict[str, Any]:
         """One sweeper pass (see ``worker.sweeper``)."""
-        return vars(sweep(settings, sessions, app, feed))
+        return vars(sweep(settings, sessions, app, feed, blobs))
 
     @app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True)
     def deliver_webhook(event_id: str, deferrals: int = 0) -> str:

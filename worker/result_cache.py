@@ -15,7 +15,8 @@ def cached_results(
     session: Session, keys: Sequence[str], revision: str, ttl_s: int
 ) -> dict[str, Job]:
     """For each cache key, a job that succeeded with it on model ``revision`` within the
-    last ``ttl_s`` seconds (and was not itself opted out of the cache)."""
+    last ``ttl_s`` seconds (and was not itself opted out of the cache). A purged job has
+    no row and a tombstone no content: neither ever answers from the cache."""
     if not keys or ttl_s <= 0:
         return {}
     since = utcnow() - timedelta(seconds=ttl_s)
@@ -26,6 +27,7 @@ def cached_results(
             Job.model_revision == revision,
             Job.status == JobStatus.SUCCEEDED,
             Job.use_cache.is_(True),
+            Job.content_deleted_at.is_(None),
             Job.finished_at > since,
         )
         .order_by(Job.finished_at.desc())

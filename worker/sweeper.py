@@ -16,12 +16,17 @@ keeps working when every GPU worker is dead. Each sweep:
    backlog of thousands is not worth thousands of duplicate messages every sweep. At
    most ``sweep_batch`` per queue per sweep; each wakes a whole batch.
 
+5. empties the content of jobs past their tenant's retention into tombstones
+   (:mod:`shared.retention`);
+6. deletes released images no job names any more (:mod:`shared.blob_release`).
+
 Every step is a conditional UPDATE, so two sweepers running at once neither double-fail
 nor double-send.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
@@ -33,11 +38,14 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from shared import lifecycle
+from shared.blob_release import release_blobs
+from shared.blobs import BlobStore
 from shared.broker import queue_depths
 from shared.db import transaction
 from shared.enqueue import enqueue_event, enqueue_job
 from shared.job_feed import JobFeed
 from shared.models import EventStatus, Job, Priority, WebhookEvent, utcnow
+from shared.retention import apply_retention
 from shared.settings import Settings
 from shared.tasks import queue_for
 from worker.webhook_sender import LOCK_MARGIN_S
@@ -47,19 +55,26 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SweepReport:
-    """What one sweep did: jobs it expired, failed as lost, and woke up again."""
+    """What one sweep did: jobs it expired, failed as lost, and woke up again, jobs it
+    emptied to tombstones and images it deleted."""
 
     expired: int
     lost: int
     webhooks: int
     resent: int
+    emptied: int = 0
+    blobs_deleted: int = 0
 
 
 def sweep(
-    settings: Settings, sessions: sessionmaker[Session], celery: Celery, feed: JobFeed
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    celery: Celery,
+    feed: JobFeed,
+    blobs: BlobStore,
 ) -> SweepReport:
     """One pass; see the module docstring. Broker errors end the pass early (the next one
-    retries); database errors propagate."""
+    retries); database and blob store errors propagate."""
     now = utcnow()
     with lifecycle.unit_of_work(sessions, celery, feed) as changes:
         expired = lifecycle.expire_overdue(changes, now)
@@ -78,8 +93,17 @@ def sweep(
         for job_id in _take_stale(settings, sessions, priority):
             enqueue_job(celery, job_id, priority)
             resent += 1
-    report = SweepReport(expired=expired, lost=lost, webhooks=len(due), resent=resent)
-    if report.expired or report.lost or report.webhooks or report.resent:
+    emptied = apply_retention(settings, sessions, now)
+    blobs_deleted = release_blobs(settings, sessions, blobs, now)
+    report = SweepReport(
+        expired=expired,
+        lost=lost,
+        webhooks=len(due),
+        resent=resent,
+        emptied=emptied,
+        blobs_deleted=blobs_deleted,
+    )
+    if any(dataclasses.astuple(report)):
         log.info("sweep: %s", report)
     return report
 

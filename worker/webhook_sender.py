@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
@@ -87,9 +87,10 @@ class WebhookSender:
 
     def deliver(self, event_id: str) -> str:
         """Make the due attempt of ``event_id``; returns what happened (``delivered``,
-        ``retry``, ``failed``, ``kept`` when its endpoint is or just became disabled) or
-        ``skipped`` when nothing was due or it is in progress. A redelivery asked for
-        during the attempt is sent right after it."""
+        ``retry``, ``failed``, ``kept`` when its endpoint is or just became disabled),
+        ``skipped`` when nothing was due or it is in progress, or ``erased`` when a purge
+        deleted the event during the attempt. A redelivery asked for during the attempt is
+        sent right after it."""
         now = utcnow()
         reserved = self._reserve(event_id, now)
         if isinstance(reserved, str):
@@ -192,6 +193,15 @@ class WebhookSender:
             delay = self._delay(schedule[event.attempts])
             next_at = now + timedelta(seconds=max(delay, outcome.retry_after_s or 0.0))
         with transaction(self._sessions) as session:
+            # A purge erases events under this row lock: either it waits for this
+            # attempt's row (and erases it too), or the event is gone and there is no
+            # event left to record an attempt of.
+            held = session.scalar(
+                select(WebhookEvent.id).where(WebhookEvent.id == event.id).with_for_update()
+            )
+            if held is None:
+                log.info("webhook %s was purged during its attempt", event.id)
+                return "erased"
             session.add(
                 WebhookDelivery(
                     event_id=event.id,

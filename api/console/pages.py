@@ -1,4 +1,5 @@
-"""The console's HTML pages: sign-in, Ask, Jobs, job detail, Batches, Deliveries, Status.
+"""The console's HTML pages: sign-in, Ask, Jobs, job detail, Batches, Deliveries, Status,
+and the confirmation pages of a job's or a batch's purge.
 
 Errors raised here render a friendly page with the status code (never a traceback); the
 same errors as the API (``NotFound`` for another tenant's job) give the same statuses.
@@ -42,12 +43,14 @@ from api.context import services
 from api.deliveries import job_events, redeliver_events, redeliver_events_between
 from api.endpoints import render_endpoint, tenant_endpoints
 from api.listing import BATCH_STATES
+from api.purging import eraser
 from shared import lifecycle
 from shared.batches import batch_summaries
 from shared.broker import queue_depths
 from shared.endpoints import enable_endpoint
 from shared.errors import NotFound, SightlineError
 from shared.models import Batch, EventStatus, JobStatus, WebhookEvent, utcnow
+from shared.purge import Purger, purge_batch, purge_job
 from shared.tasks import GPU_QUEUES
 from shared.tenants import SHARE_WINDOW, shares
 from shared.workers import live_workers
@@ -158,6 +161,8 @@ def job_image(job_id: str) -> Response:
     svc = services()
     with svc.sessions() as db:
         job = find_job(db, current_key(), job_id)
+    if job.content_deleted_at is not None:
+        raise NotFound(f"job {job.id} no longer has its image (retention)")
     response = Response(svc.blobs.get(job.image_key), mimetype="image/png")
     response.headers["Cache-Control"] = f"private, max-age={_IMAGE_MAX_AGE_S}, immutable"
     return response
@@ -189,6 +194,38 @@ def redeliver(job_id: str) -> BaseResponse:
     else:
         flash("This job has no webhook event to redeliver.", "warning")
     return redirect(url_for("console.pages.job_detail", job_id=job.id))
+
+
+@pages.route("/jobs/<job_id>/purge", methods=["GET", "POST"])
+def purge_job_page(job_id: str) -> str | BaseResponse:
+    """GET asks for confirmation; the confirming POST erases the job (canceling it first
+    if it is not final) and returns to the jobs list. See :mod:`shared.purge`."""
+    svc = services()
+    with svc.sessions() as db:
+        job = find_job(db, current_key(), job_id)
+    if request.method == "GET":
+        return render_template("console/purge.html", noun="job", target=job.id, jobs=1)
+    purge_job(eraser(svc), job.tenant_id, job.id, Purger(api_key_id=current_key().id))
+    flash(f"Job {job.id} purged: nothing of it can be read any more.")
+    return redirect(url_for("console.pages.jobs"))
+
+
+@pages.route("/batches/<batch_id>/purge", methods=["GET", "POST"])
+def purge_batch_page(batch_id: str) -> str | BaseResponse:
+    """GET asks for confirmation; the confirming POST erases the batch and all its
+    items and returns to the batches list."""
+    svc = services()
+    with svc.sessions() as db:
+        batch = find_batch(db, current_key(), batch_id)
+    if request.method == "GET":
+        return render_template(
+            "console/purge.html", noun="batch", target=batch.id, jobs=batch.items_accepted
+        )
+    erased = purge_batch(
+        eraser(svc), batch.tenant_id, batch.id, Purger(api_key_id=current_key().id)
+    )
+    flash(f"Batch {batch.id} purged with its {erased or 0} jobs.")
+    return redirect(url_for("console.pages.batches"))
 
 
 @pages.get("/batches")

@@ -120,6 +120,11 @@ def test_failed_items_run_again_as_a_new_batch_listed_beside_the_original(
     assert newest["retry_of"] == original["id"] and newest["id"] != retried["id"]
     assert f"as batch {newest['id'][:8]}" in shown
 
+    # Purging the original leaves its retries, no longer pointing at it.
+    assert client.purge_batch(original["id"])["purged"] is True
+    assert pg_stack.call("GET", f"/v1/batches/{original['id']}", key=key).status_code == 404
+    assert client.batch_status(retried["id"])["retry_of"] is None
+
 
 def test_bad_retry_and_listing_requests_are_refused_before_anything_runs(pg_stack: Stack) -> None:
     batch = pg_stack.client().batch(_items(1, timeout_s=3600))

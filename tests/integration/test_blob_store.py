@@ -9,10 +9,12 @@ variables, and yields an ``s3://`` URL whose bucket exists.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import fsspec
@@ -104,3 +106,35 @@ def test_a_child_process_reads_s3_blobs_with_only_the_environment(s3_blob_url: s
 
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout == b"shared across processes"
+
+
+def test_delete_if_idle_keeps_a_blob_stored_again_since_and_deletes_an_idle_one(
+    store_url: str,
+) -> None:
+    store = BlobStore(store_url)
+    key, _ = store.put(b"a picture two tenants sent")
+    before_put = datetime.now(UTC) - timedelta(hours=1)
+
+    kept = store.delete_if_idle(key, before_put)  # stored after the cutoff: a new job's
+    deleted = store.delete_if_idle(key, datetime.now(UTC) + timedelta(seconds=5))
+
+    assert kept is False and deleted is True
+    with pytest.raises(BlobMissing):
+        store.get(key)
+    assert store.delete_if_idle(key, datetime.now(UTC)) is True  # already gone
+    assert _objects(store_url) == []
+
+
+def test_putting_an_existing_local_blob_again_marks_it_as_just_stored(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path / "blobs"))
+    key, _ = store.put(b"stored long ago")
+    path = tmp_path / "blobs" / key
+    long_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    os.utime(path, (long_ago, long_ago))
+    cutoff = datetime.now(UTC) - timedelta(hours=1)
+
+    store.put(b"stored long ago")  # a new submission of the same image
+
+    assert store.delete_if_idle(key, cutoff) is False
+    assert store.get(key) == b"stored long ago"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # nothing left aside

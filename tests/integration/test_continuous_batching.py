@@ -89,6 +89,23 @@ def test_canceling_a_running_job_frees_its_row_for_the_next_job(pg_stack: Stack)
     assert canceled["status"] == "canceled" and canceled["result"] is None
 
 
+def test_purging_a_running_job_frees_its_row_and_nothing_of_it_comes_back(
+    pg_stack: Stack,
+) -> None:
+    pg_stack.start_worker(fault_injection="1", max_batch_size="1", interactive_headroom="0")
+    client = pg_stack.client()
+    long = client.submit(make_image(5), "[[slow]] long and private", max_new_tokens=400)["id"]
+    wait_until(lambda: _running(pg_stack, [long]), timeout_s=60, what="the long job to run")
+    following = client.submit(make_image(6), "next in line", max_new_tokens=2)["id"]
+
+    assert pg_stack.call("DELETE", f"/v1/jobs/{long}?purge=true").status_code == 200
+
+    # One row: the next job runs only once the worker has aborted the purged job's row.
+    assert client.wait(following, timeout_s=30)["status"] == "succeeded"
+    assert pg_stack.jobs([long]) == []
+    assert pg_stack.call("GET", f"/v1/jobs/{long}").status_code == 404
+
+
 def test_the_feed_carries_a_watched_jobs_text_and_only_moves_of_others(pg_stack: Stack) -> None:
     pg_stack.start_worker(fault_injection="1")
     client = pg_stack.client()

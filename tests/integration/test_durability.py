@@ -18,6 +18,7 @@ import fsspec
 import requests
 from sqlalchemy import select
 
+from shared.blobs import BlobStore
 from shared.job_feed import JobFeed
 from shared.models import Job, JobStatus
 from tests.stack import Stack, make_image
@@ -217,7 +218,11 @@ def test_two_sweepers_at_once_send_each_stale_job_once(pg_stack: Stack) -> None:
         barrier.wait()
         reports.append(
             sweep(
-                settings, pg_stack.sessions, pg_stack.celery, JobFeed.from_url(settings.broker_url)
+                settings,
+                pg_stack.sessions,
+                pg_stack.celery,
+                JobFeed.from_url(settings.broker_url),
+                BlobStore(settings.blob_url),
             )
         )
 
