@@ -49,6 +49,7 @@ TOMBSTONE_KEEPS = frozenset(
         "priority",
         "error_code",
         "model_revision",
+        "policy_version",
         "created_at",
         "started_at",
         "finished_at",

@@ -84,12 +84,12 @@ def shares(session: Session, since: datetime) -> list[Share]:
 def list_tenants(session: Session) -> list[dict[str, object]]:
     """Every tenant by name: id, weight and how many keys it has."""
     keys = (
-        select(ApiKey.tenant_id, func.count().label("keys"))
+        select(ApiKey.tenant_id, func.count().label("key_count"))
         .group_by(ApiKey.tenant_id)
         .subquery("keys")
     )
     rows = session.execute(
-        select(Tenant.id, Tenant.name, Tenant.weight, func.coalesce(keys.c.keys, 0))
+        select(Tenant.id, Tenant.name, Tenant.weight, func.coalesce(keys.c.key_count, 0))
         .outerjoin(keys, keys.c.tenant_id == Tenant.id)
         .order_by(Tenant.name)
     ).all()

@@ -65,7 +65,13 @@ def _claim(stack: Stack, ids: list[str]) -> uuid.UUID:
     token = uuid.uuid4()
     with lifecycle.unit_of_work(stack.sessions, lambda events: None, None) as changes:
         claimed = lifecycle.claim(
-            changes, worker="test@host", token=token, limit=100, lease_s=60, max_attempts=3
+            changes,
+            worker="test@host",
+            token=token,
+            limit=100,
+            lease_s=60,
+            max_attempts=3,
+            fair_share_window_s=60,
         )
     assert {str(job.id) for job in claimed} == set(ids)
     return token
