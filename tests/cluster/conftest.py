@@ -42,7 +42,7 @@ def _missing() -> str | None:
         return "network namespaces need root"
     for tool in ("ip", "iptables", "redis-server", "runuser"):
         if shutil.which(tool) is None:
-            return f"`{tool}` is not installed"
+            return f"`{tool}` is not on PATH"
     if not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"):
         return "PostgreSQL's server binaries are not installed (make system-deps)"
     return None
