@@ -79,9 +79,10 @@ screenshots: install system-deps
 
 # Faults across hosts made of network namespaces (root): partitions, PostgreSQL and Redis
 # restarts, a blackholing webhook receiver, a killed worker child (tests/cluster, ~8 min
-# on a 2-core VM; docs/reliability.md). Not part of `make test`. CHAOS_LEASE_S=10
-# shortens the lease (the partition scenario then takes seconds instead of minutes; the
-# crash-detection figure is skipped).
+# on a 2-core VM; docs/reliability.md). `make test` runs only a short subset (the worker
+# partition with a 10 s lease and the PostgreSQL restart -m immediate, about 2 min).
+# CHAOS_LEASE_S=10 shortens the lease (the partition scenario then takes seconds instead
+# of minutes; the crash-detection figure is skipped).
 chaos: install system-deps
 	SIGHTLINE_CHAOS=1 $(if $(CHAOS_LEASE_S),SIGHTLINE_CHAOS_LEASE_S=$(CHAOS_LEASE_S)) \
 		$(BIN)/python -m pytest -p no:randomly -s -rxs tests/cluster

@@ -316,9 +316,10 @@ def expire_predecessor(changes: JobChanges, *, worker: str) -> list[uuid.UUID]:
     """Expire, now, the lease of every job still running under the node name ``worker``
     (running → running, attempts and claim token kept), and return their ids.
 
-    Called by a worker process as it starts, before it claims anything: a job running
-    under its own node name was claimed by a predecessor of that name on this host, which
-    is dead (its launcher restarted it, or the host rebooted). Instead of waiting out
+    Called by a worker's launcher when the worker process dies, before it starts the
+    next one under the same name, and by a worker process as it starts, before it claims
+    anything: a job running under that node name was claimed by a process of that name on
+    this host, which is dead (killed, or the host rebooted). Instead of waiting out
     the lease, the jobs become abandoned at once: claimed again alone, as suspects, and
     failed as ``worker_lost`` by the sweeper when out of attempts. Fenced by the worker
     name (node names are unique per host): a job another worker has claimed since

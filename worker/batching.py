@@ -32,7 +32,9 @@ Failures stay with their job:
 * a job that was claimed before (its worker died while running it) waits until the
   batch is empty and then runs alone, with no company, so a job that kills its worker
   only takes itself down; after ``max_attempts`` claims the sweeper fails it as
-  ``worker_lost``.
+  ``worker_lost``. After it, the worker takes the other abandoned jobs, one at a time
+  and each alone, before queued work: a dead worker's whole batch runs again in
+  seconds, not one job per batch of queued work.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class _Run:
     rows: dict[uuid.UUID, _Row] = field(default_factory=dict)
     suspects: list[Job] = field(default_factory=list)
     alone: uuid.UUID | None = None
+    after_suspect: bool = False  # a suspect ran: more abandoned jobs may be waiting
     outcomes: list[Outcome] = field(default_factory=list)
     idle_until: float = 0.0  # no bulk claim before: nothing was queued
     interactive_idle_until: float = 0.0  # likewise for interactive-only claims
@@ -218,6 +221,15 @@ class BatchService:
             return []
         settings = self._settings
         idle = not self._engine.running
+        if idle and run.after_suspect:
+            # Abandoned jobs come one by one, each alone, before any queued work: a dead
+            # worker's batch runs again in (number of jobs) x (one job's time), not with
+            # a whole batch of queued jobs in front of each.
+            suspect = self._claim(run, 0, with_abandoned=True)
+            if suspect:
+                self._admit(run, suspect)
+                return suspect
+            run.after_suspect = False
         now = self._clock()
         room = scheduling.room(
             len(self._engine.running),
@@ -327,6 +339,7 @@ class BatchService:
             self._settle(run, [suspect], [failure])
         else:
             run.alone = suspect.id
+        run.after_suspect = True
 
     def _from_cache(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Outcomes for jobs an identical earlier request already answered on this model

@@ -3,11 +3,14 @@
 Each child runs ``python -m worker.child`` with ``CUDA_VISIBLE_DEVICES`` pinned to its
 card (or empty, for ``cpu``) and the node name ``gpu<i>@host`` / ``cpu<n>@host``. A child
 reports through a pipe when its model is loaded and Celery is consuming. A child that dies
-after that (a crash mid-batch) is restarted after a second; one that dies before it ever
-got ready (a checkpoint that does not load, say) is restarted with a growing backoff, and
-after ``MAX_STARTUP_FAILURES`` such deaths in a row the launcher stops everything and
-exits 1 instead of looping. Readiness, not time, tells the two apart: a job that kills
-its worker right after start-up must not make the launcher give up on a healthy card.
+after that (a crash mid-batch) may have died holding claims: the launcher frees them at once
+(``on_child_lost``: :func:`worker.predecessor.free_predecessor_jobs`), so the other workers
+take them again within seconds instead of after the new child's imports and model load,
+and restarts it a second later. One that dies before it ever got ready (a checkpoint that
+does not load, say) is restarted with a growing backoff, and after
+``MAX_STARTUP_FAILURES`` such deaths in a row the launcher stops everything and exits 1
+instead of looping. Readiness, not time, tells the two apart: a job that kills its worker
+right after start-up must not make the launcher give up on a healthy card.
 A configuration that cannot work (no such model path, a malformed device list) is
 refused before any child starts, with exit status 2. SIGTERM and SIGINT are forwarded as
 SIGTERM, a Celery warm shutdown: every child finishes its batch first.
@@ -163,14 +166,22 @@ class _Child:
     startup_failures: int = 0
     restart_at: float | None = None
     restarts: int = 0
+    freeing: threading.Thread | None = None  # on_child_lost for its dead predecessor
 
 
 class Launcher:
     """Starts, watches, restarts and stops one worker child per device."""
 
     def __init__(
-        self, devices: list[str], metrics_port: int = 0, metrics_host: str = "127.0.0.1"
+        self,
+        devices: list[str],
+        metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
+        on_child_lost: Callable[[str], object] = lambda node: None,
     ) -> None:
+        """``on_child_lost(node)`` runs, in a thread of its own, when a child that had got
+        ready dies; the child's successor starts only once it has returned, so nothing
+        claimed under ``node`` is then the successor's."""
         self._children = [
             _Child(device=d, node=n)
             for d, n in zip(devices, node_names(devices, socket.gethostname()), strict=True)
@@ -178,6 +189,7 @@ class Launcher:
         self._stopping = threading.Event()
         self._metrics_port = metrics_port
         self._metrics_host = metrics_host
+        self._on_child_lost = on_child_lost
         self._metrics_dir = Path()  # made by run(): one per run, removed when it ends
 
     def run(self) -> int:
@@ -295,7 +307,9 @@ class Launcher:
         now = time.monotonic()
         for child in self._children:
             if child.restart_at is not None:
-                if now >= child.restart_at:
+                freeing = child.freeing is not None and child.freeing.is_alive()
+                if now >= child.restart_at and not freeing:
+                    child.freeing = None
                     self._start(child)
                 continue
             assert child.process is not None
@@ -308,6 +322,12 @@ class Launcher:
             mark_process_dead(child.process.pid, str(self._metrics_dir))
             if child.ready:
                 child.startup_failures = 0
+                # It may have died holding claims: free them now, not when its successor
+                # has started (seconds of imports) or loaded its model.
+                child.freeing = threading.Thread(
+                    target=self._on_child_lost, args=(child.node,), daemon=True
+                )
+                child.freeing.start()
             else:
                 child.startup_failures += 1
             if child.startup_failures >= MAX_STARTUP_FAILURES:
@@ -394,7 +414,14 @@ def main(settings: Settings) -> int:
         ", ".join(devices),
         settings.model_path,
     )
-    return Launcher(devices, settings.worker_metrics_port, settings.worker_metrics_host).run()
+    from worker.predecessor import free_predecessor_jobs
+
+    return Launcher(
+        devices,
+        settings.worker_metrics_port,
+        settings.worker_metrics_host,
+        on_child_lost=lambda node: free_predecessor_jobs(settings, node),
+    ).run()
 
 
 class _LauncherCollector:

@@ -1,12 +1,13 @@
-"""Crash detection on a live host: a worker child frees what its dead predecessor held.
+"""Crash detection on a live host: the jobs a dead worker child held are freed at once.
 
-The launcher restarts a child that died (SIGKILL, a segfault, the OOM killer) under the
-same node name a second later. Before loading its model, and so before it can claim
-anything, the new child expires the leases of the jobs still running under that name
-(:func:`shared.lifecycle.expire_predecessor`) and leaves a wake-up for each: workers
-take them again within seconds, alone, as suspects, instead of after the lease. The
-lease remains the bound when the whole host is lost or cut off, since nothing on it
-can then say that the worker is dead.
+Its launcher sees the child die within :data:`worker.launcher.POLL_S` and, before
+restarting it under the same node name, expires the leases of the jobs still running
+under that name (:func:`shared.lifecycle.expire_predecessor`) and leaves a wake-up for
+each: the other workers take them again within seconds, alone, as suspects, instead of
+after the lease or the new child's model load. Every child does the same as it starts,
+before loading its model and so before it can claim anything, for a predecessor whose
+launcher died with it (a host that rebooted). The lease remains the bound when the whole
+host is lost or cut off, since nothing on it can then say that the worker is dead.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def free_predecessor_jobs(settings: Settings, node: str) -> int:
             woken = session.execute(select(Job.id, Job.priority).where(Job.id.in_(freed))).all()
         if freed:
             log.warning(
-                "%s restarted: %d jobs its predecessor was running are claimable again",
+                "%s died: %d jobs it was running are claimable again",
                 node,
                 len(freed),
                 extra={"jobs": len(freed)},

@@ -8,10 +8,13 @@ Hosts and what runs on them, each process started as an operator would:
 - ``w1``, ``w2``: ``sightline worker`` with one CPU child each (``cpu0@w1``, ``cpu0@w2``);
 - ``ops``: ``sightline webhooks`` (sweeper, webhook sender) and ``sightline beat``;
 - ``hooks`` and ``sink``: webhook receivers (``tests/cluster/receiver.py``); ``sink`` is
-  the one a scenario makes blackhole its packets.
+  the one a scenario makes blackhole its packets (a cluster made with ``sink=False``, for
+  scenarios that need no such receiver, has no ``sink`` host).
 
 The test process sits on the bridge and reaches every host by address. Every setting is
-the default unless the cluster is made with a shorter ``lease_s``.
+the default unless the cluster is made with a shorter ``lease_s``. Start-up runs what it
+can side by side: every sightline process is spawned as soon as the database is
+migrated, and the API keys are made while the workers load their model.
 
 A trigger on the ``jobs`` table (test-only, in this cluster's database) records every
 claim and every final write in ``chaos_writes``: :meth:`Cluster.audit` checks from it
@@ -82,7 +85,9 @@ class Cluster:
     """See the module docstring. Use as a context manager: everything is torn down at
     exit, whatever happened."""
 
-    def __init__(self, model_path: Path, lease_s: int | None = None, blobs: str = "s3") -> None:
+    def __init__(
+        self, model_path: Path, lease_s: int | None = None, blobs: str = "s3", sink: bool = True
+    ) -> None:
         self.model_path = model_path
         self.blobs = blobs
         self.lease_s = lease_s or Settings.model_fields["job_lease_s"].default
@@ -90,8 +95,9 @@ class Cluster:
         self.net = Network()
         self.hosts = {
             name: self.net.host(name)
-            for name in ("data", "api", "w1", "w2", "ops", "hooks", "sink")
+            for name in ("data", "api", "w1", "w2", "ops", "hooks", *(["sink"] if sink else []))
         }
+        self.receivers = [name for name in ("hooks", "sink") if name in self.hosts]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         data = self.data.address
         self.database_url = f"postgresql://postgres@{data}:{PG_PORT}/sightline"
@@ -161,11 +167,7 @@ class Cluster:
         self.cli("db", "upgrade")
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute(AUDIT)
-        self.key = json.loads(self.cli("keys", "create", "chaos", "--json"))["key"]
-        # A second tenant: webhook slots are shared per tenant, so "a slow receiver does
-        # not hold up the others" is about other tenants' receivers.
-        self.other_key = json.loads(self.cli("keys", "create", "chaos-other", "--json"))["key"]
-        for name in ("hooks", "sink"):
+        for name in self.receivers:
             self._spawn(
                 name,
                 name,
@@ -188,8 +190,13 @@ class Cluster:
         self._spawn("beat", "ops", sightline_command("beat"))
         for name in ("w1", "w2"):
             self.start_worker(name)
+        # While the workers load their model (the longest part of the start-up).
+        self.key = json.loads(self.cli("keys", "create", "chaos", "--json"))["key"]
+        # A second tenant: webhook slots are shared per tenant, so "a slow receiver does
+        # not hold up the others" is about other tenants' receivers.
+        self.other_key = json.loads(self.cli("keys", "create", "chaos-other", "--json"))["key"]
         wait_http_ok(f"{self.url}/readyz", timeout_s=120, process=self.processes["api"])
-        for name in ("hooks", "sink"):
+        for name in self.receivers:
             wait_until(lambda n=name: _answers(self.hook_url(n)), timeout_s=30, what=name)
         self.wait_workers(["w1", "w2"])
 
@@ -314,6 +321,9 @@ class Cluster:
             return sum(1 for line in log if text in line)
 
     def close(self) -> None:
+        # All asked to stop at once, then waited for: the workers' warm shutdowns overlap.
+        for process in self.processes.values():
+            process.terminate()
         for name in reversed(list(self.processes)):
             self.stop(name)
         if getattr(self, "pgdata", None) is not None:

@@ -1,10 +1,10 @@
 """A worker child SIGKILLed on a live host: its jobs run again within seconds, not after
 the lease (``worker/predecessor.py``), with default settings.
 
-The launcher restarts the child a second later; the new child, before loading its model,
-expires the leases of the jobs still running under its node name and wakes workers for
-them. They are claimed again alone, as suspects, with their attempt count kept, and each
-is written exactly once.
+Its launcher sees it die (within half a second) and, before restarting it, expires the
+leases of the jobs still running under its node name and wakes workers for them. The
+other host's worker takes them one after another, each alone, as suspects, with their
+attempt count kept, and each is written exactly once.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def test_a_killed_worker_child_s_jobs_run_again_within_seconds(cluster: Cluster)
     )
     report.check()
     assert attempts == {job_id: n + 1 for job_id, n in orphans.items()}, "one more claim each"
-    # Without crash detection the first would wait out the 60 s lease.
-    assert first < 10, f"the first job ran again after {first:.1f} s"
-    assert last < 30, f"the last job ran again after {last:.1f} s"
+    # Without crash detection the first would wait out the 60 s lease; freed by the
+    # child's successor instead of the launcher, it waited for its imports (3-7 s), and
+    # each orphan for a batch of queued work before it (the last 10-22 s).
+    assert first < 5, f"the first job ran again after {first:.1f} s"
+    assert last < 20, f"the last job ran again after {last:.1f} s"
     wait_until(lambda: _child_of(cluster, "w1") != child, timeout_s=30, what="w1 restarted")
     cluster.wait_workers(["w1"])

@@ -13,12 +13,15 @@ import os
 import signal
 import threading
 import time
+import uuid
 
 import fsspec
 import requests
 from sqlalchemy import select
 
+from shared import lifecycle
 from shared.blobs import BlobStore
+from shared.db import transaction
 from shared.job_feed import JobFeed
 from shared.models import Job, JobStatus
 from tests.stack import Stack, make_image
@@ -73,6 +76,38 @@ def test_sigkill_mid_batch_three_times_every_job_succeeds_once(pg_stack: Stack) 
     rows = pg_stack.jobs(ids)
     assert all(row.claim_token is not None and row.finished_at is not None for row in rows)
     assert all(row.lease_expires_at is None for row in rows)
+
+
+def test_a_dead_worker_s_jobs_run_one_after_another_before_queued_work(pg_stack: Stack) -> None:
+    """Three jobs a dead worker held (claimed, then freed by its launcher) and a full
+    batch and more of queued work: the worker runs the first abandoned job alone once its
+    first batch is done, then the other two, each alone, before the rest of the queue,
+    instead of one abandoned job per batch of queued work."""
+    dead = _submit(pg_stack, 3, "held by a dead worker")
+    settings = pg_stack.settings
+    with lifecycle.unit_of_work(pg_stack.sessions, lambda events: None, None) as changes:
+        held = lifecycle.claim(
+            changes,
+            worker="dead@test",
+            token=uuid.uuid4(),
+            limit=3,
+            lease_s=settings.job_lease_s,
+            max_attempts=settings.max_attempts,
+            fair_share_window_s=settings.fair_share_window_s,
+        )
+        assert len(held) == 3
+    with transaction(pg_stack.sessions) as session:
+        freed = lifecycle.expire_predecessor(lifecycle.JobChanges(session), worker="dead@test")
+    assert len(freed) == 3
+    queued = _submit(pg_stack, settings.max_batch_size + 4, "queued", first=3)
+    pg_stack.start_worker()
+
+    done = {job["id"]: job for job in pg_stack.wait_all(dead + queued)}
+
+    assert {job["status"] for job in done.values()} == {"succeeded"}
+    assert [done[job_id]["attempts"] for job_id in dead] == [2, 2, 2]
+    started = {str(row.id): row.started_at for row in pg_stack.jobs(dead + queued)}
+    assert max(started[job_id] for job_id in dead) < max(started[job_id] for job_id in queued)
 
 
 def test_all_jobs_survive_a_broker_flush_before_the_worker_starts(pg_stack: Stack) -> None:

@@ -12,11 +12,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 
 from cli.processes import sightline_command
+from shared.models import Job, JobStatus
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
 
@@ -85,6 +87,47 @@ def test_a_killed_child_is_restarted_and_sigterm_stops_everything_cleanly(
 
     assert launcher.wait(timeout=60) == 0
     assert not any(psutil.pid_exists(pid) for pid in after.values())
+
+
+def test_a_dead_child_s_jobs_are_freed_before_its_successor_starts(pg_stack: Stack) -> None:
+    """The launcher sees its child die and expires the leases of the jobs it was running
+    (attempts and claim token kept) before starting the next child: another worker could
+    take them at once, not after the successor's imports and model load, nor the 60 s
+    lease. They then run once more each and succeed."""
+    launcher = pg_stack.start_worker(fault_injection="1")  # [[slow]]: 1.5 s steps
+    client = pg_stack.client()
+    ids = [client.submit(make_image(i), "[[slow]] held", max_new_tokens=4)["id"] for i in range(3)]
+
+    def running() -> list[Job] | None:
+        rows = [row for row in pg_stack.jobs(ids) if row.status is JobStatus.RUNNING]
+        return rows or None
+
+    held = {
+        row.id: (row.attempts, row.claim_token)
+        for row in wait_until(running, timeout_s=60, what="running jobs")
+    }
+    dead = _children(launcher)["cpu0@"]
+    os.kill(dead, signal.SIGKILL)
+
+    def freed() -> list[Job] | None:
+        rows = pg_stack.jobs(str(job_id) for job_id in held)
+        now = datetime.now(UTC)
+        return rows if all(r.lease_expires_at and r.lease_expires_at <= now for r in rows) else None
+
+    rows = wait_until(freed, timeout_s=30, interval_s=0.1, what="the dead child's jobs freed")
+    assert {row.id: (row.attempts, row.claim_token) for row in rows} == held
+
+    def successor() -> int | None:
+        pid = _children(launcher).get("cpu0@")
+        return pid if pid not in (None, dead) else None
+
+    started = psutil.Process(
+        wait_until(successor, timeout_s=30, what="the successor")
+    ).create_time()
+    assert all(r.lease_expires_at and r.lease_expires_at.timestamp() < started for r in rows)
+    done = {job["id"]: job for job in pg_stack.wait_all(ids)}
+    assert {job["status"] for job in done.values()} == {"succeeded"}
+    assert all(done[str(job_id)]["attempts"] == n + 1 for job_id, (n, _) in held.items())
 
 
 def test_a_missing_model_path_is_refused_at_once_with_a_clear_message(tmp_path: Path) -> None:
