@@ -36,7 +36,7 @@ from cli.redis_server import free_port
 from client import Client
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
-from shared.models import Job, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from shared.models import BlobRelease, Job, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from shared.settings import Settings
 from shared.tasks import GPU_QUEUES
 
@@ -255,6 +255,7 @@ class Stack:
             session.execute(delete(WebhookEvent))
             session.execute(delete(WebhookEndpoint))
             session.execute(delete(Job))
+            session.execute(delete(BlobRelease))  # what earlier tests' jobs let go of
         self.redis.flushdb()
 
     def jobs(self, ids: Iterable[str] | None = None) -> list[Job]:
