@@ -20,10 +20,7 @@ import os
 import sys
 from datetime import timedelta
 
-from sqlalchemy import select
-
 from shared.settings import Settings
-from shared.tenants import SHARE_WINDOW
 
 DEFAULT = "default"
 
@@ -67,12 +64,13 @@ def _weight(args: argparse.Namespace) -> int:
 def _shares(args: argparse.Namespace) -> int:
     from shared.db import create_engine_for, session_factory
     from shared.models import utcnow
-    from shared.tenants import shares
+    from shared.tenants import SHARE_WINDOW, shares
 
+    window = SHARE_WINDOW if args.minutes is None else timedelta(minutes=args.minutes)
     engine = create_engine_for(Settings())
     try:
         with session_factory(engine)() as session:
-            rows = shares(session, utcnow() - timedelta(minutes=args.minutes))
+            rows = shares(session, utcnow() - window)
     finally:
         engine.dispose()
     if args.json:
@@ -102,9 +100,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     weight.add_argument("weight", type=int, help="a whole number from 1 to 1000")
     weight.set_defaults(run=_weight)
     share = actions.add_parser("shares", help="each tenant's share of the jobs started lately")
-    share.add_argument(
-        "--minutes", type=float, default=SHARE_WINDOW.total_seconds() / 60, help="default 15"
-    )
+    # The default (15) is shared.tenants.SHARE_WINDOW, read when the command runs: the
+    # parser is built for every command, and that module brings in the database layer.
+    share.add_argument("--minutes", type=float, help="how far back (default 15)")
     share.add_argument("--json", action="store_true", help="print a JSON list")
     share.set_defaults(run=_shares)
     retention = actions.add_parser(
@@ -148,16 +146,15 @@ def _login() -> str:
 
 def _retention(args: argparse.Namespace) -> int:
     from shared.db import create_engine_for, session_factory, transaction
-    from shared.models import Tenant
+    from shared.tenants import find_tenant
 
     engine = create_engine_for(Settings())
     try:
         with transaction(session_factory(engine)) as session:
-            tenant = session.scalars(select(Tenant).where(Tenant.name == args.name)).one_or_none()
-            if tenant is None:
-                print(f"sightline: no tenant named {args.name!r}", file=sys.stderr)
-                return 2
-            tenant.retention_days = args.days
+            find_tenant(session, args.name).retention_days = args.days
+    except LookupError as exc:
+        print(f"sightline: {exc}", file=sys.stderr)
+        return 2
     finally:
         engine.dispose()
     said = {None: f"{DEFAULT} (SIGHTLINE_RETENTION_DAYS)", 0: "forever"}
@@ -169,8 +166,8 @@ def _purge(args: argparse.Namespace) -> int:
     from shared.celery_app import create_celery
     from shared.db import create_engine_for, session_factory
     from shared.job_feed import JobFeed
-    from shared.models import Tenant
     from shared.purge import Eraser, Purger, purge_tenant
+    from shared.tenants import find_tenant
 
     if not args.yes:
         print(
@@ -184,10 +181,7 @@ def _purge(args: argparse.Namespace) -> int:
     sessions = session_factory(engine)
     try:
         with sessions() as session:
-            tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == args.name))
-        if tenant_id is None:
-            print(f"sightline: no tenant named {args.name!r}", file=sys.stderr)
-            return 2
+            tenant_id = find_tenant(session, args.name).id
         eraser = Eraser(
             sessions,
             create_celery(settings),
@@ -195,6 +189,9 @@ def _purge(args: argparse.Namespace) -> int:
             settings.retention_chunk,
         )
         erased = purge_tenant(eraser, tenant_id, Purger(operator=args.operator or _login()))
+    except LookupError as exc:
+        print(f"sightline: {exc}", file=sys.stderr)
+        return 2
     finally:
         engine.dispose()
     if args.json:
