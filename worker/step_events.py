@@ -65,7 +65,6 @@ class StepPublisher:
         self._client = client
         self._interval_s = interval_s
         self._messages_per_s = messages_per_s
-        self._next_s = interval_s
         self._clock = clock
         self._round_at = -float("inf")
         self._watched: dict[uuid.UUID, _Watched] = {}
@@ -76,7 +75,9 @@ class StepPublisher:
         for job_id in (*events.finished, *events.failed):
             self.forget(job_id)
         now = self._clock()
-        if now - self._round_at < self._next_s or not engine.running:
+        # Fewer, larger rounds when many jobs are watched (see the module docstring).
+        spacing = max(self._interval_s, len(self._watched) / self._messages_per_s)
+        if now - self._round_at < spacing or not engine.running:
             return
         self._round_at = now
         try:
@@ -116,7 +117,6 @@ class StepPublisher:
             pipe.expire(text_key(job_id), TEXT_TTL_S)
             before.sent = parts
         self._watched = watched
-        self._next_s = max(self._interval_s, len(watched) / self._messages_per_s)
         pipe.execute()
 
 
