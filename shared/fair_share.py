@@ -42,6 +42,7 @@ from sqlalchemy import (
     Select,
     Subquery,
     Uuid,
+    and_,
     bindparam,
     case,
     cast,
@@ -93,12 +94,18 @@ def _rank(priority: ColumnElement[Any]) -> ColumnElement[int]:
     return case((priority == Priority.INTERACTIVE, 0), else_=1)
 
 
-def _queued(tenant_id: ColumnElement[Any], priority: ColumnElement[Any]) -> ColumnElement[bool]:
-    """Whether the tenant has queued jobs of the priority: its oldest one, so that the
-    probe reads one entry of ``ix_jobs_tenant_queue`` rather than the tenant's other jobs."""
+def _of(recent: Subquery, tenant_id: Any, priority: Any) -> ColumnElement[bool]:
+    """The join condition of :func:`recent_starts` to a (tenant, priority)."""
+    return and_(recent.c.tenant_id == tenant_id, recent.c.priority == priority)
+
+
+def _any_queued(*where: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Whether a job matching ``where`` is queued, asked of its oldest one, so that the
+    probe reads one index entry (``ix_jobs_tenant_queue`` for a tenant's queue,
+    ``ix_jobs_claim`` for a whole priority) rather than every match."""
     oldest = (
         select(Job.id)
-        .where(Job.tenant_id == tenant_id, Job.priority == priority, Job.status == JobStatus.QUEUED)
+        .where(Job.status == JobStatus.QUEUED, *where)
         .order_by(Job.created_at)
         .limit(1)
     )
@@ -123,31 +130,25 @@ def _heads_lateral(recent: Subquery, prefer: bool, only: Priority | None) -> Sub
             for priority in _priorities(only)
         )
     ).subquery("listed")
-    # Priorities with no queued job at all are dropped first (one probe each: the oldest
-    # queued job of the priority, by ``ix_jobs_claim``).
-    oldest_of_priority = (
-        select(Job.id)
-        .where(Job.status == JobStatus.QUEUED, Job.priority == listed.c.priority)
-        .order_by(Job.created_at)
-        .limit(1)
-        .scalar_subquery()
+    # Priorities with no queued job at all are dropped first (one probe each).
+    wanted = (
+        select(listed.c.priority)
+        .where(_any_queued(Job.priority == listed.c.priority))
+        .subquery("wanted")
     )
-    wanted = select(listed.c.priority).where(oldest_of_priority.is_not(None)).subquery("wanted")
     used = func.coalesce(recent.c.used, 0)
     queues = (
         select(Tenant.id.label("tenant_id"), wanted.c.priority, used.label("used"))
         .select_from(Tenant)
         .join(wanted, true())
-        .outerjoin(
-            recent, (recent.c.tenant_id == Tenant.id) & (recent.c.priority == wanted.c.priority)
-        )
+        .outerjoin(recent, _of(recent, Tenant.id, wanted.c.priority))
         .order_by(_rank(wanted.c.priority), cast(used + 1, Float) / Tenant.weight, Tenant.id)
         .cte("queues")
         .prefix_with("MATERIALIZED")
     )
     busy = (
         select(queues)
-        .where(_queued(queues.c.tenant_id, queues.c.priority))
+        .where(_any_queued(Job.tenant_id == queues.c.tenant_id, Job.priority == queues.c.priority))
         .limit(_LIMIT)
         .subquery("busy")
     )
@@ -169,9 +170,7 @@ def _heads_lateral(recent: Subquery, prefer: bool, only: Priority | None) -> Sub
         return heads.subquery("heads")
     preferred = (
         select(Job.id, Job.tenant_id, Job.priority, Job.created_at, used)
-        .outerjoin(
-            recent, (recent.c.tenant_id == Job.tenant_id) & (recent.c.priority == Job.priority)
-        )
+        .outerjoin(recent, _of(recent, Job.tenant_id, Job.priority))
         .where(
             Job.id == _PREFER,
             Job.status == JobStatus.QUEUED,
@@ -191,9 +190,7 @@ def _heads_window(recent: Subquery, only: Priority | None) -> Subquery:
             Job.created_at,
             func.coalesce(recent.c.used, 0).label("used"),
         )
-        .outerjoin(
-            recent, (recent.c.tenant_id == Job.tenant_id) & (recent.c.priority == Job.priority)
-        )
+        .outerjoin(recent, _of(recent, Job.tenant_id, Job.priority))
         .where(Job.status == JobStatus.QUEUED, Job.priority.in_(_priorities(only)))
         .subquery("heads")
     )
@@ -248,9 +245,7 @@ def orphan_pick(abandoned: ColumnElement[bool]) -> Select[Any]:
     return (
         select(Job.id)
         .join(Tenant, Tenant.id == Job.tenant_id)
-        .outerjoin(
-            recent, (recent.c.tenant_id == Job.tenant_id) & (recent.c.priority == Job.priority)
-        )
+        .outerjoin(recent, _of(recent, Job.tenant_id, Job.priority))
         .where(abandoned)
         .order_by(share, Job.created_at)
         .limit(1)
