@@ -12,7 +12,6 @@ keep their outcome and its completion stands (a job's state only moves forward).
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
 from flask import Request
 from sqlalchemy import select
@@ -116,7 +115,7 @@ def _retry_row(job: Job, key: ApiKey, batch_id: uuid.UUID) -> JobRow:
             priority=Priority.BULK,
             created_at=now,
             enqueued_at=now,
-            deadline_at=now + timedelta(seconds=(job.deadline_at - job.created_at).total_seconds()),
+            deadline_at=now + (job.deadline_at - job.created_at),
             batch_id=batch_id,
             attempts=0,
         )
