@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 from celery import Celery
@@ -11,12 +13,15 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.feed_listener import FeedListener
+from api.job_reads import JobReads
 from api.key_cache import KeyCache
 from api.queued_memo import QueuedMemo
+from api.stream_upkeep import StreamUpkeep
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
 from shared.job_feed import JobFeed
+from shared.models import Job
 from shared.presets import Preset, load_presets
 from shared.settings import Settings
 from shared.ssrf import OutboundPolicy
@@ -38,24 +43,28 @@ class Services:
     keys: KeyCache
     feed: JobFeed
     listener: FeedListener
+    reads: JobReads
+    upkeep: StreamUpkeep
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         # fail_fast: with PostgreSQL or Redis cut off, a request still answers within
         # seconds (503; or 202 with the wake-up left to the sweeper) instead of hanging.
         engine = create_engine_for(settings, fail_fast=True)
+        sessions = session_factory(engine)
+        # Rate-limit counters live in the broker's Redis; connecting is lazy.
+        counters = redis.Redis.from_url(
+            settings.broker_url, socket_timeout=1, socket_connect_timeout=1
+        )
         return cls(
             settings=settings,
             engine=engine,
-            sessions=session_factory(engine),
+            sessions=sessions,
             blobs=BlobStore(settings.blob_url),
             celery=create_celery(settings, fail_fast=True),
             outbound=OutboundPolicy.from_setting(settings.outbound_allowlist),
             presets=load_presets(settings.presets_path),
-            # Rate-limit counters live in the broker's Redis; connecting is lazy.
-            counters=redis.Redis.from_url(
-                settings.broker_url, socket_timeout=1, socket_connect_timeout=1
-            ),
+            counters=counters,
             queued=QueuedMemo(),
             keys=KeyCache(settings.key_cache_s),
             feed=JobFeed.from_url(settings.broker_url),
@@ -65,7 +74,20 @@ class Services:
                     settings.broker_url, socket_connect_timeout=2, health_check_interval=30
                 )
             ),
+            reads=JobReads(partial(_load_job, sessions)),
+            # A stream slot's lease: two heartbeats (a vanished reader is noticed at a
+            # write) and room for a renewal that comes late.
+            upkeep=StreamUpkeep(counters, lease_s=2 * settings.stream_heartbeat_s + 10),
         )
+
+
+def _load_job(sessions: sessionmaker[Session], job_id: uuid.UUID) -> Job:
+    """The job from the database; ``LookupError`` if it is gone (purged)."""
+    with sessions() as session:
+        found = session.get(Job, job_id)
+    if found is None:
+        raise LookupError(f"job {job_id} is gone")
+    return found
 
 
 def services() -> Services:

@@ -14,15 +14,25 @@ own timer. The connection is re-made and every channel subscribed again after an
 since messages may have been lost meanwhile, each inbox of a channel subscribed again
 gets a ``changed`` notice (:data:`shared.job_feed.CHANGED`) as its subscription is
 confirmed, so its waiter reads the database at once.
+
+A message reaches every inbox of its channel as one :class:`Message`: its JSON is decoded
+at most once per process, however many waiters read it, and it carries the moment it
+arrived, so that waiters woken by it can share one database read made after that moment
+(:mod:`api.job_reads`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 import redis
 
@@ -30,7 +40,7 @@ from shared.job_feed import CHANGED
 
 log = logging.getLogger(__name__)
 
-CHANGED_BYTES = CHANGED.encode()
+_CHANGED_BYTES = CHANGED.encode()
 # How long a waiter sleeps without a message before it reads the database anyway: a last
 # resort, since the listener sends ``changed`` itself after a lost connection; while
 # Redis cannot be reached at all (no subscription), every FALLBACK_S.
@@ -40,28 +50,48 @@ _POLL_S = 0.05
 _RECONNECT_S = 1.0
 
 
+@dataclass(frozen=True)
+class Message:
+    """One message of a channel, shared by every inbox of that channel."""
+
+    channel: str
+    data: bytes
+    # When this process received it (``time.monotonic()``).
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def changed(self) -> bool:
+        """Whether it is the ``changed`` notice (the job or batch moved)."""
+        return self.data == _CHANGED_BYTES
+
+    @cached_property
+    def body(self) -> Any:
+        """The data decoded as JSON (once, for all its readers)."""
+        return json.loads(self.data)
+
+
 class Inbox:
-    """The messages of one waiter's channels, as ``(channel, data)``."""
+    """The messages of one waiter's channels."""
 
     def __init__(self, channels: tuple[str, ...]) -> None:
         self.channels = channels
         self.live = False
-        self._messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._messages: queue.Queue[Message] = queue.Queue()
 
     @property
     def recheck_s(self) -> float:
         """How long to wait for a message before reading the database anyway."""
         return RECHECK_S if self.live else FALLBACK_S
 
-    def get(self, timeout_s: float) -> tuple[str, bytes] | None:
+    def get(self, timeout_s: float) -> Message | None:
         """The next message, or ``None`` after ``timeout_s`` without one."""
         try:
             return self._messages.get(timeout=max(timeout_s, 0.0))
         except queue.Empty:
             return None
 
-    def put(self, channel: str, data: bytes) -> None:
-        self._messages.put((channel, data))
+    def put(self, message: Message) -> None:
+        self._messages.put(message)
 
 
 class FeedListener:
@@ -151,11 +181,14 @@ class FeedListener:
                     self._confirmed[name].set()
                     if name in self._resubscribing:
                         self._resubscribing.discard(name)
-                        for inbox in self._inboxes.get(name, ()):
-                            inbox.put(name, CHANGED_BYTES)
+                        self._deliver(Message(name, _CHANGED_BYTES))
                 elif kind == "message":
-                    for inbox in self._inboxes.get(name, ()):
-                        inbox.put(name, message["data"])
+                    self._deliver(Message(name, message["data"]))
+
+    def _deliver(self, message: Message) -> None:
+        """Hand ``message`` to every inbox of its channel (the lock held)."""
+        for inbox in self._inboxes.get(message.channel, ()):
+            inbox.put(message)
 
     def _apply_requests(self, pubsub: redis.client.PubSub, subscribed: set[str]) -> None:
         """Subscribe to the channels someone waits on and leave the others."""

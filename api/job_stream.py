@@ -29,12 +29,15 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import redis
 
-from api.feed_listener import CHANGED_BYTES, FeedListener, Inbox
+from api.feed_listener import FeedListener, Inbox, Message
+from api.stream_upkeep import StreamUpkeep
 from shared.job_feed import WATCH_TTL_S, claim_label, job_channel, text_key, watch_key
 from shared.models import Job, JobStatus
 from shared.schemas import JobOut
@@ -45,8 +48,20 @@ _ID = re.compile(r"^(\d{1,9})-([0-9a-f]{8}|0)-(\d{1,9})-(\d{1,9})$")
 
 def sse(event: str, data: Any, event_id: str | None = None) -> str:
     """One server-sent event (``data`` as one line of JSON)."""
+    return sse_json(event, json.dumps(data, separators=(",", ":")), event_id)
+
+
+def sse_json(event: str, data: str, event_id: str | None = None) -> str:
+    """One server-sent event whose data is ``data``, one line of JSON already encoded."""
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+@lru_cache(maxsize=128)
+def _final_job(job: Job) -> str:
+    """``job`` as ``GET /v1/jobs/{id}`` returns it, as JSON: encoded once for all the
+    readers a shared read (:mod:`api.job_reads`) gave that same ``Job``."""
+    return json.dumps(JobOut.from_job(job).model_dump(mode="json"), separators=(",", ":"))
 
 
 @dataclass
@@ -77,15 +92,18 @@ class Position:
 
 @dataclass
 class JobStream:
-    """The events of one job for one reader (see the module docstring). ``read`` loads
-    the job from the database and ``ahead`` counts what is queued before it;
+    """The events of one job for one reader (see the module docstring). ``read(since)``
+    returns the job as read from the database at or after ``since`` (``time.monotonic()``;
+    a read that serves all the job's readers woken by one notice: :mod:`api.job_reads`),
+    and ``ahead`` counts what is queued before it;
     ``on_first_delta`` is told when (``time.time()``) this stream sent its first text."""
 
     job_id: uuid.UUID
-    read: Callable[[], Job]
+    read: Callable[[float], Job]
     ahead: Callable[[Job], int]
     listener: FeedListener
     redis: redis.Redis
+    upkeep: StreamUpkeep
     heartbeat_s: float
     on_first_delta: Callable[[float], None] = lambda seconds: None
     known: dict[str, str] = field(default_factory=lambda: dict.fromkeys(PARTS, ""))
@@ -94,9 +112,8 @@ class JobStream:
     def events(self, last_event_id: str | None) -> Iterator[str]:
         """The stream, resuming after ``last_event_id`` where one is given."""
         yield "retry: 2000\n\n"
-        with self.listener.subscribe(job_channel(self.job_id)) as inbox:
-            self._watch()
-            job = self.read()
+        with self.listener.subscribe(job_channel(self.job_id)) as inbox, self._watching():
+            job = self.read(time.monotonic())
             resumed = Position.parse(last_event_id)
             if job.status.is_final and resumed is None:
                 yield self._done(job, Position(job.attempts, claim_label(job.claim_token)))
@@ -109,33 +126,32 @@ class JobStream:
             yield self._status(job, at)
             self._load_snapshot(job)
         now = time.monotonic()
-        recheck_at, beat_at, watch_at = now + inbox.recheck_s, now + self.heartbeat_s, now
+        recheck_at, beat_at = now + inbox.recheck_s, now + self.heartbeat_s
+        noticed_at: float | None = None  # when a notice said the job moved
         while True:
             if job.status.is_final:
                 yield from self._finish(job, at)
                 return
             yield from self._deltas(at)
             now = time.monotonic()
-            if now >= watch_at:
-                self._watch()
-                watch_at = now + WATCH_TTL_S / 3
             if now >= beat_at:
                 beat_at = now + self.heartbeat_s
                 yield ": keep-alive\n\n"
             if now >= recheck_at:
                 recheck_at = now + inbox.recheck_s
                 before = (job.status, job.claim_token)
-                job = self.read()
+                job = self.read(now if noticed_at is None else noticed_at)
+                noticed_at = None
                 if not job.status.is_final and (job.status, job.claim_token) != before:
                     yield self._status(job, at)
                 continue
-            message = inbox.get(min(recheck_at, beat_at, watch_at) - now)
+            message = inbox.get(min(recheck_at, beat_at) - now)
             if message is None:
                 continue
-            if message[1] == CHANGED_BYTES:
-                recheck_at = now  # read the job's new state at once
+            if message.changed:
+                recheck_at, noticed_at = now, message.received_at  # read the new state now
                 continue
-            job = yield from self._text(json.loads(message[1]), job, at)
+            job = yield from self._text(message, job, at)
 
     def _status(self, job: Job, at: Position) -> str:
         """A ``status`` event, after a ``reset`` if the job's claim is no longer the
@@ -159,16 +175,17 @@ class JobStream:
             return ""
         return sse("reset", {"attempt": job.attempts, "reason": "claimed again"}, at.event_id)
 
-    def _text(self, message: dict[str, Any], job: Job, at: Position) -> Generator[str, None, Job]:
+    def _text(self, message: Message, job: Job, at: Position) -> Generator[str, None, Job]:
         """Apply a worker's ``text`` message (a claim we do not know yet is checked
         against the database first: a late worker's text is dropped); returns the job."""
-        if message["claim"] != claim_label(job.claim_token):
-            job = self.read()
-            if message["claim"] != claim_label(job.claim_token):
+        text = message.body
+        if text["claim"] != claim_label(job.claim_token):
+            job = self.read(message.received_at)
+            if text["claim"] != claim_label(job.claim_token):
                 return job
             yield self._status(job, at)
         for part in PARTS:
-            offset, delta = message[part]
+            offset, delta = text[part]
             if offset > len(self.known[part]):
                 self._watch(fresh=True)  # a gap: ask the worker for the whole text
                 return job
@@ -212,7 +229,7 @@ class JobStream:
         yield self._done(job, at)
 
     def _done(self, job: Job, at: Position) -> str:
-        return sse("done", JobOut.from_job(job).model_dump(mode="json"), at.event_id)
+        return sse_json("done", _final_job(job), at.event_id)
 
     def _load_snapshot(self, job: Job) -> None:
         """Start from the replay hash when it holds the job's current claim."""
@@ -224,8 +241,19 @@ class JobStream:
         if values.get("claim") == claim_label(job.claim_token):
             self.known = {part: values.get(part, "") for part in PARTS}
 
+    @contextmanager
+    def _watching(self) -> Iterator[None]:
+        """The job's watch key set now and kept set (with the process's other streams:
+        :mod:`api.stream_upkeep`) for the duration of the block."""
+        self._watch()
+        self.upkeep.watch(self.job_id)
+        try:
+            yield
+        finally:
+            self.upkeep.unwatch(self.job_id)
+
     def _watch(self, *, fresh: bool = False) -> None:
-        """Keep the job's watch key set; a new value when ``fresh`` (the worker then sends
+        """Set the job's watch key; a new value when ``fresh`` (the worker then sends
         the whole text again). Best effort."""
         key = watch_key(self.job_id)
         try:

@@ -9,7 +9,6 @@ from flask import Blueprint, request, url_for
 from api.access import load_job
 from api.auth import authenticate, current_key
 from api.context import services
-from api.feed_listener import CHANGED_BYTES
 from api.job_input import read_job_input
 from api.listing import JobFilter, encode_cursor
 from api.purging import by_caller, eraser, purge_requested
@@ -82,7 +81,7 @@ def get_job(job_id: str) -> Body:
                 job = load_job(job_id)
                 while not job.status.is_final and (left := deadline - time.monotonic()) > 0:
                     message = inbox.get(min(left, inbox.recheck_s))
-                    if message is None or message[1] == CHANGED_BYTES:  # moved, or recheck
+                    if message is None or message.changed:  # moved, or recheck
                         job = load_job(job_id)
     return _render(job)
 

@@ -5,19 +5,19 @@ holds no thread: the API runs under gunicorn's gevent worker, so a waiting strea
 sleeping greenlet, woken by the job feed (:mod:`api.feed_listener`). Same tenant rules
 as the other routes (another tenant's job or batch is 404). A tenant may hold
 ``SIGHTLINE_STREAMS_PER_TENANT`` streams open at once across all API processes (counted
-in Redis with leases that each stream renews; a stream whose client vanished holds its
-slot until its next write fails, at most ``SIGHTLINE_STREAM_HEARTBEAT_S``): one more is
+in Redis with leases renewed for every open stream of the process together:
+:mod:`api.stream_upkeep`; a stream whose client vanished holds its slot until its next
+write fails, at most ``SIGHTLINE_STREAM_HEARTBEAT_S``): one more is
 refused with 429 ``too_many_streams``. If Redis cannot count, the stream goes ahead.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC
+from functools import partial
 
 import redis
 from flask import Blueprint, Response, current_app, request
@@ -28,11 +28,12 @@ from api.batch_stream import BatchStream
 from api.context import Services, services
 from api.job_stream import JobStream
 from api.metrics import ApiMetrics
+from api.stream_upkeep import StreamUpkeep
 from shared.error_codes import ErrorCode
 from shared.errors import TooManyRequests
 from shared.fair_share import queued_ahead
 from shared.models import Batch, Job
-from shared.redis_slots import Hold, RedisSlots
+from shared.redis_slots import Hold
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,6 @@ def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
     the console alike."""
     metrics = stream_metrics()
 
-    def read() -> Job:
-        with svc.sessions() as session:
-            found = session.get(Job, job.id)
-        if found is None:  # deleted under us
-            raise LookupError(f"job {job.id} is gone")
-        return found
-
     def ahead(queued: Job) -> int:
         with svc.sessions() as session:
             return queued_ahead(session, queued)
@@ -78,10 +72,11 @@ def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
 
     stream = JobStream(
         job.id,
-        read,
+        partial(svc.reads.read, job.id),
         ahead,
         svc.listener,
         svc.counters,
+        svc.upkeep,
         svc.settings.stream_heartbeat_s,
         on_first_delta=first_delta,
     )
@@ -89,38 +84,32 @@ def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
 
 
 def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Response:
-    """The streaming response, once the tenant has a stream slot (429 otherwise)."""
-    lease_s = 2 * svc.settings.stream_heartbeat_s + 10
-    slots = RedisSlots(svc.counters)
-    hold = _take_slot(slots, tenant_id, svc.settings.streams_per_tenant, lease_s)
+    """The streaming response, once the tenant has a stream slot (429 otherwise); the
+    slot is renewed while the stream lasts (:mod:`api.stream_upkeep`)."""
+    upkeep = svc.upkeep
+    hold = _take_slot(upkeep, tenant_id, svc.settings.streams_per_tenant)
     metrics = stream_metrics()
 
     def body() -> Iterator[str]:
         metrics.streams_open.inc()
-        renew_at = time.monotonic() + lease_s / 3
         try:
-            for chunk in events:
-                yield chunk
-                if hold is not None and time.monotonic() >= renew_at:
-                    renew_at = time.monotonic() + lease_s / 3
-                    with _best_effort("renew"):
-                        slots.renew(hold, lease_s)
+            yield from events
         finally:
             metrics.streams_open.dec()
             close = getattr(events, "close", None)
             if close is not None:
                 close()
             if hold is not None:
-                with _best_effort("release"):
-                    slots.release(hold)
+                upkeep.release(hold)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return Response(body(), mimetype="text/event-stream", headers=headers)
 
 
-def _take_slot(slots: RedisSlots, tenant_id: uuid.UUID, limit: int, lease_s: float) -> Hold | None:
+def _take_slot(upkeep: StreamUpkeep, tenant_id: uuid.UUID, limit: int) -> Hold | None:
+    lease_s = upkeep.lease_s
     try:
-        hold = slots.acquire({f"sightline:streams:{tenant_id}": limit}, lease_s)
+        hold = upkeep.slots.acquire({f"sightline:streams:{tenant_id}": limit}, lease_s)
     except redis.RedisError as exc:
         log.warning("stream cap not enforced: Redis unreachable (%s)", type(exc).__name__)
         return None
@@ -131,14 +120,6 @@ def _take_slot(slots: RedisSlots, tenant_id: uuid.UUID, limit: int, lease_s: flo
             code=ErrorCode.TOO_MANY_STREAMS,
         )
     return hold
-
-
-@contextmanager
-def _best_effort(what: str) -> Iterator[None]:
-    try:
-        yield
-    except redis.RedisError as exc:
-        log.warning("stream slot %s failed (%s); it lapses on its own", what, type(exc).__name__)
 
 
 def stream_metrics() -> ApiMetrics:

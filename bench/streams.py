@@ -7,9 +7,15 @@ once, PostgreSQL, Redis):
 * a **workload**: ``--jobs`` bulk jobs (one batch) of ``--tokens`` new tokens each, all
   running together, while a prober submits one interactive ``POST /v1/jobs`` every
   ``PROBE_S`` and times each answer;
-* **with streams**: the same, plus ``--watchers`` event streams per job opened as the
-  batch is accepted (50 × 20 = 1,000 by default), read by one asyncio client (aiohttp);
-  every stream must end with ``done`` and its answer deltas must spell the job's result.
+* **with streams**: the same, plus ``--watchers`` event streams per job (50 × 20 = 1,000
+  by default), read by one asyncio client (aiohttp) in this process; every stream must
+  end with ``done`` and its answer deltas must spell the job's result.
+
+The batch is accepted before any worker runs; in the round with streams, every stream is
+opened and has had its first (``queued``) event before the worker starts, so what is
+measured is a thousand open streams following running jobs, not a thousand connections
+arriving at once (how long opening them took is printed apart). The prober and the
+measured window start then, in both rounds alike.
 
 Printed: POST p50/p99 with ÷ without streams (target p99 ratio ≤ 2), worker throughput
 (tokens of the batch per second, first start to last finish) with ÷ without (target
@@ -28,6 +34,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,14 +68,25 @@ class Round:
     """One run of the workload."""
 
     streams: bool
-    post_ms: list[float] = field(default_factory=list)
+    posts: list[tuple[float, float]] = field(default_factory=list)  # (sent at, ms)
+    worker_at: float = 0.0  # when the worker was started
     tokens_per_s: float = 0.0
+    open_s: float = 0.0
+
+    @property
+    def post_ms(self) -> list[float]:
+        return [ms for _, ms in self.posts]
+
     watched: list[tuple[str, Watched]] = field(default_factory=list)
 
 
-async def watch(session: aiohttp.ClientSession, url: str, key: str, seen: Watched) -> None:
-    """Read one job's stream to its ``done`` (answer deltas into ``seen``)."""
+async def watch(
+    session: aiohttp.ClientSession, url: str, key: str, seen: Watched, opened: Callable[[], None]
+) -> None:
+    """Read one job's stream to its ``done`` (answer deltas into ``seen``); ``opened`` is
+    called at its first event (or as it fails)."""
     headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    first = True
     try:
         async with session.get(url, headers=headers) as response:
             if response.status != 200:
@@ -82,6 +100,9 @@ async def watch(session: aiohttp.ClientSession, url: str, key: str, seen: Watche
                 elif line.startswith("data:"):
                     data = line[5:].strip()
                 elif line == "" and data:
+                    if first:
+                        first = False
+                        opened()
                     body = json.loads(data)
                     if name == "reset":
                         seen.answer = ""
@@ -94,24 +115,38 @@ async def watch(session: aiohttp.ClientSession, url: str, key: str, seen: Watche
                     name, data = "message", ""
     except (TimeoutError, aiohttp.ClientError) as exc:
         seen.error = repr(exc)
+    finally:
+        if first:
+            opened()
 
 
-async def watch_all(stack: Stack, job_ids: list[str], watchers: int) -> list[tuple[str, Watched]]:
-    watched = [(job_id, Watched()) for job_id in job_ids for _ in range(watchers)]
+async def watch_all(
+    stack: Stack, watched: list[tuple[str, Watched]], all_open: threading.Event | None = None
+) -> None:
+    """Read every stream of ``watched`` to its end; ``all_open`` is set once each has had
+    its first event."""
+    waiting = len(watched)
+
+    def opened() -> None:
+        nonlocal waiting
+        waiting -= 1
+        if waiting == 0 and all_open is not None:
+            all_open.set()
+
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(
             *(
-                watch(session, f"{stack.url}/v1/jobs/{job_id}/events", stack.key, seen)
+                watch(session, f"{stack.url}/v1/jobs/{job_id}/events", stack.key, seen, opened)
                 for job_id, seen in watched
             )
         )
-    return watched
 
 
-def probe(stack: Stack, stop: threading.Event, took_ms: list[float]) -> None:
-    """One interactive POST every PROBE_S until ``stop``; each answer's time in ms."""
+def probe(stack: Stack, stop: threading.Event, took_ms: list[tuple[float, float]]) -> None:
+    """One interactive POST every PROBE_S until ``stop``; when each was sent
+    (``time.monotonic()``) and its answer's time in ms."""
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {stack.key}"
     count = 0
@@ -124,29 +159,41 @@ def probe(stack: Stack, stop: threading.Event, took_ms: list[float]) -> None:
             data={"prompt": "probe", "max_new_tokens": "1"},
             timeout=60,
         )
-        took_ms.append((time.monotonic() - started) * 1000)
+        took_ms.append((started, (time.monotonic() - started) * 1000))
         assert answer.status_code == 202, answer.text
 
 
 def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
     stack.reset()
-    stack.start_worker(max_batch_size=str(args.jobs + 8))
     result = Round(streams)
-    stop = threading.Event()
-    prober = threading.Thread(target=probe, args=(stack, stop, result.post_ms))
-    prober.start()
-    time.sleep(2)  # a few probes before the batch, in both rounds alike
     client = stack.client()
     items = [
         {"image": make_image(i), "prompt": f"describe #{i}", "max_new_tokens": args.tokens}
         for i in range(args.jobs)
     ]
     job_ids = [str(item["id"]) for item in client.batch(items)["accepted"]]
+    reader = None
     if streams:
-        result.watched = asyncio.run(watch_all(stack, job_ids, args.watchers))
+        result.watched = [(job_id, Watched()) for job_id in job_ids for _ in range(args.watchers)]
+        all_open = threading.Event()
+        opening = time.monotonic()
+        reader = threading.Thread(
+            target=lambda: asyncio.run(watch_all(stack, result.watched, all_open))
+        )
+        reader.start()
+        assert all_open.wait(600), "the streams did not all open"
+        result.open_s = time.monotonic() - opening
+    stop = threading.Event()
+    prober = threading.Thread(target=probe, args=(stack, stop, result.posts))
+    prober.start()
+    time.sleep(2)  # a few probes before the worker starts, in both rounds alike
+    result.worker_at = time.monotonic()
+    stack.start_worker(max_batch_size=str(args.jobs + 8))
     jobs = stack.wait_all(job_ids, timeout_s=1800)
     stop.set()
     prober.join()
+    if reader is not None:
+        reader.join()
     started = min(_time(job["started_at"]) for job in jobs)
     finished = max(_time(job["finished_at"]) for job in jobs)
     tokens = sum(job["output_tokens"] for job in jobs)
@@ -173,7 +220,8 @@ def first_delta(stack: Stack, tokens: int) -> tuple[float, float]:
     started = time.monotonic()
     # cache=False: a repeated request would be answered from the result cache (no model).
     job_id = client.submit(make_image(7), "first delta", max_new_tokens=tokens, cache=False)["id"]
-    [(_, seen)] = asyncio.run(watch_all(stack, [job_id], 1))
+    seen = Watched()
+    asyncio.run(watch_all(stack, [(job_id, seen)]))
     assert seen.done is not None and seen.first_delta_at is not None, seen.error
     return seen.first_delta_at - started, time.monotonic() - started
 
@@ -207,9 +255,15 @@ def main() -> int:
                 print(
                     f"round {number + 1} {'with' if streams else 'without'} streams: "
                     f"{done.tokens_per_s:.0f} tok/s, POST p50 {_p(done.post_ms, 50):.0f} ms "
-                    f"p99 {_p(done.post_ms, 99):.0f} ms ({len(done.post_ms)} posts)"
+                    f"p99 {_p(done.post_ms, 99):.0f} ms ({len(done.post_ms)} posts; slowest "
+                    + ", ".join(
+                        f"{ms:.0f} ms at {at - done.worker_at:+.1f} s"
+                        for at, ms in sorted(done.posts, key=lambda post: -post[1])[:3]
+                    )
+                    + " from the worker's start)"
                     + (
                         f", {len(done.watched) - len(bad)}/{len(done.watched)} streams right"
+                        f" (opened in {done.open_s:.1f} s)"
                         if streams
                         else ""
                     )

@@ -16,9 +16,12 @@ without the limit.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 
 # KEYS: the limits' sorted sets. ARGV: token, lease (s), then one limit per key.
 # Returns 1 when every key had room (the token now holds a slot in each), else 0.
@@ -39,14 +42,16 @@ end
 return 1
 """
 
-# KEYS: the hold's sorted sets. ARGV: token, lease (s). Pushes the hold's expiry to
-# now + lease where it is still held.
+# KEYS: the hold's sorted sets. ARGV: lease (s), then one or more tokens. Pushes each
+# token's expiry to now + lease where it is still held.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lease = tonumber(ARGV[2])
+local lease = tonumber(ARGV[1])
 for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now + lease, ARGV[1])
+  for i = 2, #ARGV do
+    redis.call('ZADD', key, 'XX', now + lease, ARGV[i])
+  end
   redis.call('EXPIRE', key, math.ceil(lease) + 1)
 end
 return 1
@@ -77,15 +82,23 @@ class RedisSlots:
         taken = self._acquire(keys=list(hold.keys), args=[hold.token, lease_s, *limits.values()])
         return hold if taken == 1 else None
 
-    def renew(self, hold: Hold, lease_s: float) -> None:
-        """Hold ``hold`` for ``lease_s`` seconds from now (a holder that outlives its
-        first lease renews it); raises ``redis.RedisError``."""
-        self._renew(keys=list(hold.keys), args=[hold.token, lease_s])
+    def renew_all(self, holds: Iterable[Hold], lease_s: float, pipe: Pipeline) -> None:
+        """Queue on ``pipe`` the renewal of every hold of ``holds`` (a holder that
+        outlives its first lease renews it) for ``lease_s`` seconds from when it runs:
+        one script call per distinct set of keys."""
+        tokens: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        for hold in holds:
+            tokens[hold.keys].append(hold.token)
+        for keys, same in tokens.items():
+            self._renew(keys=list(keys), args=[lease_s, *same], client=pipe)
 
-    def release(self, hold: Hold) -> None:
-        """Give ``hold`` back; raises ``redis.RedisError`` (the hold then lapses on its
-        own after its lease)."""
-        with self._client.pipeline(transaction=False) as pipe:
+    def release(self, hold: Hold, pipe: Pipeline | None = None) -> None:
+        """Give ``hold`` back, or queue that on ``pipe``; raises ``redis.RedisError``
+        (the hold then lapses on its own after its lease)."""
+        if pipe is not None:
             for key in hold.keys:
                 pipe.zrem(key, hold.token)
-            pipe.execute()
+            return
+        with self._client.pipeline(transaction=False) as own:
+            self.release(hold, own)
+            own.execute()
