@@ -62,6 +62,7 @@ from shared.models import Job, JobStatus, Priority, utcnow
 from shared.presets import Policy
 from shared.settings import Settings
 from worker import scheduling
+from worker.job_notices import JobNotices
 from worker.metrics import WorkerMetrics
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
 from worker.model.engine import Engine, StepEvents, StepFailed
@@ -139,6 +140,7 @@ class BatchService:
         metrics: WorkerMetrics,
         publisher: StepPublisher,
         feed: JobFeed,
+        notices: JobNotices,
         after_commit: AfterCommit,
         requeue: Callable[[Sequence[Job]], None],
         stopping: Callable[[], bool],
@@ -154,6 +156,7 @@ class BatchService:
         self._metrics = metrics
         self._publisher = publisher
         self._feed = feed
+        self._notices = notices
         self._after_commit = after_commit
         self._requeue = requeue
         self._stopping = stopping
@@ -482,18 +485,22 @@ class BatchService:
     def _abort_gone(self, run: _Run) -> None:
         """Abort the rows of jobs no longer running under this run's claim (canceled,
         purged, or taken over after a lost lease): their results would be discarded
-        anyway."""
+        anyway. Only jobs the feed says may have moved are looked up
+        (:mod:`worker.job_notices`)."""
+        suspect = self._notices.to_check(list(run.rows))
+        if not suspect:
+            return
         with self._sessions() as session:
             mine = set(
                 session.scalars(
                     select(Job.id).where(
-                        Job.id.in_(list(run.rows)),
+                        Job.id.in_(list(suspect)),
                         Job.status == JobStatus.RUNNING,
                         Job.claim_token == run.token,
                     )
                 )
             )
-        for job_id in [job_id for job_id in run.rows if job_id not in mine]:
+        for job_id in [job_id for job_id in run.rows if job_id in suspect - mine]:
             log.info("job %s is no longer this worker's (canceled?); aborting its row", job_id)
             self._engine.abort(job_id)
             self._publisher.forget(job_id)

@@ -23,6 +23,7 @@ from shared.settings import Settings
 from shared.tasks import GPU_QUEUES, QUEUE_INTERACTIVE
 from worker.batching import BatchService
 from worker.faults import FaultInjectingEngine, crash_after_commit
+from worker.job_notices import JobNotices
 from worker.metrics import WorkerMetrics
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
 from worker.model.engine import Engine, EngineLimits
@@ -135,6 +136,7 @@ def run_worker(
             messages_per_s=settings.stream_messages_per_s,
         ),
         feed=JobFeed(broker),
+        notices=JobNotices(broker),
         after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
         requeue=requeue,
         stopping=shutting_down,
