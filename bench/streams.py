@@ -4,9 +4,13 @@ Measured side by side in one run, rounds taking turns, through the whole system 
 as ``sightline api`` runs it, a worker on the tiny checkpoint with room for every job at
 once, PostgreSQL, Redis):
 
-* a **workload**: ``--jobs`` bulk jobs (one batch) of ``--tokens`` new tokens each, all
-  running together, while a prober submits one interactive ``POST /v1/jobs`` every
-  ``PROBE_S`` and times each answer;
+* a **workload**: ``--jobs`` bulk jobs (one batch) of ``--tokens`` ÷ 2 to ``--tokens``
+  new tokens each (drawn with a fixed seed, the same in every round), all running
+  together, while a prober submits one interactive ``POST /v1/jobs`` every ``PROBE_S``
+  and times each answer. The lengths differ as a real model's answers do (each stops at
+  its end token; the random checkpoint never writes one, so it is told where to stop):
+  fifty answers of one length would all end in the same step, and their thousand
+  streams close in the same instant, a burst real traffic does not make;
 * **with streams**: the same, plus ``--watchers`` event streams per job (50 × 20 = 1,000
   by default), read by one asyncio client (aiohttp) in this process; every stream must
   end with ``done`` and its answer deltas must spell the job's result.
@@ -23,7 +27,7 @@ Printed: POST p50/p99 with ÷ without streams (target p99 ratio ≤ 2), worker t
 to its first delta against its total latency (submission to ``done``), median of
 ``--latency-runs``.
 
-    python bench/streams.py [--jobs 50] [--watchers 20] [--tokens 200] [--rounds 2]
+    python bench/streams.py [--jobs 50] [--watchers 20] [--tokens 1000] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import threading
 import time
@@ -45,7 +50,7 @@ from harness import checkpoint, running_stack
 
 from tests.stack import Stack, make_image
 
-PROBE_S = 0.25
+PROBE_S = 0.1
 SETTINGS = {
     "SIGHTLINE_STREAMS_PER_TENANT": "5000",
     "SIGHTLINE_STREAM_HEARTBEAT_S": "15",
@@ -168,8 +173,8 @@ def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
     result = Round(streams)
     client = stack.client()
     items = [
-        {"image": make_image(i), "prompt": f"describe #{i}", "max_new_tokens": args.tokens}
-        for i in range(args.jobs)
+        {"image": make_image(i), "prompt": f"describe #{i}", "max_new_tokens": tokens}
+        for i, tokens in enumerate(lengths(args))
     ]
     job_ids = [str(item["id"]) for item in client.batch(items)["accepted"]]
     reader = None
@@ -202,6 +207,12 @@ def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
     for job_id, seen in result.watched:
         seen.error = seen.error or _mismatch(seen, results[job_id])
     return result
+
+
+def lengths(args: argparse.Namespace) -> list[int]:
+    """Each job's ``max_new_tokens`` (see the module docstring)."""
+    draw = random.Random(0)
+    return [draw.randint(args.tokens // 2, args.tokens) for _ in range(args.jobs)]
 
 
 def _mismatch(seen: Watched, result: str) -> str | None:
@@ -238,12 +249,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--watchers", type=int, default=20)
-    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latency-runs", type=int, default=5)
     args = parser.parse_args()
     print(
-        f"{args.jobs} jobs × {args.tokens} tokens, {args.jobs * args.watchers} streams, "
+        f"{args.jobs} jobs × {args.tokens // 2}-{args.tokens} tokens, "
+        f"{args.jobs * args.watchers} streams, "
         f"tiny checkpoint, {time.strftime('%Y-%m-%d')}"
     )
     with running_stack(checkpoint("tiny"), SETTINGS) as stack:
