@@ -7,7 +7,8 @@ by each stream on its own, a thousand streams make a hundred Redis round trips a
 and come in bursts (streams opened together renew together). Here one background thread
 (a greenlet under gunicorn's gevent worker) renews every hold and every watched job of
 the process in one pipeline each ``every_s``, and gives back the slots of streams that
-ended, as soon as they end, many in one pipeline when many end at once.
+ended, as soon as they end, many in one pipeline when many end at once. The thread ends
+when the process has no stream open, and starts again with the next one.
 
 Best effort, as before: when Redis cannot be reached, a renewal is tried again at the
 next round, and a slot not given back lapses after its lease.
@@ -93,10 +94,15 @@ class StreamUpkeep:
                 released, self._released = self._released, []
                 holds = list(self._holds) if renew else []
                 watched = list(self._watched) if renew else []
+                idle = not (self._holds or self._watched)
+                if idle:  # no stream open: end (the next one starts the thread again)
+                    self._thread = None
             try:
                 self._apply(released, holds, watched)
             except redis.RedisError as exc:
                 log.warning("stream upkeep failed (%s); slots lapse on their own", exc)
+            if idle:
+                return
 
     def _apply(self, released: list[Hold], holds: list[Hold], watched: list[uuid.UUID]) -> None:
         """Give back ``released``, renew ``holds`` and the watch keys of ``watched``: one

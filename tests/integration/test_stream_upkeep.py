@@ -41,6 +41,10 @@ def test_kept_slots_outlive_their_lease_and_a_release_frees_one_at_once(
         timeout_s=0.5,
         what="the released slot free again",
     )
+    for hold in holds[1:]:
+        assert hold is not None
+        upkeep.release(hold)
+    wait_until(lambda: upkeep._thread is None, timeout_s=5, what="the thread ended, idle")
 
 
 def test_a_slot_no_longer_kept_lapses(redis_server: RedisServer, limit: str) -> None:
@@ -56,6 +60,7 @@ def test_a_slot_no_longer_kept_lapses(redis_server: RedisServer, limit: str) -> 
         what="the unkept slot lapsed",
     )
     assert client.zscore(limit, alive.token) is not None, "the kept one still held"
+    kept.release(alive)
 
 
 def test_watch_keys_are_kept_while_a_stream_of_their_job_is_open(
