@@ -15,6 +15,11 @@ once, PostgreSQL, Redis):
   by default), read by one asyncio client (aiohttp) in this process; every stream must
   end with ``done`` and its answer deltas must spell the job's result.
 
+The worker's torch runs on one thread (``OMP_NUM_THREADS=1``), in both rounds alike: with
+torch's default of one per core, its threads wait for each other whenever the API, the
+database or this client takes one of the two cores, and the worker ran slower in every
+round, streams or not (docs/benchmarks.md).
+
 The batch is accepted before any worker runs; in the round with streams, every stream is
 opened and has had its first (``queued``) event before the worker starts, so what is
 measured is a thousand open streams following running jobs, not a thousand connections
@@ -52,6 +57,7 @@ from tests.stack import Stack, make_image
 
 PROBE_S = 0.1
 SETTINGS = {
+    "OMP_NUM_THREADS": "1",  # see the module docstring
     "SIGHTLINE_STREAMS_PER_TENANT": "5000",
     "SIGHTLINE_STREAM_HEARTBEAT_S": "15",
     "SIGHTLINE_RATE_LIMIT": "0/1",
