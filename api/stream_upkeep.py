@@ -52,11 +52,16 @@ class StreamUpkeep:
         """The slots the holds are taken from."""
         return self._slots
 
-    def keep(self, hold: Hold) -> None:
-        """Renew ``hold`` until :meth:`release`."""
-        with self._lock:
-            self._start()
-            self._holds.add(hold)
+    def take(self, limits: dict[str, int]) -> Hold | None:
+        """A slot in every key of ``limits`` (:meth:`RedisSlots.acquire`), renewed from
+        now until :meth:`release`; ``None`` when any is full. Raises
+        ``redis.RedisError`` when Redis cannot be reached."""
+        hold = self._slots.acquire(limits, self.lease_s)
+        if hold is not None:
+            with self._lock:
+                self._start()
+                self._holds.add(hold)
+        return hold
 
     def release(self, hold: Hold) -> None:
         """Stop renewing ``hold`` and give it back (at once, in the background)."""

@@ -107,16 +107,15 @@ def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Resp
 
 
 def _take_slot(upkeep: StreamUpkeep, tenant_id: uuid.UUID, limit: int) -> Hold | None:
-    lease_s = upkeep.lease_s
     try:
-        hold = upkeep.slots.acquire({f"sightline:streams:{tenant_id}": limit}, lease_s)
+        hold = upkeep.take({f"sightline:streams:{tenant_id}": limit})
     except redis.RedisError as exc:
         log.warning("stream cap not enforced: Redis unreachable (%s)", type(exc).__name__)
         return None
     if hold is None:
         raise TooManyRequests(
             f"this tenant already holds {limit} event streams open; close one or poll",
-            retry_after=int(lease_s),
+            retry_after=int(upkeep.lease_s),
             code=ErrorCode.TOO_MANY_STREAMS,
         )
     return hold

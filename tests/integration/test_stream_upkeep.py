@@ -27,11 +27,8 @@ def test_kept_slots_outlive_their_lease_and_a_release_frees_one_at_once(
 ) -> None:
     client = redis.Redis.from_url(redis_server.url)
     upkeep = StreamUpkeep(client, lease_s=1.5)  # renewed every 0.5 s
-    holds = [upkeep.slots.acquire({limit: 3}, upkeep.lease_s) for _ in range(3)]
+    holds = [upkeep.take({limit: 3}) for _ in range(3)]
     assert all(holds)
-    for hold in holds:
-        assert hold is not None
-        upkeep.keep(hold)
     time.sleep(4)  # more than two leases
     assert upkeep.slots.acquire({limit: 3}, upkeep.lease_s) is None, "all three still held"
     assert holds[0] is not None
@@ -51,9 +48,8 @@ def test_a_slot_no_longer_kept_lapses(redis_server: RedisServer, limit: str) -> 
     """What a process that died with open streams leaves: nothing renews its holds."""
     client = redis.Redis.from_url(redis_server.url)
     kept, dead = StreamUpkeep(client, lease_s=1.5), StreamUpkeep(client, lease_s=1.5)
-    alive = kept.slots.acquire({limit: 2}, kept.lease_s)
+    alive = kept.take({limit: 2})
     assert alive is not None and dead.slots.acquire({limit: 2}, dead.lease_s) is not None
-    kept.keep(alive)
     wait_until(
         lambda: kept.slots.acquire({limit: 2}, kept.lease_s) is not None,
         timeout_s=5,

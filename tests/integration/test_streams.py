@@ -225,3 +225,25 @@ def _opens(stack: Stack, path: str) -> requests.Response | None:
         return response
     response.close()
     return None
+
+
+def test_a_stream_holds_its_slot_for_longer_than_one_lease(pg_stack: Stack) -> None:
+    """The test stack's slot lease is 2 × the 2 s heartbeat + 10 s = 14 s: streams open
+    for longer still count against the cap (their slots are renewed)."""
+    tenant = json.loads(pg_stack.cli("keys", "create", f"long-{uuid.uuid4().hex[:6]}", "--json"))
+    key = tenant["key"]
+    job_id = pg_stack.client(key).submit(make_image(7), "no worker: stays queued")["id"]
+    path = f"/v1/jobs/{job_id}/events"
+    opened = []
+    for _ in range(4):
+        response = pg_stack.call("GET", path, key=key, stream=True, timeout=30)
+        assert response.status_code == 200
+        reading = events(response)  # kept: a dropped reader closes its connection
+        next(reading)
+        opened.append((response, reading))
+    time.sleep(18)  # past the first lease, and a renewal (every 14 ÷ 3 s) after it
+    over = pg_stack.call("GET", path, key=key, stream=True, timeout=30)
+    over.close()
+    for response, _ in opened:
+        response.close()
+    assert over.status_code == 429, "the four open streams still hold their slots"
