@@ -1,8 +1,8 @@
 """One database read of a job for every waiter of a process that needs it at once.
 
-When a job moves, the job feed wakes every stream and long-poll of that job in the
-process (twenty readers of one job are twenty waiters), and each must then see the job
-as committed *after* the notice. They need not each read it: a read that started after
+When a job moves, the job feed wakes every event stream of that job in the process
+(twenty readers of one job are twenty waiters), and each must then see the job as
+committed *after* the notice. They need not each read it: a read that started after
 the notice arrived (:attr:`api.feed_listener.Message.received_at`) shows that state to
 all of them. :meth:`JobReads.read` returns such a read, made by whichever waiter asked
 first while the others wait for it (one read in flight per job), so a notice costs a

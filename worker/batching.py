@@ -487,7 +487,7 @@ class BatchService:
         purged, or taken over after a lost lease): their results would be discarded
         anyway. Only jobs the feed says may have moved are looked up
         (:mod:`worker.job_notices`)."""
-        suspect = self._notices.to_check(list(run.rows))
+        suspect = self._notices.to_check(run.rows.keys())
         if not suspect:
             return
         with self._sessions() as session:
@@ -500,7 +500,7 @@ class BatchService:
                     )
                 )
             )
-        for job_id in [job_id for job_id in run.rows if job_id in suspect - mine]:
+        for job_id in suspect - mine:  # suspects are all running rows
             log.info("job %s is no longer this worker's (canceled?); aborting its row", job_id)
             self._engine.abort(job_id)
             self._publisher.forget(job_id)

@@ -52,8 +52,9 @@ class JobNotices:
     def to_check(self, running: Collection[uuid.UUID]) -> set[uuid.UUID]:
         """The jobs of ``running`` to look up in the database before the next step (an
         empty set: none may have moved). Follows ``running`` from now on."""
+        jobs = set(running)
         try:
-            self._follow(running)
+            self._follow(jobs)
             self._read()
         except (redis.RedisError, OSError) as exc:
             log.warning("job notices lost (%s); checking every job", type(exc).__name__)
@@ -61,19 +62,18 @@ class JobNotices:
         now = self._clock()
         if self._pubsub is None or now >= self._full_at:
             self._full_at = now + self._full_check_s
-            wanted = set(running)
+            wanted = set(jobs)
         else:
             unchecked = self._confirmed - self._checked  # joined: check once subscribed
-            wanted = (self._noticed | unchecked) & set(running)
+            wanted = (self._noticed | unchecked) & jobs
         self._noticed -= wanted
         self._checked |= wanted & self._confirmed
         return wanted
 
-    def _follow(self, running: Collection[uuid.UUID]) -> None:
+    def _follow(self, running: set[uuid.UUID]) -> None:
         if self._pubsub is None:
             self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-        wanted = set(running)
-        new, gone = wanted - self._following, self._following - wanted
+        new, gone = running - self._following, self._following - running
         if new:
             self._pubsub.subscribe(*(job_channel(job_id) for job_id in new))
         if gone:
@@ -81,7 +81,7 @@ class JobNotices:
             self._confirmed -= gone
             self._noticed -= gone
             self._checked -= gone
-        self._following = wanted
+        self._following = running
 
     def _read(self) -> None:
         """Take every message already received, without waiting."""
