@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
 
 import redis
 from celery import Celery
 from flask import current_app
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.feed_listener import FeedListener
@@ -74,20 +75,20 @@ class Services:
                     settings.broker_url, socket_connect_timeout=2, health_check_interval=30
                 )
             ),
-            reads=JobReads(partial(_load_job, sessions)),
+            reads=JobReads(partial(_load_jobs, sessions)),
             # A stream slot's lease: two heartbeats (a vanished reader is noticed at a
             # write) and room for a renewal that comes late.
             upkeep=StreamUpkeep(counters, lease_s=2 * settings.stream_heartbeat_s + 10),
         )
 
 
-def _load_job(sessions: sessionmaker[Session], job_id: uuid.UUID) -> Job:
-    """The job from the database; ``LookupError`` if it is gone (purged)."""
+def _load_jobs(
+    sessions: sessionmaker[Session], job_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, Job]:
+    """The jobs with these ids that the database holds (purged ones are missing), in one
+    query."""
     with sessions() as session:
-        found = session.get(Job, job_id)
-    if found is None:
-        raise LookupError(f"job {job_id} is gone")
-    return found
+        return {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(job_ids)))}
 
 
 def services() -> Services:
