@@ -85,10 +85,10 @@ class Settings(BaseSettings):
     stream_messages_per_s: float = Field(
         default=50,
         gt=0,
-        description="Most text messages a worker publishes per second: with more watched "
-        "running jobs than this × the interval, each is updated less often (50 watched "
-        "jobs at 50/s: once a second each), so thousands of readers cannot take a worker's "
-        "time, nor the API's.",
+        description="Most text messages a worker publishes per second, spread evenly over "
+        "its watched jobs: with more watched running jobs than this × the interval, each "
+        "is updated less often (50 watched jobs at 50/s: once a second each, five of them "
+        "every 0.1 s), so thousands of readers cannot take a worker's time, nor the API's.",
     )
     max_image_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1024, description="Largest accepted image upload (bytes)."

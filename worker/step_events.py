@@ -2,13 +2,15 @@
 
 Every ``interval_s`` (and not more often, however fast the engine steps) the publisher
 reads the watch keys of the engine's running jobs (one ``MGET``; :mod:`shared.job_feed`)
-and, for each watched job whose text grew, publishes a ``text`` message with what each
-part (reasoning, answer: :func:`shared.job_feed.stream_parts`) gained, and stores the
-parts in the job's replay hash. Text between two rounds goes out in the next one, so
-nothing is skipped: a round sends everything since the last. Rounds are spaced further
-apart when many jobs are watched, so that at most ``messages_per_s`` messages go out per
-second (the readers of each message cost the API a write each): with 5 watched jobs every
-0.1 s, with 50 every second.
+and takes its turn with up to ``messages_per_s × interval_s`` of the watched jobs, those
+whose turn is oldest: for each whose text grew it publishes a ``text`` message with what
+each part (reasoning, answer: :func:`shared.job_feed.stream_parts`) gained since its last
+turn, and stores the parts in the job's replay hash. Nothing is skipped: a turn sends
+everything since the last. So at most ``messages_per_s`` messages go out per second (the
+readers of each message cost the API a write each), spread evenly: with 5 watched jobs
+each every 0.1 s, with 50 each every second, five of them every 0.1 s, rather than all
+fifty at once (a thousand readers woken in the same instant would hold up every other
+request to the API for that instant).
 
 A job whose watch key changed value (the key lapsed and a new reader set it again) is
 sent whole again, from offset 0, since what it was sent before may be gone with the
@@ -45,10 +47,12 @@ _PARTS = ("reasoning", "answer")
 
 @dataclass
 class _Watched:
-    """What one watched job was sent: under which watch value, and each part's text."""
+    """What one watched job was sent: under which watch value, each part's text, and
+    when its last turn was."""
 
     value: bytes | str
     sent: dict[str, str]
+    turn_at: float = -float("inf")
 
 
 class StepPublisher:
@@ -66,7 +70,7 @@ class StepPublisher:
         self._interval_s = interval_s
         self._messages_per_s = messages_per_s
         self._clock = clock
-        self._round_at = -float("inf")
+        self._round_at: float | None = None
         self._watched: dict[uuid.UUID, _Watched] = {}
 
     def publish(self, engine: Engine, events: StepEvents, claim: uuid.UUID) -> None:
@@ -75,13 +79,15 @@ class StepPublisher:
         for job_id in (*events.finished, *events.failed):
             self.forget(job_id)
         now = self._clock()
-        # Fewer, larger rounds when many jobs are watched (see the module docstring).
-        spacing = max(self._interval_s, len(self._watched) / self._messages_per_s)
-        if now - self._round_at < spacing or not engine.running:
+        since = self._interval_s if self._round_at is None else now - self._round_at
+        if since < self._interval_s or not engine.running:
             return
         self._round_at = now
+        # The budget of the time since the last round: steps slower than interval_s
+        # still get messages_per_s out.
+        turns = max(1, round(self._messages_per_s * min(since, 1.0)))
         try:
-            self._round(engine, claim_label(claim))
+            self._round(engine, claim_label(claim), now, turns)
         except redis.RedisError:
             log.warning("could not publish step events", exc_info=True)
 
@@ -89,10 +95,10 @@ class StepPublisher:
         """Drop what is known of ``job_id`` (settled, aborted, or handed back)."""
         self._watched.pop(job_id, None)
 
-    def _round(self, engine: Engine, claim: str) -> None:
+    def _round(self, engine: Engine, claim: str, now: float, turns: int) -> None:
+        """Take the turns of the ``turns`` watched jobs whose turn is oldest."""
         ids = list(engine.running)
         values = self._client.mget([watch_key(job_id) for job_id in ids])
-        pipe = self._client.pipeline(transaction=False)
         watched: dict[uuid.UUID, _Watched] = {}
         for job_id, value in zip(ids, values, strict=True):
             if value is None:
@@ -101,6 +107,12 @@ class StepPublisher:
             if before is None or before.value != value:
                 before = _Watched(value, dict.fromkeys(_PARTS, ""))
             watched[job_id] = before
+        self._watched = watched
+        due = sorted(watched, key=lambda job_id: watched[job_id].turn_at)[:turns]
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in due:
+            before = watched[job_id]
+            before.turn_at = now
             parts = dict(zip(_PARTS, stream_parts(engine.text(job_id)), strict=True))
             if parts == before.sent:
                 continue
@@ -116,7 +128,6 @@ class StepPublisher:
             )
             pipe.expire(text_key(job_id), TEXT_TTL_S)
             before.sent = parts
-        self._watched = watched
         pipe.execute()
 
 

@@ -1,5 +1,5 @@
 """The worker's step publisher (``worker.step_events``) against a real Redis: what it
-publishes for watched jobs, and how its rounds spread out when many are watched.
+publishes for watched jobs, and how it spreads their turns out when many are watched.
 
 The engine is a stand-in holding each job's text (the publisher reads only ``running``
 and ``text``); the clock is a counter the test moves.
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 
 import pytest
 import redis
@@ -47,31 +49,58 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     found.close()
 
 
-def test_rounds_spread_out_to_keep_within_the_message_budget(client: redis.Redis) -> None:
+def test_turns_spread_out_to_keep_within_the_message_budget(client: redis.Redis) -> None:
     now = [0.0]
-    publisher = StepPublisher(client, interval_s=0.1, messages_per_s=50, clock=lambda: now[0])
+    publisher = StepPublisher(client, interval_s=0.125, messages_per_s=40, clock=lambda: now[0])
     engine = Texts(100)
     for job_id in engine.running:
         client.set(watch_key(job_id), "reader")
     listener = client.pubsub()
     listener.psubscribe("sightline:job:*")
     claim = uuid.uuid4()
-    published: list[float] = []
-    # Ten seconds of steps every 50 ms, a word each: 100 watched jobs at 50 messages a
-    # second means a round (100 messages) every 2 s, not every 0.1 s.
-    for step in range(200):
-        now[0] = step * 0.05
+    published: dict[bytes, list[float]] = {}
+    # Ten seconds of steps every 62.5 ms, a word each: 100 watched jobs at 40 messages a
+    # second means five every 0.125 s (not 100 every 2.5 s), each job every 2.5 s.
+    for step in range(160):
+        now[0] = step * 0.0625
         engine.write("word ")
         publisher.publish(engine, StepEvents(), claim)  # type: ignore[arg-type]
         while (message := listener.get_message(timeout=0.01)) is not None:
             if message["type"] == "pmessage":
-                published.append(now[0])
-    rounds = sorted(set(published))
-    assert rounds == [0.0, 2.0, 4.0, 6.0, 8.0]
-    assert len(published) == 5 * 100
-    # Nothing is skipped: the replay hash holds each job's whole text of the last round.
+                published.setdefault(message["channel"], []).append(now[0])
+    rounds = Counter(at for times in published.values() for at in times)
+    assert sorted(rounds) == [turn * 0.125 for turn in range(80)]
+    assert set(rounds.values()) == {5}
+    assert len(published) == 100
+    assert all(
+        [later - earlier for earlier, later in pairwise(times)] == [2.5] * (len(times) - 1)
+        for times in published.values()
+    )
+    # Nothing is skipped: the replay hash holds each job's whole text as of its last turn.
     first = engine.running[0]
-    assert client.hget(text_key(first), "answer") == ("word " * 161).encode()
+    last_turn = published[job_channel(first).encode()][-1]
+    words = int(last_turn / 0.0625) + 1
+    assert client.hget(text_key(first), "answer") == ("word " * words).encode()
+
+
+def test_slow_steps_still_get_the_message_budget_out(client: redis.Redis) -> None:
+    now = [0.0]
+    publisher = StepPublisher(client, interval_s=0.125, messages_per_s=40, clock=lambda: now[0])
+    engine = Texts(100)
+    for job_id in engine.running:
+        client.set(watch_key(job_id), "reader")
+    listener = client.pubsub()
+    listener.psubscribe("sightline:job:*")
+    counts = []
+    for step in range(1, 5):  # a step every 0.5 s: twenty turns each
+        now[0] = step * 0.5
+        engine.write("word ")
+        publisher.publish(engine, StepEvents(), uuid.uuid4())  # type: ignore[arg-type]
+        count = 0
+        while (message := listener.get_message(timeout=0.01)) is not None:
+            count += message["type"] == "pmessage"
+        counts.append(count)
+    assert counts == [5, 20, 20, 20]  # the first round's budget is one interval's
 
 
 def test_a_few_watched_jobs_are_published_every_interval(client: redis.Redis) -> None:
