@@ -107,6 +107,7 @@ class FeedListener:
         # Channels subscribed again after a lost connection, not yet confirmed.
         self._resubscribing: set[str] = set()
         self._thread: threading.Thread | None = None
+        self._waiters = 0
 
     @contextmanager
     def subscribe(self, *channels: str) -> Iterator[Inbox]:
@@ -114,6 +115,7 @@ class FeedListener:
         inbox = Inbox(channels)
         with self._lock:
             self._start()
+            self._waiters += 1
             waits = []
             for name in channels:
                 self._inboxes.setdefault(name, set()).add(inbox)
@@ -126,6 +128,7 @@ class FeedListener:
             yield inbox
         finally:
             with self._lock:
+                self._waiters -= 1
                 for name in channels:
                     others = self._inboxes.get(name, set())
                     others.discard(inbox)
@@ -133,6 +136,12 @@ class FeedListener:
                         self._inboxes.pop(name, None)
                         self._confirmed.pop(name, None)
                         self._requests.put(name)
+
+    @property
+    def waiters(self) -> int:
+        """How many inboxes this process has open now."""
+        with self._lock:
+            return self._waiters
 
     @property
     def channels(self) -> int:

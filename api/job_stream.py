@@ -96,7 +96,13 @@ class JobStream:
     returns the job as read from the database at or after ``since`` (``time.monotonic()``;
     a read that serves all the job's readers woken by one notice: :mod:`api.job_reads`),
     and ``ahead`` counts what is queued before it;
-    ``on_first_delta`` is told when (``time.time()``) this stream sent its first text."""
+    ``on_first_delta`` is told when (``time.time()``) this stream sent its first text.
+
+    A ``status`` event for a move that does not end the job is held back for
+    ``status_delay()`` seconds, or until text or the end must follow it, whichever comes
+    first: when fifty jobs start at once, a process's thousand readers then do not all
+    write in the same instant (a request arriving then would wait behind them all), and
+    nothing is reordered."""
 
     job_id: uuid.UUID
     read: Callable[[float], Job]
@@ -106,6 +112,7 @@ class JobStream:
     upkeep: StreamUpkeep
     heartbeat_s: float
     on_first_delta: Callable[[float], None] = lambda seconds: None
+    status_delay: Callable[[], float] = lambda: 0.0
     known: dict[str, str] = field(default_factory=lambda: dict.fromkeys(PARTS, ""))
     _sent_text: bool = False
 
@@ -128,7 +135,12 @@ class JobStream:
         now = time.monotonic()
         recheck_at, beat_at = now + inbox.recheck_s, now + self.heartbeat_s
         noticed_at: float | None = None  # when a notice said the job moved
+        held, held_until = "", float("inf")  # status events held back, and until when
         while True:
+            now = time.monotonic()
+            if held and (now >= held_until or job.status.is_final or self._behind(at)):
+                yield held
+                held, held_until = "", float("inf")
             if job.status.is_final:
                 yield from self._finish(job, at)
                 return
@@ -143,14 +155,18 @@ class JobStream:
                 job = self.read(now if noticed_at is None else noticed_at)
                 noticed_at = None
                 if not job.status.is_final and (job.status, job.claim_token) != before:
-                    yield self._status(job, at)
+                    held += self._status(job, at)
+                    held_until = min(held_until, now + self.status_delay())
                 continue
-            message = inbox.get(min(recheck_at, beat_at) - now)
+            message = inbox.get(min(recheck_at, beat_at, held_until) - now)
             if message is None:
                 continue
             if message.changed:
                 recheck_at, noticed_at = now, message.received_at  # read the new state now
                 continue
+            if held:  # what the message brings comes after it
+                yield held
+                held, held_until = "", float("inf")
             job = yield from self._text(message, job, at)
 
     def _status(self, job: Job, at: Position) -> str:
@@ -191,6 +207,10 @@ class JobStream:
                 return job
             self.known[part] = self.known[part][:offset] + delta
         return job
+
+    def _behind(self, at: Position) -> bool:
+        """Whether ``known`` differs from what the reader has (deltas or a reset due)."""
+        return any(len(self.known[part]) != at.have[part] for part in PARTS)
 
     def _deltas(self, at: Position) -> Iterator[str]:
         """``delta`` events for what the reader lacks of ``known``; ``reset`` first where

@@ -9,11 +9,14 @@ in Redis with leases renewed for every open stream of the process together:
 :mod:`api.stream_upkeep`; a stream whose client vanished holds its slot until its next
 write fails, at most ``SIGHTLINE_STREAM_HEARTBEAT_S``): one more is
 refused with 429 ``too_many_streams``. If Redis cannot count, the stream goes ahead.
+A status event that does not end its job is spread over a moment that grows with the
+process's open streams (:func:`status_delay`).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from collections.abc import Iterator
 from datetime import UTC
@@ -26,6 +29,7 @@ from api.access import load_job, load_owned
 from api.auth import authenticate, current_key
 from api.batch_stream import BatchStream
 from api.context import Services, services
+from api.feed_listener import FeedListener
 from api.job_stream import JobStream
 from api.metrics import ApiMetrics
 from api.stream_upkeep import StreamUpkeep
@@ -36,6 +40,10 @@ from shared.models import Batch, Job
 from shared.redis_slots import Hold
 
 log = logging.getLogger(__name__)
+
+# The spread of status events (see status_delay): per waiter, and at most.
+STATUS_SPREAD_S = 0.001
+STATUS_SPREAD_MAX_S = 0.25
 
 streams = Blueprint("streams", __name__, url_prefix="/v1")
 streams.before_request(authenticate)
@@ -79,8 +87,18 @@ def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
         svc.upkeep,
         svc.settings.stream_heartbeat_s,
         on_first_delta=first_delta,
+        status_delay=partial(status_delay, svc.listener),
     )
     return _respond(svc, tenant_id, stream.events(request.headers.get("Last-Event-ID")))
+
+
+def status_delay(listener: FeedListener) -> float:
+    """How long a stream holds back a status event that does not end its job
+    (:class:`api.job_stream.JobStream`): a random moment within a spread of
+    ``STATUS_SPREAD_S`` per waiter of this process, at most ``STATUS_SPREAD_MAX_S``. A
+    lone stream sends at once; a thousand woken by fifty jobs starting together send over
+    ``STATUS_SPREAD_MAX_S``, not in one instant."""
+    return random.uniform(0.0, min(STATUS_SPREAD_MAX_S, listener.waiters * STATUS_SPREAD_S))
 
 
 def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Response:

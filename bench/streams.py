@@ -24,7 +24,8 @@ The batch is accepted before any worker runs; in the round with streams, every s
 opened and has had its first (``queued``) event before the worker starts, so what is
 measured is a thousand open streams following running jobs, not a thousand connections
 arriving at once (how long opening them took is printed apart). The prober and the
-measured window start ``SETTLE_S`` later, in both rounds alike.
+measured window start then (``SETTLE_S`` after the last stream's first event), in both
+rounds alike.
 
 Printed: POST p50/p99 with ÷ without streams (target p99 ratio ≤ 2), worker throughput
 (tokens of the batch per second, first start to last finish) with ÷ without (target

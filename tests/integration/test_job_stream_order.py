@@ -1,0 +1,129 @@
+"""A job's event stream (``api/job_stream.py``) driven directly, against a real Redis: a
+status event that does not end the job is held back for its delay, but never behind the
+text or the end that follows it. The job's database row is a stand-in the test moves;
+the notices and text go through Redis pub/sub as the worker sends them."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from api.feed_listener import FeedListener
+from api.job_stream import JobStream
+from api.stream_upkeep import StreamUpkeep
+from cli.redis_server import RedisServer
+from shared.job_feed import CHANGED, claim_label, job_channel, text_message
+from shared.models import Job, JobStatus, Priority
+
+QUIET_S = 0.5  # how long "nothing was sent" is watched for
+
+
+class Row:
+    """The job as the database holds it."""
+
+    def __init__(self) -> None:
+        now = datetime.now(UTC)
+        self.fields: dict[str, Any] = dict(
+            id=uuid.uuid4(),
+            status=JobStatus.QUEUED,
+            attempts=0,
+            priority=Priority.BULK,
+            prompt="p",
+            options={},
+            image_sha256="0" * 64,
+            image_width=1,
+            image_height=1,
+            thinking=False,
+            cached=False,
+            created_at=now,
+            deadline_at=now + timedelta(hours=1),
+        )
+        self.job = Job(**self.fields)
+
+    def read(self, since: float) -> Job:
+        return self.job
+
+    def move(self, **changes: Any) -> None:
+        self.fields.update(changes)
+        self.job = Job(**self.fields)
+
+    def start(self) -> uuid.UUID:
+        token = uuid.uuid4()
+        attempts = self.fields["attempts"] + 1
+        self.move(status=JobStatus.RUNNING, attempts=attempts, claim_token=token, worker="cpu0@t")
+        return token
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> redis.Redis:
+    """Left open: the listeners' threads outlive the test."""
+    return redis.Redis.from_url(redis_server.url)
+
+
+def _events(stream: JobStream) -> queue.Queue[str]:
+    """The stream's events (without comments), read in a thread of their own."""
+    events: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for event in stream.events(None):
+            if event.startswith("event:") or "\nevent:" in event:
+                events.put(event.split("event: ", 1)[1].split("\n", 1)[0])
+
+    threading.Thread(target=read, daemon=True).start()
+    return events
+
+
+def _stream(client: redis.Redis, row: Row, delay_s: float) -> JobStream:
+    return JobStream(
+        row.job.id,
+        row.read,
+        ahead=lambda job: 0,
+        listener=FeedListener(client),
+        redis=client,
+        upkeep=StreamUpkeep(client, lease_s=30),
+        heartbeat_s=60,
+        status_delay=lambda: delay_s,
+    )
+
+
+def test_a_held_status_goes_out_before_the_text_that_follows_it(client: redis.Redis) -> None:
+    row = Row()
+    events = _events(_stream(client, row, delay_s=60))
+    assert events.get(timeout=10) == "status"  # queued: the first event is never held
+    token = row.start()
+    client.publish(job_channel(row.job.id), CHANGED)
+    with pytest.raises(queue.Empty):
+        events.get(timeout=QUIET_S)  # running: held back
+    text = text_message(claim_label(token), {"reasoning": (0, ""), "answer": (0, "Hi")})
+    client.publish(job_channel(row.job.id), text)
+    assert [events.get(timeout=10), events.get(timeout=10)] == ["status", "delta"]
+    row.move(status=JobStatus.CANCELED, claim_token=None)
+    client.publish(job_channel(row.job.id), CHANGED)
+    assert events.get(timeout=10) == "done"
+
+
+def test_a_held_status_goes_out_when_its_delay_ends_or_before_the_end(
+    client: redis.Redis,
+) -> None:
+    row = Row()
+    events = _events(_stream(client, row, delay_s=1.0))
+    assert events.get(timeout=10) == "status"
+    row.start()
+    client.publish(job_channel(row.job.id), CHANGED)
+    assert events.get(timeout=10) == "status"  # running, once its delay is over
+    # Moved again with a long delay, then ended: the held status comes before done.
+    held = _events(_stream(client, row, delay_s=60))
+    assert held.get(timeout=10) == "status"  # running, at once: a stream's first event
+    row.start()  # claimed again
+    client.publish(job_channel(row.job.id), CHANGED)
+    with pytest.raises(queue.Empty):
+        held.get(timeout=QUIET_S)
+    row.move(status=JobStatus.CANCELED, claim_token=None)
+    client.publish(job_channel(row.job.id), CHANGED)
+    assert [held.get(timeout=10), held.get(timeout=10)] == ["status", "done"]
