@@ -61,7 +61,7 @@ bench-mixed: install
 	$(BIN)/python bench/mixed.py
 
 # 1,000 open event streams beside ordinary traffic: POST latency and worker throughput
-# with ÷ without streams, every stream checked (CPU, tiny checkpoint, ~10 min).
+# with ÷ without streams, every stream checked (CPU, tiny checkpoint, 4 rounds, ~5 min).
 bench-streams: install
 	$(BIN)/python bench/streams.py
 

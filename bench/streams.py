@@ -33,7 +33,7 @@ Printed: POST p50/p99 with ÷ without streams (target p99 ratio ≤ 2), worker t
 to its first delta against its total latency (submission to ``done``), median of
 ``--latency-runs``.
 
-    python bench/streams.py [--jobs 50] [--watchers 20] [--tokens 1000] [--rounds 2]
+    python bench/streams.py [--jobs 50] [--watchers 20] [--tokens 1000] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--watchers", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--latency-runs", type=int, default=5)
     args = parser.parse_args()
     print(
