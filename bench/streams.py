@@ -33,7 +33,12 @@ Printed: POST p50/p99 with ÷ without streams (target p99 ratio ≤ 2), worker t
 to its first delta against its total latency (submission to ``done``), median of
 ``--latency-runs``.
 
+With ``--worker-core N`` the worker runs alone on CPU ``N`` and the API, Redis and this
+client on the others (a database server that this script does not start is left where
+it is): what streams cost the worker itself, apart from what they take of the cores.
+
     python bench/streams.py [--jobs 50] [--watchers 20] [--tokens 1000] [--rounds 4]
+                            [--worker-core N]
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import threading
@@ -48,6 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -204,7 +211,9 @@ def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
     prober.start()
     time.sleep(2)  # a few probes before the worker starts, in both rounds alike
     result.worker_at = time.monotonic()
-    stack.start_worker(max_batch_size=str(args.jobs + 8))
+    worker = stack.start_worker(max_batch_size=str(args.jobs + 8))
+    if args.worker_core is not None:
+        pin(worker.pid, {args.worker_core})
     jobs = stack.wait_all(job_ids, timeout_s=1800)
     stop.set()
     prober.join()
@@ -218,6 +227,15 @@ def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
     for job_id, seen in result.watched:
         seen.error = seen.error or _mismatch(seen, results[job_id])
     return result
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` and of its descendants onto ``cpus`` (threads started later
+    inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+        for child in (task / "children").read_text().split():
+            pin(int(child), cpus)
 
 
 def lengths(args: argparse.Namespace) -> list[int]:
@@ -263,11 +281,20 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument(
+        "--worker-core",
+        type=int,
+        help="run the worker on this CPU and everything this script starts on the others "
+        "(to tell the streams' cost to the worker itself from their share of the cores)",
+    )
     args = parser.parse_args()
+    if args.worker_core is not None:
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {args.worker_core})
     print(
         f"{args.jobs} jobs × {args.tokens // 2}-{args.tokens} tokens, "
         f"{args.jobs * args.watchers} streams, "
         f"tiny checkpoint, {time.strftime('%Y-%m-%d')}"
+        + ("" if args.worker_core is None else f", the worker alone on CPU {args.worker_core}")
     )
     with running_stack(checkpoint("tiny"), SETTINGS) as stack:
         rounds: list[Round] = []
