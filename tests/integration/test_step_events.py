@@ -49,14 +49,23 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     found.close()
 
 
-def test_turns_spread_out_to_keep_within_the_message_budget(client: redis.Redis) -> None:
-    now = [0.0]
+def _hundred_watched(
+    client: redis.Redis, now: list[float]
+) -> tuple[StepPublisher, Texts, redis.client.PubSub]:
+    """A publisher of 40 messages a second in rounds of 0.125 s on the clock ``now[0]``,
+    an engine of 100 running jobs, all watched, and a listener of every job's channel."""
     publisher = StepPublisher(client, interval_s=0.125, messages_per_s=40, clock=lambda: now[0])
     engine = Texts(100)
     for job_id in engine.running:
         client.set(watch_key(job_id), "reader")
     listener = client.pubsub()
     listener.psubscribe("sightline:job:*")
+    return publisher, engine, listener
+
+
+def test_turns_spread_out_to_keep_within_the_message_budget(client: redis.Redis) -> None:
+    now = [0.0]
+    publisher, engine, listener = _hundred_watched(client, now)
     claim = uuid.uuid4()
     published: dict[bytes, list[float]] = {}
     # Ten seconds of steps every 62.5 ms, a word each: 100 watched jobs at 40 messages a
@@ -85,12 +94,7 @@ def test_turns_spread_out_to_keep_within_the_message_budget(client: redis.Redis)
 
 def test_slow_steps_still_get_the_message_budget_out(client: redis.Redis) -> None:
     now = [0.0]
-    publisher = StepPublisher(client, interval_s=0.125, messages_per_s=40, clock=lambda: now[0])
-    engine = Texts(100)
-    for job_id in engine.running:
-        client.set(watch_key(job_id), "reader")
-    listener = client.pubsub()
-    listener.psubscribe("sightline:job:*")
+    publisher, engine, listener = _hundred_watched(client, now)
     counts = []
     for step in range(1, 5):  # a step every 0.5 s: twenty turns each
         now[0] = step * 0.5
