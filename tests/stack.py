@@ -36,7 +36,14 @@ from cli.redis_server import free_port
 from client import Client
 from shared.celery_app import create_celery
 from shared.db import create_engine_for, session_factory
-from shared.models import BlobRelease, Job, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from shared.models import (
+    Batch,
+    BlobRelease,
+    Job,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 from shared.settings import Settings
 from shared.tasks import GPU_QUEUES
 
@@ -246,15 +253,16 @@ class Stack:
         return True
 
     def reset(self) -> None:
-        """Stop (or park) workers, delete every job, webhook event and endpoint (a port a
-        later test's receiver reuses must not find its endpoint disabled) and flush the
-        broker: a clean slate per test."""
+        """Stop (or park) workers, delete every job, batch, webhook event and endpoint (a
+        port a later test's receiver reuses must not find its endpoint disabled) and flush
+        the broker: a clean slate per test."""
         self.stop_workers()
         with self.sessions.begin() as session:
             session.execute(delete(WebhookDelivery))
             session.execute(delete(WebhookEvent))
             session.execute(delete(WebhookEndpoint))
             session.execute(delete(Job))
+            session.execute(delete(Batch))  # a later test may expect none (the console)
             session.execute(delete(BlobRelease))  # what earlier tests' jobs let go of
         self.redis.flushdb()
 
