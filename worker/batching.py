@@ -9,7 +9,9 @@ rows only interactive jobs may take), then steps the engine
 - claims more whenever rows are free (interactive first, oldest first), without waiting
   for the running rows: an interactive job joins at the next step, bulk jobs once a
   quarter of the rows are free or a free row has waited a few steps, so that joiners
-  share one prefill (:func:`worker.scheduling.join_now`);
+  share one prefill, and not while an interactive row decodes its first tokens, so
+  that no bulk prefill pauses a short interactive answer
+  (:func:`worker.scheduling.join_now`);
 - aborts the rows of jobs that are no longer running under its claim (canceled,
   purged, or taken over after a lost lease), so their slot is free at the next step;
 - commits the jobs whose rows finished in the step, all in one transaction, and wakes
@@ -100,7 +102,7 @@ class _Row:
     job: Job
     request: GenerationRequest
     joined_at: float
-    first_token: bool = False
+    tokens: int = 0  # decoded so far
 
 
 @dataclass
@@ -245,7 +247,16 @@ class BatchService:
         if room.any and not idle:
             if now < run.idle_until:
                 bulk = False  # nothing was queued a moment ago
-            elif scheduling.join_now(room.any, run.waited, max_rows=settings.max_batch_size):
+            elif scheduling.join_now(
+                room.any,
+                run.waited,
+                max_rows=settings.max_batch_size,
+                interactive_tokens=[
+                    row.tokens
+                    for row in run.rows.values()
+                    if row.job.priority is Priority.INTERACTIVE
+                ],
+            ):
                 run.waited = 0
             else:
                 run.waited += 1
@@ -413,9 +424,11 @@ class BatchService:
         self._metrics.observe_step(count, now - started, len(events.tokens))
         for job_id in events.tokens:
             row = rows.get(job_id)
-            if row is not None and not row.first_token:
-                row.first_token = True
+            if row is None:
+                continue
+            if not row.tokens:
                 self._metrics.observe_first_token(now - row.joined_at)
+            row.tokens += 1
         self._publisher.publish(self._engine, events, token)
         return events, now
 

@@ -130,13 +130,27 @@ def room(rows: int, *, bulk_rows: int, max_rows: int, headroom: int, free: int) 
 # Steps a free row waits for company before bulk jobs join one by one (see join_now).
 JOIN_WAIT_STEPS = 4
 
+# Tokens an interactive row decodes before bulk jobs may join beside it (see join_now).
+INTERACTIVE_CLEAR_TOKENS = 16
 
-def join_now(free: int, waited_steps: int, *, max_rows: int) -> bool:
+
+def join_now(
+    free: int, waited_steps: int, *, max_rows: int, interactive_tokens: Sequence[int] = ()
+) -> bool:
     """Whether bulk jobs should join a running batch now, given ``free`` rows and how
     many steps they have waited: once a quarter of ``max_rows`` (at least one) are free,
     or after :data:`JOIN_WAIT_STEPS` steps. Joiners are prefilled together in one pass,
     which costs less per job than one pass each (half as much on CPU), while a few steps
-    of a free row cost little. Interactive jobs never wait for this."""
+    of a free row cost little. Interactive jobs never wait for this.
+
+    Never while a running interactive row (``interactive_tokens``: the tokens each has
+    decoded) is within its first :data:`INTERACTIVE_CLEAR_TOKENS`: a prefill pauses
+    every row for its length (on CPU a few joiners cost several steps), and a short
+    interactive answer would wait for each one that came during its steps. Bulk rows
+    stay free for at most that many steps per interactive job; the steps held count
+    towards ``waited_steps``, so they join at once after it."""
+    if any(tokens < INTERACTIVE_CLEAR_TOKENS for tokens in interactive_tokens):
+        return False
     return free >= max(1, max_rows // 4) or waited_steps >= JOIN_WAIT_STEPS
 
 

@@ -11,6 +11,7 @@ import base64
 import json
 import signal
 import uuid
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -72,6 +73,41 @@ def test_an_interactive_job_joins_a_batch_full_of_bulk_jobs(pg_stack: Stack) -> 
     assert statuses.count(JobStatus.RUNNING) == 2, "the bulk rows were still running"
     assert statuses.count(JobStatus.QUEUED) == 1, "bulk work stays within max_batch_size"
     assert [j["status"] for j in pg_stack.wait_all(bulk)] == ["succeeded"] * 3
+
+
+def test_no_bulk_job_joins_while_a_short_interactive_answer_decodes(pg_stack: Stack) -> None:
+    pg_stack.start_worker(fault_injection="1", max_batch_size="4")
+    # Two-token bulk jobs: rows end every other step, so without the hold bulk jobs
+    # would join (and be prefilled) during the interactive job's steps.
+    items = [
+        {"image": base64.b64encode(make_image(i)).decode(), "prompt": "bulk", "max_new_tokens": 2}
+        for i in range(80)
+    ]
+    batch = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
+    bulk = [item["id"] for item in batch["accepted"]]
+    wait_until(
+        lambda: any(row.status is JobStatus.RUNNING for row in pg_stack.jobs(bulk)),
+        timeout_s=60,
+        what="the bulk batch running",
+    )
+
+    client = pg_stack.client()
+    # [[slow]]: each of its six steps takes 0.5 s longer, ample time for bulk rows to end.
+    urgent = client.submit(make_image(99), "[[slow]] urgent", max_new_tokens=6)["id"]
+    job = client.wait(urgent, timeout_s=60)
+    done = pg_stack.wait_all(bulk)
+
+    assert job["status"] == "succeeded"
+    began, ended = (_time(job, "started_at"), _time(job, "finished_at"))
+    starts = [_time(item, "started_at") for item in done]
+    # Bulk rows were running when it joined (some may have joined with it).
+    assert any(_time(item, "started_at") <= began < _time(item, "finished_at") for item in done)
+    assert [s for s in starts if began < s < ended] == [], "no bulk job joined meanwhile"
+    assert any(s > ended for s in starts), "bulk jobs were waiting while it ran"
+
+
+def _time(job: dict[str, Any], key: str) -> datetime:
+    return datetime.fromisoformat(job[key])
 
 
 def test_canceling_a_running_job_frees_its_row_for_the_next_job(pg_stack: Stack) -> None:

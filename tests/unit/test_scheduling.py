@@ -11,6 +11,7 @@ import pytest
 
 from shared.models import Priority
 from worker.scheduling import (
+    INTERACTIVE_CLEAR_TOKENS,
     JOIN_WAIT_STEPS,
     Room,
     claim_order,
@@ -206,6 +207,13 @@ def test_bulk_joins_wait_for_a_quarter_of_the_rows_or_a_few_steps() -> None:
     assert join_now(1, JOIN_WAIT_STEPS, max_rows=8), "the free row waited long enough"
     assert not join_now(1, JOIN_WAIT_STEPS - 1, max_rows=8)
     assert join_now(1, 0, max_rows=2), "small batches join at once"
+
+
+def test_bulk_jobs_do_not_join_while_an_interactive_row_decodes_its_first_tokens() -> None:
+    young = INTERACTIVE_CLEAR_TOKENS - 1
+    assert not join_now(8, JOIN_WAIT_STEPS, max_rows=8, interactive_tokens=[40, young])
+    assert join_now(8, 0, max_rows=8, interactive_tokens=[INTERACTIVE_CLEAR_TOKENS, 40])
+    assert not join_now(1, 0, max_rows=8, interactive_tokens=[INTERACTIVE_CLEAR_TOKENS])
 
 
 def test_split_failed_starts_from_a_known_failure_without_running_it_again() -> None:
