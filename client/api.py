@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -61,23 +62,25 @@ class Client:
         form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
         if prompt is not None:
             form["prompt"] = prompt
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = self._session.post(
-            f"{self.url}/v1/jobs",
+        # A key of our own when the caller gave none, so that a repeat after a dropped
+        # connection (see _send) cannot make a second job; then an answer naming an
+        # existing job means our first attempt made it.
+        key = idempotency_key or f"client-{uuid.uuid4()}"
+        response = self._send(
+            "POST",
+            "/v1/jobs",
             files={"image": ("image", data)},
             data=form,
-            headers=headers,
-            timeout=self._timeout_s,
+            headers={"Idempotency-Key": key},
         )
-        return self._json(response), response.status_code == 202
+        return self._json(response), response.status_code == 202 or idempotency_key is None
 
     def get(self, job_id: str, *, wait_s: float = 0) -> dict[str, Any]:
         """The job's state; with ``wait_s`` the server answers as soon as it is final."""
         params = {"wait": f"{wait_s:g}"} if wait_s else None
-        response = self._session.get(
-            f"{self.url}/v1/jobs/{job_id}", params=params, timeout=self._timeout_s + wait_s
+        return self._call(
+            "GET", f"/v1/jobs/{job_id}", params=params, timeout=self._timeout_s + wait_s
         )
-        return self._json(response)
 
     def jobs(
         self,
@@ -104,9 +107,7 @@ class Client:
         }
         params = {name: value for name, value in filters.items() if value is not None}
         while True:
-            page = self._json(
-                self._session.get(f"{self.url}/v1/jobs", params=params, timeout=self._timeout_s)
-            )
+            page = self._call("GET", "/v1/jobs", params=params)
             yield from page["jobs"]
             if page["next_cursor"] is None:
                 return
@@ -140,10 +141,10 @@ class Client:
             body["callback_url"] = callback_url
         if item_events:
             body["item_events"] = True
-        response = self._session.post(
-            f"{self.url}/v1/batches", json=body, timeout=self._timeout_s * 10
+        # Not repeated after a dropped connection: items without a key would be made twice.
+        return self._call(
+            "POST", "/v1/batches", repeatable=False, json=body, timeout=self._timeout_s * 10
         )
-        return self._json(response)
 
     def batches(
         self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
@@ -158,11 +159,7 @@ class Client:
         """Run the batch's failed items (only those with one of ``error_codes``, if
         given) again as a new batch; the answer has its ``id`` and ``retry_of``."""
         body = {"error_codes": list(error_codes)} if error_codes is not None else {}
-        return self._json(
-            self._session.post(
-                f"{self.url}/v1/batches/{batch_id}/retry", json=body, timeout=self._timeout_s
-            )
-        )
+        return self._call("POST", f"/v1/batches/{batch_id}/retry", repeatable=False, json=body)
 
     def deliveries(
         self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
@@ -178,61 +175,35 @@ class Client:
         body = {"since": since.isoformat()}
         if until is not None:
             body["until"] = until.isoformat()
-        return self._json(
-            self._session.post(
-                f"{self.url}/v1/deliveries/redeliver", json=body, timeout=self._timeout_s
-            )
-        )
+        return self._call("POST", "/v1/deliveries/redeliver", json=body)
 
     def endpoints(self) -> list[dict[str, Any]]:
         """The tenant's webhook endpoints and their health (``healthy``, ``failing``,
         ``disabled``), disabled ones first."""
-        found: list[dict[str, Any]] = self._json(
-            self._session.get(f"{self.url}/v1/endpoints", timeout=self._timeout_s)
-        )["endpoints"]
+        found: list[dict[str, Any]] = self._call("GET", "/v1/endpoints")["endpoints"]
         return found
 
     def enable_endpoint(self, endpoint_id: str) -> dict[str, Any]:
         """Enable a disabled endpoint again; recover its kept events with
         :meth:`redeliver`."""
-        return self._json(
-            self._session.post(
-                f"{self.url}/v1/endpoints/{endpoint_id}/enable", timeout=self._timeout_s
-            )
-        )
+        return self._call("POST", f"/v1/endpoints/{endpoint_id}/enable")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job (``DELETE /v1/jobs/{id}``)."""
-        return self._json(
-            self._session.delete(f"{self.url}/v1/jobs/{job_id}", timeout=self._timeout_s)
-        )
+        return self._call("DELETE", f"/v1/jobs/{job_id}")
 
     def purge(self, job_id: str) -> dict[str, Any]:
         """Erase a job and everything of it now, canceling it first if needed; it answers
         404 from then on (``DELETE /v1/jobs/{id}?purge=true``)."""
-        return self._json(
-            self._session.delete(
-                f"{self.url}/v1/jobs/{job_id}",
-                params={"purge": "true"},
-                timeout=self._timeout_s,
-            )
-        )
+        return self._call("DELETE", f"/v1/jobs/{job_id}", params={"purge": "true"})
 
     def purge_batch(self, batch_id: str) -> dict[str, Any]:
         """Erase a batch and all its jobs now (``DELETE /v1/batches/{id}?purge=true``)."""
-        return self._json(
-            self._session.delete(
-                f"{self.url}/v1/batches/{batch_id}",
-                params={"purge": "true"},
-                timeout=self._timeout_s,
-            )
-        )
+        return self._call("DELETE", f"/v1/batches/{batch_id}", params={"purge": "true"})
 
     def batch_status(self, batch_id: str) -> dict[str, Any]:
         """Counts by status and progress."""
-        return self._json(
-            self._session.get(f"{self.url}/v1/batches/{batch_id}", timeout=self._timeout_s)
-        )
+        return self._call("GET", f"/v1/batches/{batch_id}")
 
     def wait_batch(
         self, batch_id: str, *, timeout_s: float = 3600.0, poll_s: float = 1.0
@@ -251,9 +222,7 @@ class Client:
 
     def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """The finished items, streamed (one dict per NDJSON line, in item order)."""
-        with self._session.get(
-            f"{self.url}/v1/batches/{batch_id}/results", stream=True, timeout=self._timeout_s
-        ) as response:
+        with self._send("GET", f"/v1/batches/{batch_id}/results", stream=True) as response:
             if response.status_code >= 400:
                 self._json(response)
             for line in response.iter_lines():
@@ -301,9 +270,30 @@ class Client:
 
     def _page(self, path: str, **params: str | int | None) -> dict[str, Any]:
         wanted = {name: value for name, value in params.items() if value is not None}
-        return self._json(
-            self._session.get(f"{self.url}{path}", params=wanted, timeout=self._timeout_s)
-        )
+        return self._call("GET", path, params=wanted)
+
+    def _call(
+        self, method: str, path: str, *, repeatable: bool = True, **kwargs: Any
+    ) -> dict[str, Any]:
+        """The JSON answer of :meth:`_send`; :class:`ApiError` for a problem."""
+        return self._json(self._send(method, path, repeatable=repeatable, **kwargs))
+
+    def _send(
+        self, method: str, path: str, *, repeatable: bool = True, **kwargs: Any
+    ) -> requests.Response:
+        """Send a request (``timeout`` defaults to the client's). A ``repeatable`` one (a
+        read, a cancel, a submission under its Idempotency-Key) is sent once more, on a
+        new connection, if the first try failed at the connection: a kept-alive
+        connection that the server closed while it sat idle fails the next request sent
+        on it (gunicorn closes idle ones after 2 s), and that request never reached the
+        API, or reached it under a key that makes a repeat harmless."""
+        kwargs.setdefault("timeout", self._timeout_s)
+        try:
+            return self._session.request(method, f"{self.url}{path}", **kwargs)
+        except requests.ConnectionError:
+            if not repeatable:
+                raise
+            return self._session.request(method, f"{self.url}{path}", **kwargs)
 
     @staticmethod
     def _json(response: requests.Response) -> dict[str, Any]:
