@@ -9,8 +9,8 @@ rows only interactive jobs may take), then steps the engine
 - claims more whenever rows are free (interactive first, oldest first), without waiting
   for the running rows: an interactive job joins at the next step, bulk jobs once a
   quarter of the rows are free or a free row has waited a few steps, so that joiners
-  share one prefill, and not while an interactive row decodes its first tokens, so
-  that no bulk prefill pauses a short interactive answer
+  share one prefill, and not while an interactive row decodes its first tokens (for
+  a bounded number of steps), so that no bulk prefill pauses a short interactive answer
   (:func:`worker.scheduling.join_now`);
 - aborts the rows of jobs that are no longer running under its claim (canceled,
   purged, or taken over after a lost lease), so their slot is free at the next step;

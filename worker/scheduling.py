@@ -143,13 +143,15 @@ def join_now(
     which costs less per job than one pass each (half as much on CPU), while a few steps
     of a free row cost little. Interactive jobs never wait for this.
 
-    Never while a running interactive row (``interactive_tokens``: the tokens each has
+    Not while a running interactive row (``interactive_tokens``: the tokens each has
     decoded) is within its first :data:`INTERACTIVE_CLEAR_TOKENS`: a prefill pauses
     every row for its length (on CPU a few joiners cost several steps), and a short
-    interactive answer would wait for each one that came during its steps. Bulk rows
-    stay free for at most that many steps per interactive job; the steps held count
-    towards ``waited_steps``, so they join at once after it."""
-    if any(tokens < INTERACTIVE_CLEAR_TOKENS for tokens in interactive_tokens):
+    interactive answer would wait for each one that came during its steps. The steps
+    held count towards ``waited_steps``, and bulk jobs join once they reach that same
+    number, interactive rows or not: a steady flow of interactive jobs delays bulk joins
+    by at most :data:`INTERACTIVE_CLEAR_TOKENS` steps, it never stops them."""
+    held = any(tokens < INTERACTIVE_CLEAR_TOKENS for tokens in interactive_tokens)
+    if held and waited_steps < INTERACTIVE_CLEAR_TOKENS:
         return False
     return free >= max(1, max_rows // 4) or waited_steps >= JOIN_WAIT_STEPS
 

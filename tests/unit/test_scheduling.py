@@ -214,6 +214,8 @@ def test_bulk_jobs_do_not_join_while_an_interactive_row_decodes_its_first_tokens
     assert not join_now(8, JOIN_WAIT_STEPS, max_rows=8, interactive_tokens=[40, young])
     assert join_now(8, 0, max_rows=8, interactive_tokens=[INTERACTIVE_CLEAR_TOKENS, 40])
     assert not join_now(1, 0, max_rows=8, interactive_tokens=[INTERACTIVE_CLEAR_TOKENS])
+    # A steady flow of interactive jobs delays bulk joins; it never stops them.
+    assert join_now(1, INTERACTIVE_CLEAR_TOKENS, max_rows=8, interactive_tokens=[0, 3])
 
 
 def test_split_failed_starts_from_a_known_failure_without_running_it_again() -> None:
