@@ -16,10 +16,14 @@ stand-in for a real model), through the whole system (HTTP → worker → Postgr
   gets a short interactive job once a second; its worst latency (submission to
   ``finished_at``) against the same job's median latency on an idle worker. Target ≤ 3.
 
-Tokens are each job's ``output_tokens`` (the medium checkpoint writes every token it is
-allowed, so they equal ``max_new_tokens``); a run's time goes from its first submission
-to its last ``finished_at``. The machine's speed drifts, so every ratio is also printed
-per round.
+Then, in a process of its own, the engine's prefill and step costs, and from them the most
+any scheduler could gain over static batches on each mix (every step full, every prefill
+in groups of 8, no tail): how far the continuous batch is from its bound. Each system
+run also prints the rows it held on average and its tail (from the last
+claim to the end). Tokens are each job's ``output_tokens`` (the medium checkpoint
+writes every token it is allowed, so they equal ``max_new_tokens``); a run's time goes
+from its first submission to its last ``finished_at``. The machine's speed drifts, so
+every ratio is also printed per round.
 
     python bench/mixed.py [--jobs 144] [--seeds 1 2 3] [--interactive 6]
 """
@@ -28,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 import statistics
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -82,8 +88,27 @@ def system_run(stack: Stack, tokens: list[int]) -> float:
     done = [client.get(item["id"]) for item in answer["accepted"]]
     stack.stop_workers()
     assert [job["output_tokens"] for job in done] == tokens, "every job writes its tokens"
-    seconds = (max(_finished(job) for job in done) - first).total_seconds()
+    end = max(_finished(job) for job in done)
+    seconds = (end - first).total_seconds()
+    _print_occupancy(done, end, label="uniform" if len(set(tokens)) == 1 else "mixed")
     return sum(tokens) / seconds
+
+
+def _print_occupancy(done: list[dict[str, Any]], end: datetime, *, label: str) -> None:
+    """Where a run's time went: rows held on average from the first claim to the end
+    (a row counts from its claim, prefill included, to its commit), and the tail from
+    the last claim to the end, when no queued job is left to fill rows that end."""
+    starts = [datetime.fromisoformat(job["started_at"]) for job in done]
+    span = (end - min(starts)).total_seconds()
+    held = sum(
+        (_finished(job) - start).total_seconds() for job, start in zip(done, starts, strict=True)
+    )
+    tail = (end - max(starts)).total_seconds()
+    print(
+        f"    {label}: {held / span:.1f} of {BATCH} rows held on average;"
+        f" {tail:.1f} s of {span:.1f} s after the last claim",
+        flush=True,
+    )
 
 
 def bare_static(tokens: list[int]) -> float:
@@ -147,6 +172,55 @@ def interactive_latency(stack: Stack, count: int) -> tuple[float, list[float]]:
     return statistics.median(idle[2:]), busy  # the first two warm the path up
 
 
+def engine_costs() -> dict[str, float]:
+    """Seconds the engine takes, in a fresh process (see :func:`time_costs`)."""
+    command = [sys.executable, __file__, "--costs"]
+    answer = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    costs: dict[str, float] = json.loads(answer.stdout.splitlines()[-1])
+    return costs
+
+
+def time_costs() -> dict[str, float]:
+    """Median seconds of the engine's prefill of 1, 2, 4 and 8 rows joining an empty
+    batch (``prefill_N``) and of a decoding step of 8 rows (``decode_8``), on a model
+    loaded and warmed up as a worker does it."""
+    _, engine = load_backend(
+        Settings(model_path=str(checkpoint("medium")), max_batch_size=int(BATCH)), "cpu"
+    )
+    costs = {}
+    for rows in (1, 2, 4, 8):
+        prefills, steps = [], []
+        for round_ in range(5):
+            for i in range(rows):
+                image = Image.open(io.BytesIO(make_image(100 * round_ + i, size=SIZE)))
+                request = GenerationRequest(
+                    image.convert("RGB"), PROMPTS[i % len(PROMPTS)], GenerationOptions(32)
+                )
+                engine.add(uuid.uuid4(), request)
+            started = time.perf_counter()
+            engine.step()
+            prefills.append(time.perf_counter() - started)
+            while engine.running:
+                started = time.perf_counter()
+                engine.step()
+                steps.append(time.perf_counter() - started)
+        costs[f"prefill_{rows}"] = statistics.median(prefills)
+        costs[f"decode_{rows}"] = statistics.median(steps)
+    return costs
+
+
+def ceiling(tokens: list[int], costs: dict[str, float]) -> float:
+    """The most any scheduler could gain over static batches of 8 on these jobs at the
+    engine's own ``costs``: static batches (prefill of 8, then steps to the longest row)
+    against every prefill in groups of 8 and every step full, with no tail."""
+    size = int(BATCH)
+    groups = [tokens[start : start + size] for start in range(0, len(tokens), size)]
+    static = sum(costs["prefill_8"] + (max(group) - 1) * costs["decode_8"] for group in groups)
+    best = len(tokens) / size * costs["prefill_8"]
+    best += (sum(tokens) - len(tokens)) / size * costs["decode_8"]
+    return static / best
+
+
 def _latency(job: dict[str, Any]) -> float:
     assert job["status"] == "succeeded", job
     return (_finished(job) - datetime.fromisoformat(job["created_at"])).total_seconds()
@@ -164,9 +238,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--interactive", type=int, default=6)
     parser.add_argument("--bare", type=int, nargs="+", help=argparse.SUPPRESS)  # time_static
+    parser.add_argument("--costs", action="store_true", help=argparse.SUPPRESS)  # time_costs
     args = parser.parse_args()
     if args.bare:
         print(time_static(args.bare))
+        return 0
+    if args.costs:
+        print(json.dumps(time_costs()))
         return 0
     mixes = {seed: long_tailed(args.jobs, seed) for seed in args.seeds}
     rows = []
@@ -189,6 +267,7 @@ def main() -> int:
                 flush=True,
             )
         idle, busy = interactive_latency(stack, args.interactive)
+    costs = engine_costs()
 
     print(
         f"\nmixed benchmark: medium GLM-4V, CPU, max batch {BATCH}, {args.jobs} jobs per run,"
@@ -212,6 +291,18 @@ def main() -> int:
         + " s"
     )
     print(f"  worst under load / idle = {worst / idle:.2f}   (target <= 3)")
+    print(
+        "  engine alone: prefill per row "
+        + " / ".join(f"{costs[f'prefill_{n}'] / n * 1000:.0f}" for n in (1, 2, 4, 8))
+        + " ms joining in groups of 1 / 2 / 4 / 8; decoding step "
+        + " / ".join(f"{costs[f'decode_{n}'] * 1000:.0f}" for n in (1, 2, 4, 8))
+        + " ms at 1 / 2 / 4 / 8 rows"
+    )
+    print(
+        "  the most any scheduler could gain over static batches at these costs (every"
+        " step full, every prefill in 8s, no tail): "
+        + " / ".join(f"{ceiling(tokens, costs):.2f}" for _, tokens, *_ in rows)
+    )
     return 0
 
 
