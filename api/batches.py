@@ -252,7 +252,8 @@ def export_results(batch: Batch) -> Response:
 
 @batches.delete("/<batch_id>")
 def cancel_batch(batch_id: str) -> Body:
-    """Cancel every item still queued (running ones finish); 200 with the batch. With
+    """Cancel every item not final yet (running ones stop at their worker's next step);
+    200 with the batch. With
     ``?purge=true``, erase the batch and every item, canceling those not final (200 with
     :class:`Purged`; the batch and its jobs answer 404 from then on)."""
     purge = purge_requested()

@@ -464,7 +464,7 @@ def _operations() -> dict[str, dict[str, Any]]:
         "batches.cancel_batch": _operation(
             "cancelBatch",
             "Batches",
-            "Cancel the queued jobs of a batch (running ones finish); ?purge=true erases it",
+            "Cancel the unfinished jobs of a batch, running ones too; ?purge=true erases it",
             ok={
                 200: (
                     "The batch, with what was canceled; with ?purge=true, what was erased.",

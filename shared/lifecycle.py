@@ -17,8 +17,8 @@ Who moves what:
   (:func:`claim`, :func:`renew`, :func:`finish`, :func:`release`); a worker starting
   under a node name expires the leases its dead predecessor of that name left, so they
   are claimed again at once as abandoned jobs (:func:`expire_predecessor`);
-- the **caller** cancels one queued or running job, or a batch's queued jobs
-  (:func:`cancel`, :func:`cancel_batch`), and a purge cancels whatever it erases that
+- the **caller** cancels one queued or running job, or every unfinished job of a
+  batch (:func:`cancel`, :func:`cancel_batch`), and a purge cancels whatever it erases that
   is not final yet (:func:`cancel_jobs`, ``shared.purge``); a running job's worker
   aborts its row at the next step, and could not write its result anyway: it finishes
   only jobs still running under its token;
@@ -468,12 +468,16 @@ def cancel_jobs(changes: JobChanges, job_ids: Sequence[uuid.UUID]) -> list[uuid.
 
 
 def cancel_batch(changes: JobChanges, batch_id: uuid.UUID) -> int:
-    """Cancel the batch's jobs that are still queued; running ones finish (a bulk caller
-    stopping a batch wants what already runs); returns how many were canceled."""
+    """:func:`cancel` for every job of the batch that is not final yet, queued or
+    running (a running one's row is aborted at its worker's next step, so a stopped
+    batch stops using the device); returns how many were canceled."""
     stmt = (
         update(Job)
-        .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.CANCELED, finished_at=utcnow())
+        .where(
+            Job.batch_id == batch_id,
+            Job.status.in_(sources(JobStatus.CANCELED, Actor.CALLER)),
+        )
+        .values(status=JobStatus.CANCELED, finished_at=utcnow(), lease_expires_at=None)
     )
     canceled = _update(changes, stmt)
     changes.settled(canceled)

@@ -125,6 +125,35 @@ def test_canceling_a_running_job_frees_its_row_for_the_next_job(pg_stack: Stack)
     assert canceled["status"] == "canceled" and canceled["result"] is None
 
 
+def test_canceling_a_batch_stops_its_running_item_and_frees_the_row(pg_stack: Stack) -> None:
+    pg_stack.start_worker(fault_injection="1", max_batch_size="1", interactive_headroom="0")
+    items = [
+        {
+            "image": base64.b64encode(make_image(i)).decode(),
+            "prompt": "[[slow]] long",
+            "max_new_tokens": 400,
+        }
+        for i in (11, 12)
+    ]
+    batch = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
+    ids = [item["id"] for item in batch["accepted"]]
+    wait_until(
+        lambda: any(row.status is JobStatus.RUNNING for row in pg_stack.jobs(ids)),
+        timeout_s=60,
+        what="an item of the batch to run",
+    )
+    client = pg_stack.client()
+    following = client.submit(make_image(13), "next in line", max_new_tokens=2)["id"]
+
+    canceled = pg_stack.call("DELETE", f"/v1/batches/{batch['id']}").json()
+
+    assert canceled["canceled"] == 2 and canceled["counts"]["canceled"] == 2
+    # One row: the next job runs only once the worker has aborted the running item.
+    assert client.wait(following, timeout_s=30)["status"] == "succeeded"
+    for job in pg_stack.wait_all(ids):
+        assert job["status"] == "canceled" and job["result"] is None
+
+
 def test_purging_a_running_job_frees_its_row_and_nothing_of_it_comes_back(
     pg_stack: Stack,
 ) -> None:
