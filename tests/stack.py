@@ -275,8 +275,30 @@ class Stack:
             return list(session.scalars(query))
 
     def wait_all(self, ids: list[str], timeout_s: float = 180) -> list[dict[str, Any]]:
+        """Each job once final; on a timeout the error shows the unfinished jobs' rows
+        and the tail of every process log, so a failure in CI can be read afterwards."""
         client = self.client()
-        return [client.wait(job_id, timeout_s=timeout_s) for job_id in ids]
+        try:
+            return [client.wait(job_id, timeout_s=timeout_s) for job_id in ids]
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.diagnosis(ids)}") from exc
+
+    def diagnosis(self, ids: list[str], lines: int = 40) -> str:
+        """The rows of the jobs among ``ids`` that are not final, and the last ``lines``
+        of every log of this stack's processes, oldest log first."""
+        unfinished = [
+            f"{job.id} {job.status} worker={job.worker} attempts={job.attempts}"
+            f" lease={job.lease_expires_at} started={job.started_at}"
+            for job in self.jobs(ids)
+            if job.finished_at is None
+        ]
+        logs = sorted((self.workdir / "logs").glob("*.log"), key=lambda path: path.stat().st_mtime)
+        tails = [
+            f"--- {path.name} ---\n"
+            + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            for path in logs
+        ]
+        return "\n".join(["unfinished jobs:", *unfinished, *tails])
 
     def close(self) -> None:
         self.stop_workers()
