@@ -11,6 +11,7 @@ import base64
 import json
 import signal
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,31 @@ from tests.waiting import wait_until
 
 def _running(stack: Stack, ids: list[str]) -> bool:
     return all(row.status is JobStatus.RUNNING for row in stack.jobs(ids))
+
+
+def _wait_for_one_running(stack: Stack, ids: list[str]) -> None:
+    wait_until(
+        lambda: any(row.status is JobStatus.RUNNING for row in stack.jobs(ids)),
+        timeout_s=60,
+        what="one of the jobs to run",
+    )
+
+
+def _batch(
+    stack: Stack, images: Iterable[int], prompt: str, *, max_new_tokens: int
+) -> tuple[str, list[str]]:
+    """Submit one batch, an item per ``make_image`` seed in ``images``; the batch's id
+    and its items' ids."""
+    items = [
+        {
+            "image": base64.b64encode(make_image(i)).decode(),
+            "prompt": prompt,
+            "max_new_tokens": max_new_tokens,
+        }
+        for i in images
+    ]
+    batch = stack.call("POST", "/v1/batches", json={"items": items}).json()
+    return batch["id"], [item["id"] for item in batch["accepted"]]
 
 
 def test_jobs_with_different_options_run_in_the_same_steps(pg_stack: Stack) -> None:
@@ -47,16 +73,7 @@ def test_jobs_with_different_options_run_in_the_same_steps(pg_stack: Stack) -> N
 
 def test_an_interactive_job_joins_a_batch_full_of_bulk_jobs(pg_stack: Stack) -> None:
     pg_stack.start_worker(fault_injection="1", max_batch_size="2", interactive_headroom="1")
-    items = [
-        {
-            "image": base64.b64encode(make_image(i)).decode(),
-            "prompt": "[[slow]] bulk",
-            "max_new_tokens": 16,
-        }
-        for i in range(3)
-    ]
-    batch = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
-    bulk = [item["id"] for item in batch["accepted"]]
+    _, bulk = _batch(pg_stack, range(3), "[[slow]] bulk", max_new_tokens=16)
     wait_until(
         lambda: sum(row.status is JobStatus.RUNNING for row in pg_stack.jobs(bulk)) == 2,
         timeout_s=60,
@@ -79,17 +96,8 @@ def test_no_bulk_job_joins_while_a_short_interactive_answer_decodes(pg_stack: St
     pg_stack.start_worker(fault_injection="1", max_batch_size="4")
     # Two-token bulk jobs: rows end every other step, so without the hold bulk jobs
     # would join (and be prefilled) during the interactive job's steps.
-    items = [
-        {"image": base64.b64encode(make_image(i)).decode(), "prompt": "bulk", "max_new_tokens": 2}
-        for i in range(80)
-    ]
-    batch = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
-    bulk = [item["id"] for item in batch["accepted"]]
-    wait_until(
-        lambda: any(row.status is JobStatus.RUNNING for row in pg_stack.jobs(bulk)),
-        timeout_s=60,
-        what="the bulk batch running",
-    )
+    _, bulk = _batch(pg_stack, range(80), "bulk", max_new_tokens=2)
+    _wait_for_one_running(pg_stack, bulk)
 
     client = pg_stack.client()
     # [[slow]]: each of its six steps takes 0.5 s longer, ample time for bulk rows to end.
@@ -127,25 +135,12 @@ def test_canceling_a_running_job_frees_its_row_for_the_next_job(pg_stack: Stack)
 
 def test_canceling_a_batch_stops_its_running_item_and_frees_the_row(pg_stack: Stack) -> None:
     pg_stack.start_worker(fault_injection="1", max_batch_size="1", interactive_headroom="0")
-    items = [
-        {
-            "image": base64.b64encode(make_image(i)).decode(),
-            "prompt": "[[slow]] long",
-            "max_new_tokens": 400,
-        }
-        for i in (11, 12)
-    ]
-    batch = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
-    ids = [item["id"] for item in batch["accepted"]]
-    wait_until(
-        lambda: any(row.status is JobStatus.RUNNING for row in pg_stack.jobs(ids)),
-        timeout_s=60,
-        what="an item of the batch to run",
-    )
+    batch_id, ids = _batch(pg_stack, (11, 12), "[[slow]] long", max_new_tokens=400)
+    _wait_for_one_running(pg_stack, ids)
     client = pg_stack.client()
     following = client.submit(make_image(13), "next in line", max_new_tokens=2)["id"]
 
-    canceled = pg_stack.call("DELETE", f"/v1/batches/{batch['id']}").json()
+    canceled = pg_stack.call("DELETE", f"/v1/batches/{batch_id}").json()
 
     assert canceled["canceled"] == 2 and canceled["counts"]["canceled"] == 2
     # One row: the next job runs only once the worker has aborted the running item.
