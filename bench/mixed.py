@@ -181,9 +181,9 @@ def engine_costs() -> dict[str, float]:
 
 
 def time_costs() -> dict[str, float]:
-    """Median seconds of the engine's prefill of 1, 2, 4 and 8 rows joining an empty
-    batch (``prefill_N``) and of a decoding step of 8 rows (``decode_8``), on a model
-    loaded and warmed up as a worker does it."""
+    """Median seconds of the engine's prefill of N = 1, 2, 4 and 8 rows joining an empty
+    batch (``prefill_N``) and of a decoding step of those N rows (``decode_N``), on a
+    model loaded and warmed up as a worker does it."""
     _, engine = load_backend(
         Settings(model_path=str(checkpoint("medium")), max_batch_size=int(BATCH)), "cpu"
     )

@@ -454,34 +454,27 @@ def cancel_jobs(changes: JobChanges, job_ids: Sequence[uuid.UUID]) -> list[uuid.
     returns the ones it canceled."""
     if not job_ids:
         return []
-    stmt = (
-        update(Job)
-        .where(
-            Job.id.in_(list(job_ids)),
-            Job.status.in_(sources(JobStatus.CANCELED, Actor.CALLER)),
-        )
-        .values(status=JobStatus.CANCELED, finished_at=utcnow(), lease_expires_at=None)
-    )
-    canceled = _update(changes, stmt)
-    changes.settled(canceled)
-    return canceled
+    return _cancel_where(changes, Job.id.in_(list(job_ids)))
 
 
 def cancel_batch(changes: JobChanges, batch_id: uuid.UUID) -> int:
     """:func:`cancel` for every job of the batch that is not final yet, queued or
     running (a running one's row is aborted at its worker's next step, so a stopped
     batch stops using the device); returns how many were canceled."""
+    return len(_cancel_where(changes, Job.batch_id == batch_id))
+
+
+def _cancel_where(changes: JobChanges, which: ColumnElement[bool]) -> list[uuid.UUID]:
+    """Cancel the jobs matching ``which`` that the caller may still cancel (queued or
+    running); returns their ids."""
     stmt = (
         update(Job)
-        .where(
-            Job.batch_id == batch_id,
-            Job.status.in_(sources(JobStatus.CANCELED, Actor.CALLER)),
-        )
+        .where(which, Job.status.in_(sources(JobStatus.CANCELED, Actor.CALLER)))
         .values(status=JobStatus.CANCELED, finished_at=utcnow(), lease_expires_at=None)
     )
     canceled = _update(changes, stmt)
     changes.settled(canceled)
-    return len(canceled)
+    return canceled
 
 
 # -- the sweeper -----------------------------------------------------------------------
