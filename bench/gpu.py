@@ -23,11 +23,13 @@ this script measures three things:
    ``max_new_tokens`` (three in four under 16, one in ten over 100, mean about 32; drawn
    from ``--mixed-seed``), run (a) through the continuous-batching engine with at most 8
    rows (requests added in arrival order whenever a row is free, stepped until all have
-   finished) and (b) as static batches: groups of 8 in arrival order, each one
+   finished), (b) as static batches: groups of 8 in arrival order, each one
    ``generate`` call at the group's longest ``max_new_tokens`` (a static batch shares its
-   options and runs to its longest row). Printed: useful tokens/s of each (useful = each
-   request's own ``max_new_tokens``, not the padding a static batch runs on for) and the
-   ratio continuous / static;
+   options and runs to its longest row), and (c) through the engine again with every
+   request at the mix's mean (rounded): the uniform work the mix is compared with.
+   Printed: useful tokens/s of each (useful = each request's own ``max_new_tokens``, not
+   the padding a static batch runs on for) and the ratios continuous / static and
+   continuous mixed / continuous uniform;
 3. **decode step time** of the engine with 1 and 16 rows running: the median of
    ``--decode-steps`` steps after the rows were prefilled (and a few untimed steps), each
    between ``torch.cuda.synchronize()`` calls, against the bandwidth floor of a step:
@@ -574,6 +576,8 @@ def main() -> int:
     mixed = [with_cap(request, cap) for request, cap in zip(images, caps, strict=True)]
     continuous = run_engine(backend, mixed, MIXED_ROWS)
     static = run_static(backend, mixed, MIXED_ROWS)
+    mean_cap = round(statistics.mean(caps))
+    uniform = run_engine(backend, [with_cap(request, mean_cap) for request in images], MIXED_ROWS)
 
     decode = {
         count: decode_step_seconds(backend, count, args.image_side, args.decode_steps)
@@ -620,6 +624,7 @@ def main() -> int:
     for label, run in (
         (f"continuous (engine, {MIXED_ROWS} rows)", continuous),
         (f"static (generate, groups of {MIXED_ROWS})", static),
+        (f"uniform, all {mean_cap} (engine)", uniform),
     ):
         print(
             f"  {label:36s} {run.useful_per_s:12.1f} {run.generated:10d} {run.steps:6d} "
@@ -628,7 +633,8 @@ def main() -> int:
     print(
         f"  every request generated exactly its max_new_tokens ({continuous.useful} useful "
         f"tokens); continuous / static useful tokens/s: "
-        f"{continuous.useful_per_s / static.useful_per_s:.2f}x"
+        f"{continuous.useful_per_s / static.useful_per_s:.2f}x; continuous mixed / "
+        f"continuous uniform: {continuous.useful_per_s / uniform.useful_per_s:.2f}"
     )
 
     gbps = H100_SXM_GBPS if args.hbm_gbps is None else args.hbm_gbps
