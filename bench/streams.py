@@ -6,11 +6,12 @@ once, PostgreSQL, Redis):
 
 * a **workload**: ``--jobs`` bulk jobs (one batch) of ``--tokens`` ÷ 2 to ``--tokens``
   new tokens each (drawn with a fixed seed, the same in every round), all running
-  together, while a prober submits one interactive ``POST /v1/jobs`` every ``PROBE_S``
-  and times each answer. The lengths differ as a real model's answers do (each stops at
-  its end token; the random checkpoint never writes one, so it is told where to stop):
-  fifty answers of one length would all end in the same step, and their thousand
-  streams close in the same instant, a burst real traffic does not make;
+  together, while a prober (a process of its own) submits one interactive
+  ``POST /v1/jobs`` every ``PROBE_S`` and times each answer. The lengths differ as a
+  real model's answers do (each stops at its end token; the random checkpoint never
+  writes one, so it is told where to stop): fifty answers of one length would all end
+  in the same step, and their thousand streams close in the same instant, a burst real
+  traffic does not make;
 * **with streams**: the same, plus ``--watchers`` event streams per job (50 × 20 = 1,000
   by default), read by one asyncio client (aiohttp) in this process; every stream must
   end with ``done`` and its answer deltas must spell the job's result.
@@ -46,14 +47,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
 
@@ -166,23 +171,48 @@ async def watch_all(
         )
 
 
-def probe(stack: Stack, stop: threading.Event, took_ms: list[tuple[float, float]]) -> None:
-    """One interactive POST every PROBE_S until ``stop``; when each was sent
-    (``time.monotonic()``) and its answer's time in ms."""
+def probe(url: str, key: str, stop: EventType, answers: Connection) -> None:
+    """One interactive POST every PROBE_S until ``stop``, in a process of its own (see
+    :func:`start_prober`); sends the list of (when each was sent, ``time.monotonic()``,
+    and its answer's time in ms) through ``answers`` at the end."""
     session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {stack.key}"
+    session.headers["Authorization"] = f"Bearer {key}"
+    took_ms: list[tuple[float, float]] = []
     count = 0
     while not stop.wait(PROBE_S):
         count += 1
         started = time.monotonic()
         answer = session.post(
-            f"{stack.url}/v1/jobs",
+            f"{url}/v1/jobs",
             files={"image": ("p.png", make_image(100_000 + count))},
             data={"prompt": "probe", "max_new_tokens": "1"},
             timeout=60,
         )
         took_ms.append((started, (time.monotonic() - started) * 1000))
         assert answer.status_code == 202, answer.text
+    answers.send(took_ms)
+
+
+@contextmanager
+def start_prober(stack: Stack, posts: list[tuple[float, float]]) -> Iterator[None]:
+    """Run :func:`probe` in a process of its own while the block runs, then put its
+    timings in ``posts``. Not a thread of this process: the stream reader's thread parses
+    a thousand events at a burst, and a prober waiting for the GIL meanwhile would time
+    this process, not the API (``time.monotonic()`` is the same clock in both)."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    receiving, sending = context.Pipe(duplex=False)
+    prober = context.Process(target=probe, args=(stack.url, stack.key, stop, sending))
+    prober.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if not receiving.poll(120):
+            prober.kill()
+            raise RuntimeError(f"the prober sent no timings (exit code {prober.exitcode})")
+        posts.extend(receiving.recv())
+        prober.join()
 
 
 def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
@@ -206,17 +236,13 @@ def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
         assert all_open.wait(600), "the streams did not all open"
         result.open_s = time.monotonic() - opening
         time.sleep(SETTLE_S)
-    stop = threading.Event()
-    prober = threading.Thread(target=probe, args=(stack, stop, result.posts))
-    prober.start()
-    time.sleep(2)  # a few probes before the worker starts, in both rounds alike
-    result.worker_at = time.monotonic()
-    worker = stack.start_worker(max_batch_size=str(args.jobs + 8))
-    if args.worker_core is not None:
-        pin(worker.pid, {args.worker_core})
-    jobs = stack.wait_all(job_ids, timeout_s=1800)
-    stop.set()
-    prober.join()
+    with start_prober(stack, result.posts):
+        time.sleep(2)  # a few probes before the worker starts, in both rounds alike
+        result.worker_at = time.monotonic()
+        worker = stack.start_worker(max_batch_size=str(args.jobs + 8))
+        if args.worker_core is not None:
+            pin(worker.pid, {args.worker_core})
+        jobs = stack.wait_all(job_ids, timeout_s=1800)
     if reader is not None:
         reader.join()
     started = min(_time(job["started_at"]) for job in jobs)
