@@ -102,7 +102,12 @@ class JobStream:
     ``status_delay()`` seconds, or until text or the end must follow it, whichever comes
     first: when fifty jobs start at once, a process's thousand readers then do not all
     write in the same instant (a request arriving then would wait behind them all), and
-    nothing is reordered."""
+    nothing is reordered. A queued job's first notice (almost always its claim, of which
+    a whole batch's readers hear at once) is itself taken up after ``status_delay()``:
+    the readers then wake, read and write at their own moments within the spread, not
+    all at the notice and again at their reads; the status they read goes out at once.
+    A reader learns of a queued job's cancel that much later (at most
+    ``api.streams.STATUS_SPREAD_MAX_S``); text from a worker is never delayed."""
 
     job_id: uuid.UUID
     read: Callable[[float], Job]
@@ -136,6 +141,7 @@ class JobStream:
         recheck_at, beat_at = now + inbox.recheck_s, now + self.heartbeat_s
         noticed_at: float | None = None  # when a notice said the job moved
         held, held_until = "", float("inf")  # status events held back, and until when
+        spread = False  # the pending read was put off by the spread: its status goes at once
         while True:
             now = time.monotonic()
             if held and (now >= held_until or job.status.is_final or self._behind(at)):
@@ -156,13 +162,17 @@ class JobStream:
                 noticed_at = None
                 if not job.status.is_final and (job.status, job.claim_token) != before:
                     held += self._status(job, at)
-                    held_until = min(held_until, now + self.status_delay())
+                    held_until = min(held_until, now if spread else now + self.status_delay())
+                spread = False
                 continue
             message = inbox.get(min(recheck_at, beat_at, held_until) - now)
             if message is None:
                 continue
             if message.changed:
-                recheck_at, noticed_at = now, message.received_at  # read the new state now
+                # Read the new state now; a queued job's first notice after its spread.
+                spread = noticed_at is None and job.status is JobStatus.QUEUED
+                delay = self.status_delay() if spread else 0.0
+                recheck_at, noticed_at = min(recheck_at, now + delay), message.received_at
                 continue
             if held:  # what the message brings comes after it
                 yield held

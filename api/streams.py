@@ -93,11 +93,11 @@ def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
 
 
 def status_delay(listener: FeedListener) -> float:
-    """How long a stream holds back a status event that does not end its job
-    (:class:`api.job_stream.JobStream`): a random moment within a spread of
-    ``STATUS_SPREAD_S`` per waiter of this process, at most ``STATUS_SPREAD_MAX_S``. A
-    lone stream sends at once; a thousand woken by fifty jobs starting together send over
-    ``STATUS_SPREAD_MAX_S``, not in one instant."""
+    """How long a stream holds back a status event that does not end its job, or puts
+    off reading a queued job's first notice (:class:`api.job_stream.JobStream`): a
+    random moment within a spread of ``STATUS_SPREAD_S`` per waiter of this process, at
+    most ``STATUS_SPREAD_MAX_S``. A lone stream sends at once; a thousand woken by fifty
+    jobs starting together send over ``STATUS_SPREAD_MAX_S``, not in one instant."""
     return random.uniform(0.0, min(STATUS_SPREAD_MAX_S, listener.waiters * STATUS_SPREAD_S))
 
 

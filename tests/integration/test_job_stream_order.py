@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -127,3 +128,37 @@ def test_a_held_status_goes_out_when_its_delay_ends_or_before_the_end(
     row.move(status=JobStatus.CANCELED, claim_token=None)
     client.publish(job_channel(row.job.id), CHANGED)
     assert [held.get(timeout=10), held.get(timeout=10)] == ["status", "done"]
+
+
+def test_a_queued_job_s_claim_is_read_after_its_spread_and_its_status_sent_at_once(
+    client: redis.Redis,
+) -> None:
+    # A batch's claim wakes every reader of its jobs at once: each puts off its read by
+    # its spread, then sends what it read without holding it back a second time.
+    row = Row()
+    reads: list[float] = []
+
+    def read(since: float) -> Job:
+        reads.append(since)
+        return row.job
+
+    delays = iter([0.5] + [30.0] * 10)
+    stream = JobStream(
+        row.job.id,
+        read,
+        ahead=lambda job: 0,
+        listener=FeedListener(client),
+        redis=client,
+        upkeep=StreamUpkeep(client, lease_s=30),
+        heartbeat_s=60,
+        status_delay=lambda: next(delays),
+    )
+    events = _events(stream)
+    assert events.get(timeout=10) == "status"  # queued
+    before = len(reads)
+    row.start()
+    client.publish(job_channel(row.job.id), CHANGED)
+    time.sleep(0.25)
+    assert len(reads) == before, "the claim's notice was read within its spread"
+    assert events.get(timeout=10) == "status"  # running: not held back another 30 s
+    assert len(reads) == before + 1
