@@ -14,7 +14,9 @@ once, PostgreSQL, Redis):
   traffic does not make;
 * **with streams**: the same, plus ``--watchers`` event streams per job (50 × 20 = 1,000
   by default), read by one asyncio client (aiohttp) in this process; every stream must
-  end with ``done`` and its answer deltas must spell the job's result.
+  end with ``done`` and its answer deltas must spell the job's result. The client keeps
+  each stream's bytes and reads its events once the round is over: it shares the two
+  cores with what it measures, and a real reader would run elsewhere.
 
 The worker's torch runs on one thread (``OMP_NUM_THREADS=1``), in both rounds alike: with
 torch's default of one per core, its threads wait for each other whenever the API, the
@@ -82,12 +84,37 @@ SETTINGS = {
 
 @dataclass
 class Watched:
-    """What one stream received."""
+    """What one stream received: its bytes as they came (``raw``), then, once
+    :meth:`parse` has read them, its answer and its ``done``."""
 
+    raw: bytes = b""
     answer: str = ""
+    deltas: int = 0  # answer deltas
     done: dict[str, Any] | None = None
-    first_delta_at: float | None = None
+    first_delta_at: float | None = None  # when the bytes of its first delta came
     error: str | None = None
+
+    def parse(self) -> None:
+        """Read the events in ``raw``: the answer's deltas (a ``reset`` starts it over)
+        and the final ``done``."""
+        name, data = "message", ""
+        for line in self.raw.decode().split("\n"):
+            line = line.rstrip("\r")
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "" and data:
+                body = json.loads(data)
+                if name == "reset":
+                    self.answer = ""
+                elif name == "delta" and body["part"] == "answer":
+                    self.deltas += 1
+                    self.answer += body["text"]
+                elif name == "done":
+                    self.done = body
+                name, data = "message", ""
+        self.raw = b""
 
 
 @dataclass
@@ -110,39 +137,29 @@ class Round:
 async def watch(
     session: aiohttp.ClientSession, url: str, key: str, seen: Watched, opened: Callable[[], None]
 ) -> None:
-    """Read one job's stream to its ``done`` (answer deltas into ``seen``); ``opened`` is
-    called at its first event (or as it fails)."""
+    """Read one job's stream to its end, keeping its bytes in ``seen`` for
+    :meth:`Watched.parse` (the events are read after the round, so that this client,
+    which shares the cores with what it measures, does little more than the reads
+    while it runs); ``opened`` is called at its first event (or as it fails)."""
     headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
     first = True
+    chunks: list[bytes] = []
     try:
         async with session.get(url, headers=headers) as response:
             if response.status != 200:
                 seen.error = f"HTTP {response.status}: {await response.text()}"
                 return
-            name, data = "message", ""
-            async for raw in response.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event:"):
-                    name = line[6:].strip()
-                elif line.startswith("data:"):
-                    data = line[5:].strip()
-                elif line == "" and data:
-                    if first:
-                        first = False
-                        opened()
-                    body = json.loads(data)
-                    if name == "reset":
-                        seen.answer = ""
-                    elif name == "delta" and body["part"] == "answer":
-                        seen.first_delta_at = seen.first_delta_at or time.monotonic()
-                        seen.answer += body["text"]
-                    elif name == "done":
-                        seen.done = body
-                        return
-                    name, data = "message", ""
+            async for chunk in response.content.iter_any():
+                chunks.append(chunk)
+                if first and b"event:" in b"".join(chunks[-2:]):
+                    first = False
+                    opened()
+                if seen.first_delta_at is None and b"event: delta" in b"".join(chunks[-2:]):
+                    seen.first_delta_at = time.monotonic()
     except (TimeoutError, aiohttp.ClientError) as exc:
         seen.error = repr(exc)
     finally:
+        seen.raw = b"".join(chunks)
         if first:
             opened()
 
@@ -251,6 +268,7 @@ def workload(stack: Stack, args: argparse.Namespace, streams: bool) -> Round:
     result.tokens_per_s = tokens / (finished - started).total_seconds()
     results = {job["id"]: job["result"] for job in jobs}
     for job_id, seen in result.watched:
+        seen.parse()
         seen.error = seen.error or _mismatch(seen, results[job_id])
     return result
 
@@ -275,7 +293,7 @@ def _mismatch(seen: Watched, result: str) -> str | None:
     on a stream opened once the job had ended, which is one ``done`` carrying it."""
     if seen.done is None:
         return "no done event"
-    if seen.first_delta_at is None:
+    if not seen.deltas:
         return None if seen.done["result"] == result else "done without the result"
     return None if seen.answer == result else f"deltas {seen.answer!r} != result {result!r}"
 
@@ -288,6 +306,7 @@ def first_delta(stack: Stack, tokens: int) -> tuple[float, float]:
     job_id = client.submit(make_image(7), "first delta", max_new_tokens=tokens, cache=False)["id"]
     seen = Watched()
     asyncio.run(watch_all(stack, [(job_id, seen)]))
+    seen.parse()
     assert seen.done is not None and seen.first_delta_at is not None, seen.error
     return seen.first_delta_at - started, time.monotonic() - started
 
