@@ -22,8 +22,17 @@ class Clock:
         return self.now
 
 
-def _settled(notices: JobNotices, running: list[uuid.UUID]) -> None:
-    """Step until every job's subscription is confirmed and it was checked once."""
+def _settled(client: redis.Redis, notices: JobNotices, running: list[uuid.UUID]) -> None:
+    """Step until every job's subscription is confirmed and it was checked once: Redis
+    holds every subscription (so every confirmation is on its way), then a step has
+    nothing left to check. A step before the confirmations arrive has nothing to check
+    either, and a job whose confirmation came after it would be checked in the test."""
+    channels = [job_channel(job_id) for job_id in running]
+    wait_until(
+        lambda: all(count for _, count in client.pubsub_numsub(*channels)),
+        timeout_s=5,
+        what="subscribed",
+    )
     wait_until(lambda: not notices.to_check(running), timeout_s=5, what="quiet")
 
 
@@ -32,7 +41,7 @@ def test_only_jobs_with_a_notice_are_looked_up(redis_server: RedisServer) -> Non
     notices = JobNotices(client, full_check_s=60, clock=clock)
     running = [uuid.uuid4() for _ in range(4)]
     assert notices.to_check(running) == set(running), "the first step checks every job"
-    _settled(notices, running)
+    _settled(client, notices, running)
 
     client.publish(job_channel(running[2]), CHANGED)  # e.g. canceled
     text = json.dumps({"kind": "text", "claim": "0", "reasoning": [0, ""], "answer": [0, "x"]})
@@ -48,7 +57,7 @@ def test_a_job_that_joins_is_checked_once_subscribed(redis_server: RedisServer) 
     notices = JobNotices(client, full_check_s=60, clock=clock)
     first = [uuid.uuid4()]
     notices.to_check(first)
-    _settled(notices, first)
+    _settled(client, notices, first)
     joined = [*first, uuid.uuid4()]
     checked: set[uuid.UUID] = set()
     wait_until(
@@ -65,7 +74,7 @@ def test_every_job_is_checked_every_full_check_s(redis_server: RedisServer) -> N
     notices = JobNotices(client, full_check_s=2, clock=clock)
     running = [uuid.uuid4(), uuid.uuid4()]
     notices.to_check(running)
-    _settled(notices, running)
+    _settled(client, notices, running)
     clock.now += 2
     assert notices.to_check(running) == set(running), "a lost notice is caught"
 
@@ -76,7 +85,7 @@ def test_without_redis_every_job_is_checked_every_step(redis_server: RedisServer
     notices = JobNotices(client, full_check_s=60, clock=clock)
     running = [uuid.uuid4()]
     notices.to_check(running)
-    _settled(notices, running)
+    _settled(client, notices, running)
     client.client_kill_filter(_type="pubsub")  # what a Redis restart does to it
     gone = JobNotices(redis.Redis(port=1, socket_connect_timeout=0.2), clock=clock)
     for _ in range(3):
