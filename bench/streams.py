@@ -68,6 +68,7 @@ import aiohttp
 import requests
 from harness import checkpoint, running_stack
 
+from client.sse import EventStreamDecoder
 from tests.stack import Stack, make_image
 
 PROBE_S = 0.1
@@ -95,25 +96,17 @@ class Watched:
     error: str | None = None
 
     def parse(self) -> None:
-        """Read the events in ``raw``: the answer's deltas (a ``reset`` starts it over)
-        and the final ``done``."""
-        name, data = "message", ""
-        for line in self.raw.decode().split("\n"):
-            line = line.rstrip("\r")
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-            elif line == "" and data:
-                body = json.loads(data)
-                if name == "reset":
-                    self.answer = ""
-                elif name == "delta" and body["part"] == "answer":
-                    self.deltas += 1
-                    self.answer += body["text"]
-                elif name == "done":
-                    self.done = body
-                name, data = "message", ""
+        """Read the events in ``raw`` (``client.sse``): the answer's deltas (a ``reset``
+        starts it over) and the final ``done``."""
+        for event in EventStreamDecoder().feed(self.raw):
+            body = json.loads(event.data)
+            if event.type == "reset":
+                self.answer = ""
+            elif event.type == "delta" and body["part"] == "answer":
+                self.deltas += 1
+                self.answer += body["text"]
+            elif event.type == "done":
+                self.done = body
         self.raw = b""
 
 
@@ -151,10 +144,13 @@ async def watch(
                 return
             async for chunk in response.content.iter_any():
                 chunks.append(chunk)
-                if first and b"event:" in b"".join(chunks[-2:]):
+                if not first and seen.first_delta_at is not None:
+                    continue
+                tail = b"".join(chunks[-2:])  # a name cut between two chunks
+                if first and b"event:" in tail:
                     first = False
                     opened()
-                if seen.first_delta_at is None and b"event: delta" in b"".join(chunks[-2:]):
+                if seen.first_delta_at is None and b"event: delta" in tail:
                     seen.first_delta_at = time.monotonic()
     except (TimeoutError, aiohttp.ClientError) as exc:
         seen.error = repr(exc)
