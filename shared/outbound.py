@@ -10,8 +10,8 @@ which reads none of them).
 
 The deadline covers connecting, the TLS handshake, sending and reading headers and body:
 a watchdog shuts the socket down when it passes, so a peer trickling one byte a second is
-cut off at the deadline, not at the per-read timeout. Resolving the name happens before
-the clock's last check and is bounded by the system resolver's own timeout.
+cut off at the deadline, not at the per-read timeout. Resolving the name counts against
+the same deadline (:func:`shared.ssrf.resolve_within`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class OutboundClient:
         :class:`~shared.ssrf.ForbiddenDestination` (the guard refuses ``url``, reported
         as ``field``), :class:`DeadlineExceeded` or :class:`OutboundFailed`."""
         deadline = time.monotonic() + deadline_s
-        destination = self.policy.vet(url, field=field)
+        destination = self.policy.vet(url, field=field, timeout_s=deadline_s)
         failure: OutboundFailed = DeadlineExceeded("the deadline passed before connecting")
         for address in destination.addresses:
             if time.monotonic() >= deadline:

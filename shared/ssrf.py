@@ -23,6 +23,17 @@ Refusals never name the address a host resolved to (that would map the internal 
 :meth:`OutboundPolicy.vet` resolves once and returns the :class:`Destination` to connect
 to; the check is made when a URL is accepted and again right before each call, because
 what a name resolves to can change in between.
+
+Resolving a name is bounded, since whoever owns the name also owns its DNS and can answer
+slowly or never: a lookup that has not answered within ``timeout_s`` (the caller's
+deadline; :data:`RESOLVE_TIMEOUT_S` for a check at intake) refuses the URL as
+unresolvable. Under the API's gevent worker, lookups run in gevent's shared pool of
+resolver threads, so there at most :data:`LOOKUPS_AT_ONCE` of callers' names are looked
+up at a time (a lookup given up on keeps its place until the system resolver lets it
+go): slow names cannot take the whole pool, and the process's other lookups (its
+database and Redis hosts) still get through. With plain threads (the webhook sender)
+each lookup has a thread of its own and there is no shared pool to protect: a slow name
+then holds up only the delivery it belongs to.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +52,13 @@ from shared.errors import ValidationFailed
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
+
+# How long a check at intake waits for a name to resolve.
+RESOLVE_TIMEOUT_S = 2.0
+# Lookups in flight at once in a process whose lookups share gevent's pool of resolver
+# threads (10 by default; the API's), so that slow names leave it room for the others.
+LOOKUPS_AT_ONCE = 4
+_LOOKUP_SLOTS = threading.BoundedSemaphore(LOOKUPS_AT_ONCE)
 
 MAX_URL_CHARS = 2048
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<rest>.*)")
@@ -180,6 +200,52 @@ def _is_dotted_quad(host: str) -> bool:
     return True
 
 
+def resolve_within(
+    resolver: Resolver,
+    host: str,
+    port: int,
+    timeout_s: float,
+    places: threading.BoundedSemaphore | None = None,
+) -> Sequence[str]:
+    """``resolver(host, port)`` in a thread of its own, given up on (``TimeoutError``)
+    once ``timeout_s`` has passed. With ``places``, the lookup first takes one of them
+    (the wait counts against ``timeout_s``) and frees it when the lookup itself ends."""
+    deadline = time.monotonic() + timeout_s
+    if places is not None and not places.acquire(timeout=max(timeout_s, 0.0)):
+        raise TimeoutError(f"no lookup place free within {timeout_s:g} s")
+    answer: list[Sequence[str]] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            answer.append(resolver(host, port))
+        except BaseException as exc:  # handed to the waiter, whatever it is
+            failure.append(exc)
+        finally:
+            if places is not None:
+                places.release()
+            done.set()
+
+    threading.Thread(target=look_up, name="resolve", daemon=True).start()
+    if not done.wait(max(deadline - time.monotonic(), 0.0)):
+        raise TimeoutError(f"not resolved within {timeout_s:g} s")
+    if failure:
+        raise failure[0]
+    return answer[0]
+
+
+def _shared_places() -> threading.BoundedSemaphore | None:
+    """The process's lookup places where its lookups share a pool of resolver threads
+    (gevent's, under the API's worker class); none with plain threads, where each
+    lookup has a thread of its own and the callers' own threads bound them."""
+    try:
+        from gevent import monkey  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return _LOOKUP_SLOTS if monkey.is_module_patched("socket") else None
+
+
 def _resolve(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
@@ -215,9 +281,12 @@ class OutboundPolicy:
         """Raise :class:`ForbiddenDestination` (422) unless ``url`` may be called now."""
         self.vet(url, field=field)
 
-    def vet(self, url: str, *, field: str = "url") -> Destination:
-        """Parse ``url``, resolve its host once and return where to connect; raise
-        :class:`ForbiddenDestination` (422) unless every address is allowed."""
+    def vet(
+        self, url: str, *, field: str = "url", timeout_s: float = RESOLVE_TIMEOUT_S
+    ) -> Destination:
+        """Parse ``url``, resolve its host once (within ``timeout_s``) and return where to
+        connect; raise :class:`ForbiddenDestination` (422) unless every address is
+        allowed."""
         parsed = parse_outbound_url(url, field=field)
         try:
             literal: IPAddress | None = ipaddress.ip_address(parsed.host)
@@ -227,9 +296,15 @@ class OutboundPolicy:
             addresses: list[IPAddress] = [literal]
         else:
             try:
-                answers = self.resolver(parsed.host, parsed.port)
+                answers = resolve_within(
+                    self.resolver, parsed.host, parsed.port, timeout_s, _shared_places()
+                )
                 # A scope id ("fe80::1%eth0") is dropped; fe80::/10 is refused anyway.
                 addresses = [ipaddress.ip_address(a.split("%")[0]) for a in answers]
+            except TimeoutError as exc:
+                raise ForbiddenDestination(
+                    f"{field} host {parsed.host!r} did not resolve within {timeout_s:g} s"
+                ) from exc
             except (OSError, UnicodeError, ValueError) as exc:
                 raise ForbiddenDestination(
                     f"{field} host {parsed.host!r} cannot be resolved"
