@@ -22,8 +22,9 @@ this script measures three things:
 2. **mixed workload**: ``--mixed-requests`` requests with a long-tailed mix of
    ``max_new_tokens`` (three in four under 16, one in ten over 100, mean about 32; drawn
    from ``--mixed-seed``), run (a) through the continuous-batching engine with at most 8
-   rows (requests added in arrival order whenever a row is free, stepped until all have
-   finished), (b) as static batches: groups of 8 in arrival order, each one
+   rows (requests added in arrival order as the worker adds bulk jobs: once a row is
+   free, ``--prefill-group`` at a time, those beyond the free rows ahead; stepped until
+   all have finished), (b) as static batches: groups of 8 in arrival order, each one
    ``generate`` call at the group's longest ``max_new_tokens`` (a static batch shares its
    options and runs to its longest row), and (c) through the engine again with every
    request at the mix's mean (rounded): the uniform work the mix is compared with.
@@ -49,6 +50,7 @@ paths then show what the engine's own bookkeeping costs in that regime).
 
     python bench/gpu.py [--dims flash|tiny|deep] [--tokens 64] [--passes 5] [--image-side 672]
         [--mixed-requests 128] [--mixed-seed 0] [--decode-steps 20] [--hbm-gbps 3350]
+        [--prefill-group 4]
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ from worker.model.base import GenerationOptions, GenerationRequest, GenerationRe
 from worker.model.engine import EngineLimits
 from worker.model.tiny import build_tiny_checkpoint
 from worker.process import load_backend
+from worker.scheduling import bulk_joins
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench"
 BATCH_SIZES = (1, 8, 16)
@@ -401,19 +404,31 @@ def _peak() -> int | None:
     return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 
 
-def run_engine(backend: ModelBackend, requests: list[GenerationRequest], rows: int) -> MixedRun:
-    """``requests`` through a fresh engine of ``rows`` rows: each added in arrival order
-    as soon as a row is free, steps until every one has finished; fails unless each
-    generated exactly its own ``max_new_tokens``."""
-    engine = backend.start_engine(EngineLimits(max_rows=rows, max_tokens=UNBOUNDED_TOKENS))
+def run_engine(
+    backend: ModelBackend, requests: list[GenerationRequest], rows: int, group: int
+) -> MixedRun:
+    """``requests`` through a fresh engine of ``rows`` rows, added in arrival order as
+    the worker adds bulk jobs (``worker.scheduling.bulk_joins``): once a row is free, a
+    ``group`` at a time (those beyond the free rows ahead); steps until every one has
+    finished; fails unless each generated exactly its own ``max_new_tokens``."""
+    limits = EngineLimits(max_rows=rows, max_tokens=UNBOUNDED_TOKENS, ahead_rows=group)
+    engine = backend.start_engine(limits)
     pending = deque((uuid.uuid4(), request) for request in requests)
     caps = {job: request.options.max_new_tokens for job, request in pending}
     results: dict[uuid.UUID, GenerationResult] = {}
     steps = 0
     began = _start_clock()
     while pending or engine.running:
-        while pending and engine.free_rows > 0:
-            engine.add(*pending.popleft())
+        free = engine.free_rows
+        joining = bulk_joins(
+            free,
+            group=group,
+            free_ahead=engine.free_ahead,
+            waiting_ahead=len(engine.ahead),
+            waited_steps=0,
+        )
+        for placed in range(min(joining, len(pending))):
+            engine.add(*pending.popleft(), ahead=placed >= free)
         events = engine.step()
         steps += 1
         if events.failed:
@@ -536,6 +551,13 @@ def main() -> int:
     parser.add_argument("--mixed-seed", type=int, default=0, help="the mix's seed")
     parser.add_argument("--decode-steps", type=int, default=20, help="timed decode steps")
     parser.add_argument(
+        "--prefill-group",
+        type=int,
+        default=Settings.model_fields["prefill_group"].default,
+        help="engine runs: requests that join together (SIGHTLINE_PREFILL_GROUP; 1: each "
+        "as soon as a row is free)",
+    )
+    parser.add_argument(
         "--hbm-gbps",
         type=float,
         default=None,
@@ -582,10 +604,15 @@ def main() -> int:
     caps = long_tailed_caps(args.mixed_requests, args.mixed_seed)
     images = requests_for(len(caps), args.image_side, 1)
     mixed = [with_cap(request, cap) for request, cap in zip(images, caps, strict=True)]
-    continuous = run_engine(backend, mixed, MIXED_ROWS)
+    continuous = run_engine(backend, mixed, MIXED_ROWS, args.prefill_group)
     static = run_static(backend, mixed, MIXED_ROWS)
     mean_cap = round(statistics.mean(caps))
-    uniform = run_engine(backend, [with_cap(request, mean_cap) for request in images], MIXED_ROWS)
+    uniform = run_engine(
+        backend,
+        [with_cap(request, mean_cap) for request in images],
+        MIXED_ROWS,
+        args.prefill_group,
+    )
 
     decode = {
         count: decode_step_seconds(backend, count, args.image_side, args.decode_steps)
@@ -626,7 +653,8 @@ def main() -> int:
         f"\nmixed workload: {len(caps)} requests (seed {args.mixed_seed}), max_new_tokens "
         f"{min(caps)}-{max(caps)}, mean {statistics.mean(caps):.1f}, median "
         f"{statistics.median(caps):g}; {sum(cap < 16 for cap in caps)} under 16, "
-        f"{sum(cap > 100 for cap in caps)} over 100; at most {MIXED_ROWS} rows"
+        f"{sum(cap > 100 for cap in caps)} over 100; at most {MIXED_ROWS} rows, joining "
+        f"{args.prefill_group} at a time (--prefill-group)"
     )
     print("  path                                useful tok/s  generated  steps     wall  peak")
     for label, run in (

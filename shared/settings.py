@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         description="Rows beyond max_batch_size that only interactive jobs may take, one "
         "per running bulk row, so an interactive job never waits for a bulk row to finish.",
     )
+    prefill_group: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Bulk jobs join a running batch this many at a time (at most "
+        "max_batch_size), prefilled in one pass; those with no free row yet wait "
+        "prefilled and take rows as they free.",
+    )
     max_batch_tokens: int = Field(
         default=65_536,
         ge=64,

@@ -7,11 +7,12 @@ rows only interactive jobs may take), then steps the engine
 (:mod:`worker.model.engine`). Between steps it:
 
 - claims more whenever rows are free (interactive first, oldest first), without waiting
-  for the running rows: an interactive job joins at the next step, bulk jobs once a
-  quarter of the rows are free or a free row has waited a few steps, so that joiners
-  share one prefill, and not while an interactive row decodes its first tokens (for
-  a bounded number of steps), so that no bulk prefill pauses a short interactive answer
-  (:func:`worker.scheduling.join_now`);
+  for the running rows: an interactive job joins at the next step; bulk jobs come
+  ``prefill_group`` at a time, prefilled in one pass, those beyond the free rows added
+  ahead (:class:`~worker.model.engine.EngineLimits`) to take rows as they free, and not
+  while an interactive row decodes its first tokens (for a bounded number of steps), so
+  that no bulk prefill pauses a short interactive answer
+  (:func:`worker.scheduling.bulk_joins`);
 - aborts the rows of jobs that are no longer running under its claim (canceled,
   purged, or taken over after a lost lease), so their slot is free at the next step;
 - commits the jobs whose rows finished in the step, all in one transaction, and wakes
@@ -118,7 +119,7 @@ class _Run:
     outcomes: list[Outcome] = field(default_factory=list)
     idle_until: float = 0.0  # no bulk claim before: nothing was queued
     interactive_idle_until: float = 0.0  # likewise for interactive-only claims
-    waited: int = 0  # steps free rows have waited for bulk company (scheduling.join_now)
+    waited: int = 0  # steps bulk joins were held for interactive rows (scheduling.bulk_joins)
 
 
 class BatchService:
@@ -219,13 +220,15 @@ class BatchService:
 
     def _claim_between_steps(self, run: _Run) -> list[Job]:
         """Claim into the free rows (``scheduling.room``), interactive first; bulk jobs
-        join a running batch only when ``scheduling.join_now`` says so. Nothing while a
-        suspect runs alone or waits to. While rows run, a kind of claim that found
-        nothing is not tried again sooner than :data:`IDLE_CLAIM_S` later."""
+        join a running batch as ``scheduling.bulk_joins`` says, a group at a time, those
+        beyond the free rows added ahead. Nothing while a suspect runs alone or waits
+        to. While rows run, a kind of claim that found nothing is not tried again sooner
+        than :data:`IDLE_CLAIM_S` later."""
         if run.alone is not None or run.suspects:
             return []
         settings = self._settings
-        idle = not self._engine.running
+        engine = self._engine
+        idle = not engine.running
         if idle and run.after_suspect:
             # Abandoned jobs come one by one, each alone, before any queued work: a dead
             # worker's batch runs again in (number of jobs) x (one job's time), not with
@@ -236,37 +239,24 @@ class BatchService:
                 return suspect
             run.after_suspect = False
         now = self._clock()
+        ahead = set(engine.ahead)
+        seated = [row for job_id, row in run.rows.items() if job_id not in ahead]
         room = scheduling.room(
-            len(self._engine.running),
-            bulk_rows=sum(1 for row in run.rows.values() if row.job.priority is Priority.BULK),
+            len(seated),
+            bulk_rows=sum(1 for row in seated if row.job.priority is Priority.BULK),
             max_rows=settings.max_batch_size,
             headroom=settings.interactive_headroom,
-            free=self._engine.free_rows,
+            free=engine.free_rows,
         )
-        bulk = True
+        bulk = room.any
         if room.any and not idle:
-            if now < run.idle_until:
-                bulk = False  # nothing was queued a moment ago
-            elif scheduling.join_now(
-                room.any,
-                run.waited,
-                max_rows=settings.max_batch_size,
-                interactive_tokens=[
-                    row.tokens
-                    for row in run.rows.values()
-                    if row.job.priority is Priority.INTERACTIVE
-                ],
-            ):
-                run.waited = 0
-            else:
-                run.waited += 1
-                bulk = False  # interactive jobs still join at once
+            bulk = 0 if now < run.idle_until else self._bulk_joins(run, room.any, len(ahead))
         jobs: list[Job] = []
-        interactive = room.interactive_only + (0 if bulk else room.any)
-        if room.any and bulk:
+        interactive = room.interactive_only + room.any - min(bulk, room.any)
+        if bulk:
             # An abandoned job comes in as a suspect: claims stop until it has run alone.
-            jobs = self._claim(run, room.any, with_abandoned=True)
-            if len(jobs) < room.any:
+            jobs = self._claim(run, bulk, with_abandoned=True)
+            if len(jobs) < bulk:
                 run.idle_until = now + IDLE_CLAIM_S
                 interactive = 0  # nothing else is queued
         if interactive and (
@@ -276,8 +266,28 @@ class BatchService:
             if not found:
                 run.interactive_idle_until = now + IDLE_CLAIM_S
             jobs += found
-        self._admit(run, sorted(jobs, key=lambda job: scheduling.claim_order(job, None)))
+        self._admit(
+            run, sorted(jobs, key=lambda job: scheduling.claim_order(job, None)), seats=room.any
+        )
         return jobs
+
+    def _bulk_joins(self, run: _Run, free: int, waiting_ahead: int) -> int:
+        """``scheduling.bulk_joins`` for this run; counts the steps it held joins back."""
+        count = scheduling.bulk_joins(
+            free,
+            group=min(self._settings.prefill_group, self._settings.max_batch_size),
+            free_ahead=self._engine.free_ahead,
+            waiting_ahead=waiting_ahead,
+            waited_steps=run.waited,
+            interactive_tokens=[
+                row.tokens for row in run.rows.values() if row.job.priority is Priority.INTERACTIVE
+            ],
+        )
+        if count:
+            run.waited = 0
+        elif not waiting_ahead:
+            run.waited += 1  # held back for an interactive row
+        return count
 
     def _claim(
         self,
@@ -302,9 +312,11 @@ class BatchService:
                 only=only,
             )
 
-    def _admit(self, run: _Run, jobs: Sequence[Job]) -> None:
+    def _admit(self, run: _Run, jobs: Sequence[Job], *, seats: int | None = None) -> None:
         """Settle or place claimed jobs: expired and cached ones settle at once, suspects
-        wait to run alone, the rest join the engine (or fail alone: image, schema)."""
+        wait to run alone, the rest join the engine (or fail alone: image, schema): the
+        first ``seats`` of them (all when ``None``) to take a row at the next step, bulk
+        jobs beyond that ahead, to take rows as they free."""
         if not jobs:
             return
         split = scheduling.triage(jobs, utcnow())
@@ -314,16 +326,20 @@ class BatchService:
         hits = self._from_cache(split.fresh)
         outcomes += hits
         answered = {outcome.job_id for outcome in hits}
-        for job in split.fresh:
-            if job.id not in answered:
-                failure = self._join(run, job)
-                if failure is not None:
-                    outcomes.append(failure)
+        joining = [job for job in split.fresh if job.id not in answered]
+        for placed, job in enumerate(joining):
+            ahead = seats is not None and placed >= seats and self._engine.free_ahead > 0
+            if ahead and job.priority is Priority.INTERACTIVE and self._engine.free_rows > 0:
+                ahead = False  # an interactive job takes headroom rather than wait
+            failure = self._join(run, job, ahead=ahead)
+            if failure is not None:
+                outcomes.append(failure)
         run.suspects += split.suspects
         self._settle(run, [*split.expired, *split.fresh], outcomes)
 
-    def _join(self, run: _Run, job: Job) -> Outcome | None:
-        """Add ``job`` to the engine; its failed outcome if it cannot run at all."""
+    def _join(self, run: _Run, job: Job, *, ahead: bool = False) -> Outcome | None:
+        """Add ``job`` to the engine (``ahead``: see :meth:`_admit`); its failed outcome
+        if it cannot run at all."""
         try:
             image = self._load_image(job)
         except Exception as exc:
@@ -339,7 +355,7 @@ class BatchService:
             thinking=job.thinking,
         )
         try:
-            self._engine.add(job.id, request)
+            self._engine.add(job.id, request, ahead=ahead)
         except ValueError as exc:  # SchemaError included
             return _failed(job, JobErrorCode.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}")
         run.rows[job.id] = _Row(job, request, self._clock())
@@ -413,7 +429,7 @@ class BatchService:
         """One engine step over ``rows`` (claimed under ``token``), recorded in the
         metrics and published to watchers; returns its events and when it ended.
         :class:`StepFailed` is recorded, then raised."""
-        count = len(self._engine.running)
+        count = len(self._engine.running) - len(self._engine.ahead)
         started = self._clock()
         try:
             events = self._engine.step()
@@ -421,7 +437,7 @@ class BatchService:
             self._metrics.observe_step(count, self._clock() - started, None)
             raise
         now = self._clock()
-        self._metrics.observe_step(count, now - started, len(events.tokens))
+        self._metrics.observe_step(count, now - started, len(events.tokens), events.prefilled)
         for job_id in events.tokens:
             row = rows.get(job_id)
             if row is None:
@@ -485,7 +501,8 @@ class BatchService:
         """Run ``group`` alone in the (empty) engine to its end; raises
         :class:`StepFailed` if a step fails."""
         for row in group:
-            self._engine.add(row.job.id, row.request)
+            # A group of jobs dropped with the rows added ahead may outnumber the rows.
+            self._engine.add(row.job.id, row.request, ahead=self._engine.free_rows <= 0)
             row.joined_at = self._clock()
         outcomes: dict[uuid.UUID, Outcome] = {}
         by_id = {row.job.id: row for row in group}
@@ -552,6 +569,8 @@ class BatchService:
         """Shutdown: claim nothing, give running rows ``drain_s`` to finish, then hand
         what is left (and suspects not yet run) back to the queue."""
         deadline = self._clock() + self._settings.drain_s
+        for job_id in self._engine.ahead:
+            self._engine.abort(job_id)  # not started: handed back below at once
         while self._engine.running and self._clock() < deadline:
             self._abort_gone(run)
             if self._engine.running:

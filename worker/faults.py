@@ -42,11 +42,19 @@ class FaultInjectingEngine:
         return self._engine.running
 
     @property
+    def ahead(self) -> list[uuid.UUID]:
+        return self._engine.ahead
+
+    @property
     def free_rows(self) -> int:
         return self._engine.free_rows
 
-    def add(self, job_id: uuid.UUID, request: GenerationRequest) -> None:
-        self._engine.add(job_id, request)
+    @property
+    def free_ahead(self) -> int:
+        return self._engine.free_ahead
+
+    def add(self, job_id: uuid.UUID, request: GenerationRequest, *, ahead: bool = False) -> None:
+        self._engine.add(job_id, request, ahead=ahead)
         self._prompts[job_id] = request.prompt
 
     def abort(self, job_id: uuid.UUID) -> None:

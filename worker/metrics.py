@@ -59,6 +59,14 @@ class WorkerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        self.prefill_rows = Histogram(
+            "sightline_worker_prefill_rows",
+            "Requests prefilled together in one step's prefill (count: steps that "
+            "prefilled; bulk jobs join in groups of SIGHTLINE_PREFILL_GROUP).",
+            ["worker"],
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
         self.step = Histogram(
             "sightline_worker_step_seconds",
             "Duration of one decoding step (joining rows' prefill included); outcome is "
@@ -112,10 +120,14 @@ class WorkerMetrics:
             if outcome.queue_ms is not None:
                 self.queue_wait.labels(self.worker).observe(outcome.queue_ms / 1000)
 
-    def observe_step(self, rows: int, seconds: float, tokens: int | None) -> None:
-        """Record one decoding step over ``rows`` rows; ``tokens`` generated, ``None`` if
-        the step raised."""
+    def observe_step(
+        self, rows: int, seconds: float, tokens: int | None, prefilled: int = 0
+    ) -> None:
+        """Record one decoding step over ``rows`` rows that prefilled ``prefilled``
+        requests; ``tokens`` generated, ``None`` if the step raised."""
         self.running_rows.labels(self.worker).observe(rows)
+        if prefilled:
+            self.prefill_rows.labels(self.worker).observe(prefilled)
         self.step.labels(self.worker, "error" if tokens is None else "ok").observe(seconds)
         if tokens:
             self.tokens.labels(self.worker).inc(tokens)

@@ -41,10 +41,14 @@ def torch_device(device: str) -> str:
 
 def engine_limits(settings: Settings) -> EngineLimits:
     """The engine's limits: every row a batch may hold (``max_batch_size`` plus the
-    interactive headroom) within ``max_batch_tokens``."""
+    interactive headroom) within ``max_batch_tokens``, and a ``prefill_group`` of bulk
+    jobs (never more than ``max_batch_size``) prefilled ahead of the rows they will
+    take."""
     return EngineLimits(
         max_rows=settings.max_batch_size + settings.interactive_headroom,
         max_tokens=settings.max_batch_tokens,
+        ahead_rows=min(settings.prefill_group, settings.max_batch_size),
+        ahead_seats=settings.max_batch_size,
     )
 
 

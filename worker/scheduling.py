@@ -11,7 +11,7 @@ unit-tested with a fake clock and fake passes (``tests/unit/test_scheduling.py``
   which run alone (suspects: claimed before, so possibly what killed their last worker).
 - :func:`collect`: how long an idle worker keeps claiming to fill a batch.
 - :func:`room`: how many bulk and interactive jobs a running batch may take in now.
-- :func:`join_now`: whether bulk jobs join a running batch now or wait for company.
+- :func:`bulk_joins`: how many bulk jobs join a running batch now.
 - :func:`run_isolated`: how a failing pass is split until the culprit is alone.
 """
 
@@ -127,33 +127,40 @@ def room(rows: int, *, bulk_rows: int, max_rows: int, headroom: int, free: int) 
     return Room(any=shared, interactive_only=max(0, min(ceiling - rows - shared, free - shared)))
 
 
-# Steps a free row waits for company before bulk jobs join one by one (see join_now).
-JOIN_WAIT_STEPS = 4
-
-# Tokens an interactive row decodes before bulk jobs may join beside it (see join_now).
+# Tokens an interactive row decodes before bulk jobs may join beside it (see bulk_joins).
 INTERACTIVE_CLEAR_TOKENS = 16
 
 
-def join_now(
-    free: int, waited_steps: int, *, max_rows: int, interactive_tokens: Sequence[int] = ()
-) -> bool:
-    """Whether bulk jobs should join a running batch now, given ``free`` rows and how
-    many steps they have waited: once a quarter of ``max_rows`` (at least one) are free,
-    or after :data:`JOIN_WAIT_STEPS` steps. Joiners are prefilled together in one pass,
-    which costs less per job than one pass each (half as much on CPU), while a few steps
-    of a free row cost little. Interactive jobs never wait for this.
+def bulk_joins(
+    free: int,
+    *,
+    group: int,
+    free_ahead: int,
+    waiting_ahead: int,
+    waited_steps: int,
+    interactive_tokens: Sequence[int] = (),
+) -> int:
+    """How many bulk jobs to claim now into a running batch with ``free`` free rows:
+    a group, prefilled together in one pass (which costs less per job than one pass
+    each: half as much on CPU, less still on a GPU). That is ``group`` jobs, or the free
+    rows if more; those beyond the free rows are added ahead (at most ``free_ahead``) and
+    take rows as they free, without a pass of their own. So rows that free one at a time
+    are filled at once from the group, not by one prefill each.
 
-    Not while a running interactive row (``interactive_tokens``: the tokens each has
-    decoded) is within its first :data:`INTERACTIVE_CLEAR_TOKENS`: a prefill pauses
-    every row for its length (on CPU a few joiners cost several steps), and a short
-    interactive answer would wait for each one that came during its steps. The steps
-    held count towards ``waited_steps``, and bulk jobs join once they reach that same
-    number, interactive rows or not: a steady flow of interactive jobs delays bulk joins
-    by at most :data:`INTERACTIVE_CLEAR_TOKENS` steps, it never stops them."""
+    None while jobs added ahead still wait for a row (``waiting_ahead``: they take the
+    free rows first), and none while a running interactive row (``interactive_tokens``:
+    the tokens each has decoded) is within its first :data:`INTERACTIVE_CLEAR_TOKENS`: a
+    prefill pauses every row for its length (on CPU a group costs several steps), and a
+    short interactive answer would wait for each one that came during its steps.
+    ``waited_steps`` counts the steps held so, and bulk jobs join once they reach that
+    same number, interactive rows or not: a steady flow of interactive jobs delays bulk
+    joins by at most :data:`INTERACTIVE_CLEAR_TOKENS` steps, it never stops them."""
+    if free <= 0 or waiting_ahead:
+        return 0
     held = any(tokens < INTERACTIVE_CLEAR_TOKENS for tokens in interactive_tokens)
     if held and waited_steps < INTERACTIVE_CLEAR_TOKENS:
-        return False
-    return free >= max(1, max_rows // 4) or waited_steps >= JOIN_WAIT_STEPS
+        return 0
+    return max(free, min(group, free + free_ahead))
 
 
 def run_isolated(

@@ -17,8 +17,10 @@ from typing import Any
 
 import redis
 
+from cli.redis_server import free_port
 from shared.job_feed import job_channel, text_key, watch_key
 from shared.models import JobStatus
+from tests.prometheus import scrape_until, total
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
 
@@ -227,3 +229,31 @@ def test_sigterm_hands_back_what_cannot_finish_within_drain_s(pg_stack: Stack) -
     pg_stack.start_worker(fault_injection="1")
     job = client.wait(job_id, timeout_s=90)
     assert (job["status"], job["attempts"]) == ("succeeded", 1)
+
+
+def test_bulk_jobs_join_a_group_at_a_time_and_rows_added_ahead_need_no_pass(
+    pg_stack: Stack,
+) -> None:
+    port = free_port()
+    pg_stack.start_worker(max_batch_size="2", prefill_group="2", worker_metrics_port=str(port))
+    # Lengths that end one at a time: each freed row would otherwise cost a pass.
+    tokens = [3, 11, 6, 17, 9, 4, 14, 7, 12, 5]
+    items = [
+        {"image": base64.b64encode(make_image(i)).decode(), "prompt": "go", "max_new_tokens": n}
+        for i, n in enumerate(tokens)
+    ]
+    batch = pg_stack.call("POST", "/v1/batches", json={"items": items}).json()
+    ids = [item["id"] for item in batch["accepted"]]
+
+    done = pg_stack.wait_all(ids, timeout_s=120)
+
+    assert [job["status"] for job in done] == ["succeeded"] * len(ids)
+    assert max(job["batch_size"] for job in done) <= 2, "rows added ahead wait for a row"
+    worker = scrape_until(
+        f"http://127.0.0.1:{port}/metrics",
+        lambda found: total(found, "sightline_worker_prefill_rows_sum") == len(ids),
+        timeout_s=30,
+        what="every job's prefill to be counted",
+    )
+    # Ten jobs in passes of two: five passes. Joining as each row frees takes one each.
+    assert total(worker, "sightline_worker_prefill_rows_count") <= len(ids) // 2 + 1

@@ -206,3 +206,67 @@ def test_add_refuses_duplicates_and_a_full_engine(backend: TransformersBackend) 
         engine.add(job_id, _request(0))
     with pytest.raises(ValueError, match="no free row"):
         engine.add(uuid.uuid4(), _request(0))
+
+
+def test_rows_added_ahead_are_prefilled_with_the_joiners_and_take_rows_as_they_free(
+    backend: TransformersBackend, alone: list[GenerationResult]
+) -> None:
+    engine = backend.start_engine(EngineLimits(max_rows=3, max_tokens=1 << 20, ahead_rows=3))
+    ids = [uuid.uuid4() for _ in CASES]
+    for index in (3, 0, 5):  # 2, 5 and 13 tokens: rows free at steps 1, 4 and 12
+        engine.add(ids[index], _request(index))
+    for index in (1, 2, 4):
+        engine.add(ids[index], _request(index), ahead=True)
+    assert engine.free_rows == 0 and engine.free_ahead == 0
+    assert set(engine.ahead) == {ids[1], ids[2], ids[4]}
+
+    first = engine.step()
+
+    assert first.prefilled == 6, "one pass for the joiners and the rows added ahead"
+    assert set(engine.ahead) == {ids[1], ids[2], ids[4]}, "no row was free for them"
+    results: dict[uuid.UUID, GenerationResult] = {}
+    seated_without_a_pass = False
+    while engine.running:
+        waiting = len(engine.ahead)
+        events = engine.step()
+        assert events.prefilled == 0
+        assert len(events.tokens) <= 3, "rows added ahead decode only once seated"
+        seated_without_a_pass |= len(engine.ahead) < waiting
+        results.update(events.finished)
+    assert seated_without_a_pass
+    by_case = {ids.index(job_id): result for job_id, result in results.items()}
+    assert by_case == {i: alone[i] for i in range(len(CASES)) if i in by_case}
+    assert len(by_case) == len(CASES)
+    assert engine.free_rows == 3 and engine.free_ahead == 3
+
+
+def test_rows_added_ahead_leave_the_headroom_to_others_and_abort_while_they_wait(
+    backend: TransformersBackend, alone: list[GenerationResult]
+) -> None:
+    limits = EngineLimits(max_rows=3, max_tokens=1 << 20, ahead_rows=2, ahead_seats=1)
+    engine = backend.start_engine(limits)
+    first, later, gone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    engine.add(first, _request(0))  # 5 tokens
+    engine.add(later, _request(5), ahead=True)
+    engine.add(gone, _request(1), ahead=True)
+    engine.step()
+    assert engine.free_rows == 2, "rows past ahead_seats stay free for the others"
+    assert set(engine.ahead) == {later, gone}
+
+    engine.abort(gone)
+
+    assert engine.ahead == [later] and engine.free_ahead == 1 and gone not in engine.running
+    results: dict[uuid.UUID, GenerationResult] = {}
+    while engine.running:
+        events = engine.step()
+        assert gone not in events.tokens
+        results.update(events.finished)
+    assert results == {first: alone[0], later: alone[5]}
+
+
+def test_add_ahead_refuses_a_full_pool(backend: TransformersBackend) -> None:
+    engine = backend.start_engine(EngineLimits(max_rows=1, max_tokens=1 << 20, ahead_rows=1))
+    engine.add(uuid.uuid4(), _request(0), ahead=True)
+    with pytest.raises(ValueError, match="no free row ahead"):
+        engine.add(uuid.uuid4(), _request(0), ahead=True)
+    engine.add(uuid.uuid4(), _request(0))  # the batch's own row is still free

@@ -12,11 +12,10 @@ import pytest
 from shared.models import Priority
 from worker.scheduling import (
     INTERACTIVE_CLEAR_TOKENS,
-    JOIN_WAIT_STEPS,
     Room,
+    bulk_joins,
     claim_order,
     collect,
-    join_now,
     room,
     run_isolated,
     split_failed,
@@ -201,21 +200,35 @@ def test_room_without_headroom_is_the_row_cap() -> None:
     assert room(6, bulk_rows=6, max_rows=8, headroom=0, free=2) == Room(any=2, interactive_only=0)
 
 
-def test_bulk_joins_wait_for_a_quarter_of_the_rows_or_a_few_steps() -> None:
-    assert not join_now(1, 0, max_rows=8)
-    assert join_now(2, 0, max_rows=8), "a quarter of the rows are free"
-    assert join_now(1, JOIN_WAIT_STEPS, max_rows=8), "the free row waited long enough"
-    assert not join_now(1, JOIN_WAIT_STEPS - 1, max_rows=8)
-    assert join_now(1, 0, max_rows=2), "small batches join at once"
+def _joins(free: int, **kwargs: object) -> int:
+    defaults: dict[str, object] = {
+        "group": 4,
+        "free_ahead": 4,
+        "waiting_ahead": 0,
+        "waited_steps": 0,
+    }
+    return bulk_joins(free, **{**defaults, **kwargs})  # type: ignore[arg-type]
+
+
+def test_bulk_jobs_join_a_group_at_a_time_the_rest_ahead_of_their_rows() -> None:
+    assert _joins(1) == 4, "one free row: a group of four, three to wait prefilled"
+    assert _joins(3) == 4
+    assert _joins(6) == 6, "more free rows than a group: every one of them"
+    assert _joins(1, free_ahead=2) == 3, "no more ahead than the engine takes"
+    assert _joins(1, group=1) == 1
+    assert _joins(0) == 0, "no free row: nothing"
+
+
+def test_no_bulk_joins_while_jobs_added_ahead_still_wait_for_rows() -> None:
+    assert _joins(2, waiting_ahead=1, free_ahead=3) == 0
 
 
 def test_bulk_jobs_do_not_join_while_an_interactive_row_decodes_its_first_tokens() -> None:
     young = INTERACTIVE_CLEAR_TOKENS - 1
-    assert not join_now(8, JOIN_WAIT_STEPS, max_rows=8, interactive_tokens=[40, young])
-    assert join_now(8, 0, max_rows=8, interactive_tokens=[INTERACTIVE_CLEAR_TOKENS, 40])
-    assert not join_now(1, 0, max_rows=8, interactive_tokens=[INTERACTIVE_CLEAR_TOKENS])
+    assert _joins(8, interactive_tokens=[40, young]) == 0
+    assert _joins(8, interactive_tokens=[INTERACTIVE_CLEAR_TOKENS, 40]) == 8
     # A steady flow of interactive jobs delays bulk joins; it never stops them.
-    assert join_now(1, INTERACTIVE_CLEAR_TOKENS, max_rows=8, interactive_tokens=[0, 3])
+    assert _joins(1, waited_steps=INTERACTIVE_CLEAR_TOKENS, interactive_tokens=[0, 3]) == 4
 
 
 def test_split_failed_starts_from_a_known_failure_without_running_it_again() -> None:

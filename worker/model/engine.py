@@ -28,11 +28,21 @@ class EngineLimits:
     ``max_rows`` requests in the batch (running or waiting for their prefill) and
     ``max_tokens`` tokens of padded KV cache: the batch's rows times its longest row,
     counting each row at its full length (prompt plus ``max_new_tokens``), so a batch
-    admitted under the budget can never outgrow it.
+    admitted under the budget can never outgrow it. Beyond ``max_rows``, ``ahead_rows``
+    requests may be added ahead: prefilled early, they wait for a row and take one
+    while the batch holds fewer than ``ahead_seats`` rows (``max_rows`` when 0). They
+    count against ``max_tokens`` from their prefill on.
     """
 
     max_rows: int
     max_tokens: int
+    ahead_rows: int = 0
+    ahead_seats: int = 0
+
+    @property
+    def seats_ahead(self) -> int:
+        """The rows of the batch that requests added ahead may take."""
+        return self.ahead_seats or self.max_rows
 
 
 @dataclass
@@ -79,11 +89,23 @@ class Engine(Protocol):
         ...
 
     @property
-    def free_rows(self) -> int:
-        """How many more requests :meth:`add` accepts now."""
+    def ahead(self) -> list[uuid.UUID]:
+        """The requests added ahead that have no row yet (prefilled or not)."""
         ...
 
-    def add(self, job_id: uuid.UUID, request: GenerationRequest) -> None: ...
+    @property
+    def free_rows(self) -> int:
+        """How many more requests :meth:`add` accepts now to join the batch."""
+        ...
+
+    @property
+    def free_ahead(self) -> int:
+        """How many more requests :meth:`add` accepts now ahead (``ahead=True``)."""
+        ...
+
+    def add(
+        self, job_id: uuid.UUID, request: GenerationRequest, *, ahead: bool = False
+    ) -> None: ...
 
     def step(self) -> StepEvents: ...
 

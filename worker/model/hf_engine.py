@@ -17,6 +17,13 @@ technique is the one TGI used for plain Hugging Face models (``CausalLMBatch.fil
 - **leave**: a finished or aborted row is index-selected out of cache, mask and
   positions, and columns that are padding in every remaining row are trimmed.
 
+Requests **added ahead** (``add(..., ahead=True)``) are prefilled with the next step's
+joiners but wait, prefilled, in a second padded batch of the same kind (the *staged*
+rows) until the batch has a row for them (fewer rows than ``EngineLimits.seats_ahead``):
+they join at the step a row frees, without a prefill pass of their own. So a caller can
+prefill several requests in one pass before rows free one at a time (one pass of eight
+costs about half as much per request as eight passes of one: ``docs/benchmarks.md``).
+
 Each row picks its own token: its JSON-schema constraint (:class:`~worker.model.
 structured.RowConstraint`) masks its scores, then temperature 0 takes the argmax and
 anything above samples (with the checkpoint's ``top_k``/``top_p``). In float32 greedy a
@@ -30,6 +37,7 @@ duration; the cache is padded, not paged, so memory is rows times the longest ro
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,6 +56,7 @@ class _Row:
     request: GenerationRequest
     inputs: dict[str, Any]
     constraint: RowConstraint | None
+    ahead: bool = False
     generated: list[int] = field(default_factory=list)
 
     @property
@@ -60,6 +69,88 @@ class _Row:
         return self.prompt_tokens + self.request.options.max_new_tokens
 
 
+class _Batch:
+    """Prefilled rows that share one padded KV cache (``cache``: a ``DynamicCache``),
+    the 2-D attention mask marking each row's left padding, and per row its next M-RoPE
+    position and its last token."""
+
+    def __init__(self, rows: list[_Row], cache: Any, mask: Any, positions: Any, last: Any):
+        self.rows = rows
+        self.cache = cache
+        self.mask = mask
+        self.positions = positions
+        self.last = last
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def extend(self, other: _Batch) -> None:
+        """Append ``other``'s rows, left-padding the shorter side."""
+        import torch
+
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat(
+                [left_pad(mine.keys, length, 2), left_pad(theirs.keys, length, 2)]
+            )
+            mine.values = torch.cat(
+                [left_pad(mine.values, length, 2), left_pad(theirs.values, length, 2)]
+            )
+        self.mask = torch.cat([left_pad(self.mask, length, 1), left_pad(other.mask, length, 1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.last = torch.cat([self.last, other.last])
+        self.rows += other.rows
+
+    def select(self, indices: list[int] | slice) -> _Batch | None:
+        """The rows at ``indices`` as a batch of their own (``None`` for no rows),
+        without the columns that are padding in all of them; ``self`` is unchanged. A
+        ``slice`` takes views of ``self``'s tensors, a list copies them."""
+        import torch
+
+        if isinstance(indices, slice):
+            rows = self.rows[indices]
+
+            def pick(tensor: Any) -> Any:
+                return tensor[indices]
+        else:
+            rows = [self.rows[i] for i in indices]
+            index = torch.tensor(indices, device=self.mask.device)
+
+            def pick(tensor: Any) -> Any:
+                return tensor.index_select(0, index)
+
+        if not rows:
+            return None
+        mask = pick(self.mask)
+        real = mask.any(dim=0).nonzero()
+        start = int(real[0]) if len(real) else mask.shape[1]
+        cache = copy.copy(self.cache)
+        cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        for layer in cache.layers:
+            layer.keys = pick(layer.keys)[:, :, start:]
+            layer.values = pick(layer.values)[:, :, start:]
+        return _Batch(rows, cache, mask[:, start:], pick(self.positions), pick(self.last))
+
+
+def _rows(batch: _Batch | None) -> list[_Row]:
+    return batch.rows if batch is not None else []
+
+
+def _joined(batch: _Batch | None, other: _Batch | None) -> _Batch | None:
+    """``batch`` with ``other``'s rows appended (either may be ``None``)."""
+    if batch is None or other is None:
+        return batch or other
+    batch.extend(other)
+    return batch
+
+
+def _kept(batch: _Batch | None, keep: list[int]) -> _Batch | None:
+    """``batch`` with only the rows at ``keep`` (itself when that is every row)."""
+    if batch is None or len(keep) == len(batch):
+        return batch
+    return batch.select(keep)
+
+
 class BudgetExceeded(ValueError):
     """A request that alone needs more KV cache than the engine's token budget."""
 
@@ -68,9 +159,9 @@ class TransformersEngine:
     """An :class:`~worker.model.engine.Engine` over a loaded :class:`TransformersBackend`.
 
     Rows wait after :meth:`add` until the next :meth:`step` admits them: oldest first,
-    while the batch stays within ``limits`` (a row that would overflow the token budget
-    waits for rows to leave; one that could never fit fails with
-    :class:`BudgetExceeded`).
+    requests added ahead after the others, while the batch and the staged rows together
+    stay within ``limits`` (a row that would overflow the token budget waits for rows
+    to leave; one that could never fit fails with :class:`BudgetExceeded`).
     """
 
     def __init__(self, backend: TransformersBackend, limits: EngineLimits) -> None:
@@ -81,72 +172,92 @@ class TransformersEngine:
         self._model: Any = backend.model
         self._limits = limits
         self._waiting: list[_Row] = []
-        self._rows: list[_Row] = []
+        self._batch: _Batch | None = None
+        self._staged: _Batch | None = None  # prefilled rows added ahead, waiting for a row
         # Rows that finished in the last step, so their final text is still readable.
         self._finished: list[_Row] = []
-        self._cache: Any = None
-        self._mask: Any = None
-        self._positions: Any = None
-        self._last: Any = None
         config = self._model.generation_config
         self._top_k = int(config.top_k or 0)
         self._top_p = float(config.top_p if config.top_p is not None else 1.0)
 
     @property
     def running(self) -> list[uuid.UUID]:
-        return [row.job_id for row in (*self._rows, *self._waiting)]
+        return [row.job_id for row in self._all_rows()]
+
+    @property
+    def ahead(self) -> list[uuid.UUID]:
+        return [row.job_id for row in (*_rows(self._staged), *self._waiting) if row.ahead]
 
     @property
     def free_rows(self) -> int:
-        return self._limits.max_rows - len(self._rows) - len(self._waiting)
+        waiting = sum(1 for row in self._waiting if not row.ahead)
+        return self._limits.max_rows - len(self._batch or ()) - waiting
 
-    def add(self, job_id: uuid.UUID, request: GenerationRequest) -> None:
-        """Queue ``request`` for the next step's prefill. Tokenises the prompt and
-        prepares the image here (CPU work); raises ``ValueError`` for a duplicate id or
-        a full engine, :class:`~worker.model.structured.SchemaError` for a schema outside
-        the subset or too big for the request's ``max_new_tokens``."""
+    @property
+    def free_ahead(self) -> int:
+        return self._limits.ahead_rows - len(self.ahead)
+
+    def add(self, job_id: uuid.UUID, request: GenerationRequest, *, ahead: bool = False) -> None:
+        """Queue ``request`` for the next step's prefill; with ``ahead``, to wait
+        prefilled for a row. Tokenises the prompt and prepares the image here (CPU
+        work); raises ``ValueError`` for a duplicate id or a full engine,
+        :class:`~worker.model.structured.SchemaError` for a schema outside the subset or
+        too big for the request's ``max_new_tokens``."""
         if job_id in self.running:
             raise ValueError(f"request {job_id} is already in the engine")
-        if self.free_rows <= 0:
-            raise ValueError("the engine has no free row")
+        if (self.free_ahead if ahead else self.free_rows) <= 0:
+            raise ValueError("the engine has no free row" + (" ahead" if ahead else ""))
         constraint = self._backend.constraint(request)
-        self._waiting.append(_Row(job_id, request, self._backend.encode(request), constraint))
+        inputs = self._backend.encode(request)
+        self._waiting.append(_Row(job_id, request, inputs, constraint, ahead))
 
     def abort(self, job_id: uuid.UUID) -> None:
         self._waiting = [row for row in self._waiting if row.job_id != job_id]
-        keep = [index for index, row in enumerate(self._rows) if row.job_id != job_id]
-        if len(keep) < len(self._rows):
-            self._keep(keep)
+        self._batch = self._without(self._batch, job_id)
+        self._staged = self._without(self._staged, job_id)
 
     def text(self, job_id: uuid.UUID) -> str:
-        rows = (*self._rows, *self._waiting, *self._finished)
-        row = next((r for r in rows if r.job_id == job_id), None)
+        row = next((r for r in (*self._all_rows(), *self._finished) if r.job_id == job_id), None)
         return "" if row is None else self._backend.decode(row.generated)
 
     def step(self) -> StepEvents:
-        """Decode one token for every running row, then prefill the rows that fit and
-        give them their first token. Raises :class:`StepFailed` (after dropping every
-        running row) if the decoding pass raises; a prefill that raises fails its rows
-        (one at a time, so only the culprit fails: see :meth:`_prefill_isolated`)."""
+        """Decode one token for every running row, give free rows to staged rows, then
+        prefill the waiting rows that fit and give them their first token. Raises
+        :class:`StepFailed` (after dropping every row in the engine) if the decoding
+        pass raises; a prefill that raises fails its rows (one at a time, so only the
+        culprit fails: see :meth:`_prefill_isolated`)."""
         events = StepEvents()
         self._finished = []
         with self._torch.inference_mode():
-            if self._rows:
+            if self._batch:
                 self._decode(events)
+            self._seat_staged()
             admitted = self._admit(events)
             if admitted:
                 self._prefill_isolated(admitted, events)
+                self._seat_staged()
         return events
+
+    def _all_rows(self) -> list[_Row]:
+        return [*_rows(self._batch), *_rows(self._staged), *self._waiting]
+
+    @staticmethod
+    def _without(batch: _Batch | None, job_id: uuid.UUID) -> _Batch | None:
+        if batch is None:
+            return None
+        return _kept(batch, [i for i, row in enumerate(batch.rows) if row.job_id != job_id])
 
     # -- admission -------------------------------------------------------------------
 
     def _admit(self, events: StepEvents) -> list[_Row]:
-        """The waiting rows that fit now, oldest first; fail the ones that never can."""
+        """The waiting rows that fit now, oldest first and rows added ahead last; fail
+        the ones that never can. Staged rows count as rows of the batch."""
         admitted: list[_Row] = []
         budget = self._limits.max_tokens
-        longest = max((row.full_length for row in self._rows), default=0)
-        count = len(self._rows)
-        for row in list(self._waiting):
+        holding = [*_rows(self._batch), *_rows(self._staged)]
+        longest = max((row.full_length for row in holding), default=0)
+        count = len(holding)
+        for row in sorted(self._waiting, key=lambda row: row.ahead):
             if row.full_length > budget:
                 self._waiting.remove(row)
                 events.failed[row.job_id] = BudgetExceeded(
@@ -162,6 +273,21 @@ class TransformersEngine:
             admitted.append(row)
             self._waiting.remove(row)
         return admitted
+
+    def _seat_staged(self) -> None:
+        """Move staged rows, oldest first, into the batch's free rows: below
+        ``EngineLimits.seats_ahead`` rows, leaving room for the rows waiting to join."""
+        if self._staged is None:
+            return
+        limits = self._limits
+        waiting = sum(1 for row in self._waiting if not row.ahead)
+        rows = len(self._batch or ())
+        seats = min(limits.seats_ahead - rows, limits.max_rows - rows - waiting)
+        if seats <= 0:
+            return
+        moving = self._staged.select(slice(0, seats))  # views: extend copies them once
+        self._staged = self._staged.select(slice(seats, None))
+        self._batch = _joined(self._batch, moving)
 
     # -- prefill ---------------------------------------------------------------------
 
@@ -201,52 +327,42 @@ class TransformersEngine:
         next_positions = mask.sum(-1) + deltas.view(-1).to(mask.device)
         tokens = self._choose(rows, output.logits[:, -1, :])
         events.prefilled += len(rows)
-        self._merge(rows, cache, mask, next_positions, torch.tensor(tokens, device=mask.device))
-        self._record(tokens, events, first=len(self._rows) - len(rows))
-
-    def _merge(self, rows: list[_Row], cache: Any, mask: Any, positions: Any, last: Any) -> None:
-        """Append prefilled ``rows`` to the batch, left-padding the shorter side."""
-        torch = self._torch
-        if not self._rows:
-            self._rows, self._cache, self._mask = list(rows), cache, mask
-            self._positions, self._last = positions, last
+        last = torch.tensor(tokens, device=mask.device)
+        joined = self._record(_Batch(list(rows), cache, mask, next_positions, last), tokens, events)
+        if joined is None:
             return
-        length = max(self._mask.shape[1], mask.shape[1])
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([left_pad(old.keys, length, 2), left_pad(new.keys, length, 2)])
-            old.values = torch.cat(
-                [left_pad(old.values, length, 2), left_pad(new.values, length, 2)]
-            )
-        self._mask = torch.cat([left_pad(self._mask, length, 1), left_pad(mask, length, 1)])
-        self._positions = torch.cat([self._positions, positions])
-        self._last = torch.cat([self._last, last])
-        self._rows += rows
+        now = [i for i, row in enumerate(joined.rows) if not row.ahead]
+        later = [i for i, row in enumerate(joined.rows) if row.ahead]
+        self._batch = _joined(self._batch, _kept(joined, now) if now else None)
+        self._staged = _joined(self._staged, _kept(joined, later) if later else None)
 
     # -- decode ----------------------------------------------------------------------
 
     def _decode(self, events: StepEvents) -> None:
         torch = self._torch
-        count = len(self._rows)
-        mask = torch.cat([self._mask, self._mask.new_ones((count, 1))], dim=1)
+        batch = self._batch
+        assert batch is not None
+        count = len(batch)
+        mask = torch.cat([batch.mask, batch.mask.new_ones((count, 1))], dim=1)
         try:
             output = self._model(
-                input_ids=self._last.view(count, 1),
+                input_ids=batch.last.view(count, 1),
                 attention_mask=mask,
-                position_ids=self._positions.view(1, count, 1).expand(3, count, 1),
-                past_key_values=self._cache,
+                position_ids=batch.positions.view(1, count, 1).expand(3, count, 1),
+                past_key_values=batch.cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-            tokens = self._choose(self._rows, output.logits[:, -1, :])
+            tokens = self._choose(batch.rows, output.logits[:, -1, :])
         except Exception as exc:
             dropped = self.running
-            self._keep([])
+            self._batch = self._staged = None
             self._waiting = []
             raise StepFailed(dropped, exc) from exc
-        self._mask = mask
-        self._positions = self._positions + 1
-        self._last = torch.tensor(tokens, device=mask.device)
-        self._record(tokens, events, first=0)
+        batch.mask = mask
+        batch.positions = batch.positions + 1
+        batch.last = torch.tensor(tokens, device=mask.device)
+        self._batch = self._record(batch, tokens, events)
 
     def _choose(self, rows: list[_Row], logits: Any) -> list[int]:
         """Each row's next token: its constraint masks its scores, then greedy or
@@ -285,12 +401,12 @@ class TransformersEngine:
             scores = scores.masked_fill(drop.scatter(0, order, drop), -float("inf"))
         return scores
 
-    def _record(self, tokens: list[int], events: StepEvents, *, first: int) -> None:
-        """Append the chosen tokens to rows ``first…`` and let finished rows leave."""
+    def _record(self, batch: _Batch, tokens: list[int], events: StepEvents) -> _Batch | None:
+        """Append the chosen tokens to ``batch``'s rows; the batch without the rows that
+        finished."""
         stop_ids = self._backend.stop_ids
-        keep: list[int] = list(range(first))
-        for index, token in enumerate(tokens, start=first):
-            row = self._rows[index]
+        keep: list[int] = []
+        for index, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)):
             row.generated.append(token)
             events.tokens[row.job_id] = token
             done = token in stop_ids or len(row.generated) >= row.request.options.max_new_tokens
@@ -304,27 +420,7 @@ class TransformersEngine:
                 )
             except Exception as exc:
                 events.failed[row.job_id] = exc
-        if len(keep) < len(self._rows):
-            self._keep(keep)
-
-    def _keep(self, indices: list[int]) -> None:
-        """Keep only the rows at ``indices``; trim columns that are padding in all."""
-        if not indices:
-            self._rows, self._cache, self._mask = [], None, None
-            self._positions = self._last = None
-            return
-        torch = self._torch
-        select = torch.tensor(indices, device=self._mask.device)
-        mask = self._mask.index_select(0, select)
-        real = mask.any(dim=0).nonzero()
-        start = int(real[0]) if len(real) else mask.shape[1]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, select)[:, :, start:]
-            layer.values = layer.values.index_select(0, select)[:, :, start:]
-        self._mask = mask[:, start:]
-        self._positions = self._positions.index_select(0, select)
-        self._last = self._last.index_select(0, select)
-        self._rows = [self._rows[index] for index in indices]
+        return _kept(batch, keep) if keep else None
 
 
 def left_pad(tensor: Any, length: int, dim: int, value: int = 0) -> Any:
