@@ -31,7 +31,7 @@ from shared.error_codes import ErrorCode
 from shared.errors import PayloadTooLarge, SightlineError, ValidationFailed
 from shared.fetch import fetch_image
 from shared.images import NormalisedImage
-from shared.ssrf import parse_outbound_url
+from shared.ssrf import OutboundPolicy, parse_outbound_url
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,13 @@ class IntakeDeadline:
 
 
 def vet_callbacks(
-    svc: Services, pool: ThreadPoolExecutor, urls: Iterable[str], deadline: IntakeDeadline
+    policy: OutboundPolicy,
+    pool: ThreadPoolExecutor,
+    urls: Iterable[str],
+    deadline: IntakeDeadline,
 ) -> dict[str, SightlineError | None]:
-    """The SSRF guard's verdict on each distinct URL in ``urls`` (``None``: allowed).
+    """The SSRF guard's verdict (``policy``, bound to the submitting tenant) on each
+    distinct URL in ``urls`` (``None``: allowed).
 
     URLs that parse to the same ``(scheme, host, port)`` share one check, so a batch
     whose 10,000 items call back to one host resolves it once; distinct hosts are
@@ -84,7 +88,7 @@ def vet_callbacks(
             verdicts[url] = exc
             continue
         groups.setdefault((parsed.scheme, parsed.host, parsed.port), []).append(url)
-    checks = {pool.submit(_verdict, svc, members[0]): members for members in groups.values()}
+    checks = {pool.submit(_verdict, policy, members[0]): members for members in groups.values()}
     done, _ = wait(checks, timeout=deadline.remaining())
     for future, members in checks.items():
         verdict = future.result() if future in done else deadline.missed("callback_url not checked")
@@ -92,20 +96,25 @@ def vet_callbacks(
     return verdicts
 
 
-def _verdict(svc: Services, url: str) -> SightlineError | None:
+def _verdict(policy: OutboundPolicy, url: str) -> SightlineError | None:
     try:
-        svc.outbound.check(url, field="callback_url")
+        policy.check(url, field="callback_url")
     except SightlineError as exc:
         return exc
     return None
 
 
 def fetch_images(
-    svc: Services, pool: ThreadPoolExecutor, urls: dict[int, str], deadline: IntakeDeadline
+    svc: Services,
+    policy: OutboundPolicy,
+    pool: ThreadPoolExecutor,
+    urls: dict[int, str],
+    deadline: IntakeDeadline,
 ) -> Iterator[tuple[int, FetchedImage | SightlineError]]:
-    """Download and normalise the image of each ``urls`` item (by index), yielding each
-    one as it is ready (in no particular order); every index is yielded once, with its
-    image or its problem. See the module docstring for the bounds."""
+    """Download (through ``policy``, bound to the submitting tenant) and normalise the
+    image of each ``urls`` item (by index), yielding each one as it is ready (in no
+    particular order); every index is yielded once, with its image or its problem. See
+    the module docstring for the bounds."""
     settings = svc.settings
     window = 2 * settings.image_fetch_concurrency
     queue = list(reversed(urls.items()))
@@ -117,7 +126,7 @@ def fetch_images(
             if left <= 0:
                 break
             index, url = queue.pop()
-            running[pool.submit(_fetch_one, svc, url, deadline)] = index
+            running[pool.submit(_fetch_one, svc, policy, url, deadline)] = index
         if not running:
             break
         done, _ = wait(running, timeout=deadline.remaining(), return_when=FIRST_COMPLETED)
@@ -137,13 +146,15 @@ def fetch_images(
             yield index, deadline.missed("image_url not fetched")
 
 
-def _fetch_one(svc: Services, url: str, deadline: IntakeDeadline) -> Fetched:
+def _fetch_one(
+    svc: Services, policy: OutboundPolicy, url: str, deadline: IntakeDeadline
+) -> Fetched:
     settings = svc.settings
     left_s = deadline.remaining()
     try:
         raw = fetch_image(
             url,
-            svc.outbound,
+            policy,
             max_bytes=settings.max_image_bytes,
             timeout_s=min(settings.image_fetch_timeout_s, left_s),
         )

@@ -76,6 +76,7 @@ from shared.schemas import (
     BatchResultLine,
     Purged,
 )
+from shared.ssrf import OutboundPolicy
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +104,16 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
     key = current_key()
     raw_items, callback_url, item_events = _read_items(svc)
     enforce_item_rate(svc, svc.counters, key, len(raw_items))
+    outbound = svc.outbound.for_owner(str(key.tenant_id))
     if callback_url is not None:
-        svc.outbound.check(callback_url, field="callback_url")
+        outbound.check(callback_url, field="callback_url")
     deadline = IntakeDeadline(svc.settings.batch_intake_deadline_s)
     # Not a ``with``: leaving it would wait for downloads still running past the deadline.
     pool = ThreadPoolExecutor(max_workers=svc.settings.image_fetch_concurrency)
     try:
         with gc_paused():
             item_callback = callback_url if item_events else None
-            outcomes = _draft_items(svc, pool, key, raw_items, deadline, item_callback)
+            outcomes = _draft_items(svc, outbound, pool, key, raw_items, deadline, item_callback)
             existing = _existing(svc, key, outcomes)
             fresh = {
                 i: item
@@ -119,7 +121,7 @@ def create_batch() -> tuple[Body, int, dict[str, str]]:
                 if isinstance(item, Drafted) and item.draft.row["idempotency_key"] not in existing
             }
             enforce_queue_cap(svc, key, adding=len(fresh))
-            rows = _build_rows(svc, pool, fresh, deadline)
+            rows = _build_rows(svc, outbound, pool, fresh, deadline)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     for index, row in rows.items():
@@ -358,6 +360,7 @@ Outcome = Drafted | JobRow | SightlineError
 
 def _draft_items(
     svc: Services,
+    outbound: OutboundPolicy,
     pool: ThreadPoolExecutor,
     key: ApiKey,
     raw_items: list[Any],
@@ -379,7 +382,9 @@ def _draft_items(
         except SightlineError as exc:
             outcomes.append(exc)
     callbacks = {o.draft.callback_url for o in outcomes if isinstance(o, Drafted)}
-    verdicts = vet_callbacks(svc, pool, [url for url in callbacks if url is not None], deadline)
+    verdicts = vet_callbacks(
+        outbound, pool, [url for url in callbacks if url is not None], deadline
+    )
     seen_keys: set[str] = set()
     for index, outcome in enumerate(outcomes):
         if not isinstance(outcome, Drafted):
@@ -434,6 +439,7 @@ def _parse(svc: Services, raw: Any) -> BatchItem:
 
 def _build_rows(
     svc: Services,
+    outbound: OutboundPolicy,
     pool: ThreadPoolExecutor,
     fresh: dict[int, Drafted],
     deadline: IntakeDeadline,
@@ -458,7 +464,7 @@ def _build_rows(
             continue
         finish(index, image, hashlib.sha256(image_bytes).hexdigest())
     urls = {i: d.item.image_url for i, d in fresh.items() if d.item.image_url is not None}
-    for index, fetched in fetch_images(svc, pool, urls, deadline):
+    for index, fetched in fetch_images(svc, outbound, pool, urls, deadline):
         if isinstance(fetched, SightlineError):
             rows[index] = fetched
         else:

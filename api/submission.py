@@ -131,7 +131,7 @@ def draft_job(
     options = JobOptions(max_new_tokens=plan.max_new_tokens, temperature=fields.temperature)
     callback_url = fields.callback_url or key.callback_url
     if callback_url is not None and check_callback:
-        svc.outbound.check(callback_url, field="callback_url")
+        svc.outbound.for_owner(str(key.tenant_id)).check(callback_url, field="callback_url")
     now = utcnow()
     row = BLANK_ROW | dict(
         id=uuid.uuid4(),

@@ -30,10 +30,12 @@ deadline; :data:`RESOLVE_TIMEOUT_S` for a check at intake) refuses the URL as
 unresolvable. Under the API's gevent worker, lookups run in gevent's shared pool of
 resolver threads, so there at most :data:`LOOKUPS_AT_ONCE` of callers' names are looked
 up at a time (a lookup given up on keeps its place until the system resolver lets it
-go): slow names cannot take the whole pool, and the process's other lookups (its
-database and Redis hosts) still get through. With plain threads (the webhook sender)
-each lookup has a thread of its own and there is no shared pool to protect: a slow name
-then holds up only the delivery it belongs to.
+go), and at most :data:`LOOKUPS_PER_OWNER` of one owner's (the tenant a policy is bound
+to with :meth:`OutboundPolicy.for_owner`): slow names cannot take the whole pool, the
+process's other lookups (its database and Redis hosts) still get through, and one
+tenant's slow names leave places for the other tenants' checks. With plain threads (the
+webhook sender) each lookup has a thread of its own and there is no shared pool to
+protect: a slow name then holds up only the delivery it belongs to.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shared.error_codes import ErrorCode
 from shared.errors import ValidationFailed
@@ -56,9 +58,10 @@ Resolver = Callable[[str, int], Sequence[str]]
 # How long a check at intake waits for a name to resolve.
 RESOLVE_TIMEOUT_S = 2.0
 # Lookups in flight at once in a process whose lookups share gevent's pool of resolver
-# threads (10 by default; the API's), so that slow names leave it room for the others.
+# threads (10 by default; the API's), so that slow names leave it room for the others,
+# and how many of them one owner (tenant) may hold.
 LOOKUPS_AT_ONCE = 4
-_LOOKUP_SLOTS = threading.BoundedSemaphore(LOOKUPS_AT_ONCE)
+LOOKUPS_PER_OWNER = 2
 
 MAX_URL_CHARS = 2048
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<rest>.*)")
@@ -200,18 +203,57 @@ def _is_dotted_quad(host: str) -> bool:
     return True
 
 
+class LookupPlaces:
+    """``total`` places for lookups in flight, of which one owner may hold
+    ``per_owner`` at a time (``None`` is an owner too: the unbound callers')."""
+
+    def __init__(self, total: int, per_owner: int) -> None:
+        self._total = total
+        self._per_owner = per_owner
+        self._held: dict[str | None, int] = {}
+        self._changed = threading.Condition()
+
+    def acquire(self, owner: str | None, timeout_s: float) -> bool:
+        """Take a place for ``owner``, waiting up to ``timeout_s``; whether it got one."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while (
+                sum(self._held.values()) >= self._total
+                or self._held.get(owner, 0) >= self._per_owner
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            self._held[owner] = self._held.get(owner, 0) + 1
+            return True
+
+    def release(self, owner: str | None) -> None:
+        """Give back a place ``owner`` took."""
+        with self._changed:
+            self._held[owner] -= 1
+            if not self._held[owner]:
+                del self._held[owner]
+            self._changed.notify_all()
+
+
+_LOOKUP_PLACES = LookupPlaces(LOOKUPS_AT_ONCE, LOOKUPS_PER_OWNER)
+
+
 def resolve_within(
     resolver: Resolver,
     host: str,
     port: int,
     timeout_s: float,
-    places: threading.BoundedSemaphore | None = None,
+    places: LookupPlaces | None = None,
+    owner: str | None = None,
 ) -> Sequence[str]:
     """``resolver(host, port)`` in a thread of its own, given up on (``TimeoutError``)
     once ``timeout_s`` has passed. With ``places``, the lookup first takes one of them
-    (the wait counts against ``timeout_s``) and frees it when the lookup itself ends."""
+    for ``owner`` (the wait counts against ``timeout_s``) and frees it when the lookup
+    itself ends."""
     deadline = time.monotonic() + timeout_s
-    if places is not None and not places.acquire(timeout=max(timeout_s, 0.0)):
+    if places is not None and not places.acquire(owner, max(timeout_s, 0.0)):
         raise TimeoutError(f"no lookup place free within {timeout_s:g} s")
     answer: list[Sequence[str]] = []
     failure: list[BaseException] = []
@@ -224,7 +266,7 @@ def resolve_within(
             failure.append(exc)
         finally:
             if places is not None:
-                places.release()
+                places.release(owner)
             done.set()
 
     threading.Thread(target=look_up, name="resolve", daemon=True).start()
@@ -235,7 +277,7 @@ def resolve_within(
     return answer[0]
 
 
-def _shared_places() -> threading.BoundedSemaphore | None:
+def _shared_places() -> LookupPlaces | None:
     """The process's lookup places where its lookups share a pool of resolver threads
     (gevent's, under the API's worker class); none with plain threads, where each
     lookup has a thread of its own and the callers' own threads bound them."""
@@ -243,7 +285,7 @@ def _shared_places() -> threading.BoundedSemaphore | None:
         from gevent import monkey  # type: ignore[import-untyped]
     except ImportError:
         return None
-    return _LOOKUP_SLOTS if monkey.is_module_patched("socket") else None
+    return _LOOKUP_PLACES if monkey.is_module_patched("socket") else None
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -259,6 +301,7 @@ class OutboundPolicy:
     hosts: frozenset[str]
     networks: tuple[IPNetwork, ...]
     resolver: Resolver = _resolve
+    owner: str | None = None  # whose lookups these are (see the module docstring)
 
     @classmethod
     def from_setting(cls, allowlist: str, resolver: Resolver = _resolve) -> OutboundPolicy:
@@ -276,6 +319,10 @@ class OutboundPolicy:
                     raise ValueError(f"outbound allow-list entry {entry!r} is not valid") from None
                 hosts.add(entry.lower())
         return cls(frozenset(hosts), tuple(networks), resolver)
+
+    def for_owner(self, owner: str) -> OutboundPolicy:
+        """This policy, its lookups counted as ``owner``'s (a tenant's id)."""
+        return replace(self, owner=owner)
 
     def check(self, url: str, *, field: str = "url") -> None:
         """Raise :class:`ForbiddenDestination` (422) unless ``url`` may be called now."""
@@ -297,7 +344,12 @@ class OutboundPolicy:
         else:
             try:
                 answers = resolve_within(
-                    self.resolver, parsed.host, parsed.port, timeout_s, _shared_places()
+                    self.resolver,
+                    parsed.host,
+                    parsed.port,
+                    timeout_s,
+                    _shared_places(),
+                    self.owner,
                 )
                 # A scope id ("fe80::1%eth0") is dropped; fe80::/10 is refused anyway.
                 addresses = [ipaddress.ip_address(a.split("%")[0]) for a in answers]

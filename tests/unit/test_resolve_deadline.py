@@ -13,7 +13,7 @@ import time
 import pytest
 
 from shared.outbound import OutboundClient
-from shared.ssrf import ForbiddenDestination, OutboundPolicy, resolve_within
+from shared.ssrf import ForbiddenDestination, LookupPlaces, OutboundPolicy, resolve_within
 
 
 class Stalling:
@@ -54,21 +54,50 @@ def test_an_outbound_request_counts_the_lookup_against_its_deadline() -> None:
     stalling.release.set()
 
 
+def _fast(_host: str, _port: int) -> list[str]:
+    return ["93.184.216.34"]
+
+
 def test_slow_names_hold_at_most_the_lookup_places_and_give_them_back() -> None:
-    places = threading.BoundedSemaphore(2)
+    places = LookupPlaces(total=2, per_owner=2)
     stalling = Stalling()
     for index in range(5):  # each given up on, each still looking up
         with pytest.raises(TimeoutError):
-            resolve_within(stalling, f"n{index}.slow.example.com", 443, 0.05, places)
+            resolve_within(stalling, f"n{index}.slow.example.com", 443, 0.05, places, "a")
     assert stalling.started == 2  # the rest found no place free
 
-    def fast(host: str, port: int) -> list[str]:
-        return ["93.184.216.34"]
-
     with pytest.raises(TimeoutError, match="no lookup place"):
-        resolve_within(fast, "fast.example.com", 443, 0.05, places)
+        resolve_within(_fast, "fast.example.com", 443, 0.05, places, "b")
     stalling.release.set()  # the slow lookups end: their places come back
-    assert resolve_within(fast, "fast.example.com", 443, 2.0, places) == ["93.184.216.34"]
+    assert resolve_within(_fast, "fast.example.com", 443, 2.0, places, "b") == ["93.184.216.34"]
+
+
+def test_one_owner_s_slow_names_leave_the_other_places_to_other_owners() -> None:
+    places = LookupPlaces(total=4, per_owner=2)
+    stalling = Stalling()
+    for index in range(6):
+        with pytest.raises(TimeoutError):
+            resolve_within(stalling, f"n{index}.evil.example", 443, 0.05, places, "hostile")
+    assert stalling.started == 2, "the hostile owner held two places, no more"
+    began = time.monotonic()
+    answers = [
+        resolve_within(_fast, "hooks.example.com", 443, 1.0, places, owner)
+        for owner in ("tenant-1", "tenant-2", "tenant-1")
+    ]
+    assert answers == [["93.184.216.34"]] * 3
+    assert time.monotonic() - began < 0.5, "nobody waited for the hostile names"
+    stalling.release.set()
+
+
+def test_an_owner_waits_for_its_own_place_within_its_deadline() -> None:
+    places = LookupPlaces(total=4, per_owner=1)
+    assert places.acquire("a", 0.0)
+    assert not places.acquire("a", 0.05), "a's one place is taken"
+    threading.Timer(0.1, places.release, args=("a",)).start()
+    began = time.monotonic()
+    assert places.acquire("a", 2.0), "given back while a waited"
+    assert 0.05 < time.monotonic() - began < 1.0
+    places.release("a")
 
 
 def test_with_plain_threads_a_slow_name_holds_up_no_other_lookup() -> None:
@@ -103,13 +132,14 @@ def stalling(host, port):
     release.wait(10)
     return ["93.184.216.34"]
 policy = OutboundPolicy.from_setting("", resolver=stalling)
-def check(index):
+def check(index, owner):
     try:
-        policy.vet(f"https://n{index}.slow.example.com/", timeout_s=0.3)
+        policy.for_owner(owner).vet(f"https://n{index}.slow.example.com/", timeout_s=0.3)
     except ForbiddenDestination as exc:
         return exc.detail
 began = time.monotonic()
-refusals = [g.get() for g in [gevent.spawn(check, i) for i in range(LOOKUPS_AT_ONCE + 4)]]
+checks = [gevent.spawn(check, i, f"tenant-{i}") for i in range(LOOKUPS_AT_ONCE + 4)]
+refusals = [g.get() for g in checks]
 print(len(started), LOOKUPS_AT_ONCE, round(time.monotonic() - began, 1))
 print(sum("did not resolve within" in (r or "") for r in refusals))
 release.set()
@@ -127,3 +157,44 @@ def test_under_the_api_s_gevent_worker_callers_names_take_at_most_four_resolver_
     assert int(started) == int(places) == 4
     assert float(seconds) < 2.0  # all refused at about their 0.3 s deadline, together
     assert int(refused) == 8
+
+
+_ONE_TENANT_UNDER_GEVENT = """
+from gevent import monkey
+monkey.patch_all()
+import gevent, threading, time
+from shared.ssrf import LOOKUPS_PER_OWNER, ForbiddenDestination, OutboundPolicy
+release, started = threading.Event(), []
+def stalling(host, port):
+    started.append(host)
+    release.wait(10)
+    return ["93.184.216.34"]
+slow = OutboundPolicy.from_setting("", resolver=stalling).for_owner("hostile")
+def hostile(index):
+    try:
+        slow.vet(f"https://n{index}.evil.example/", timeout_s=5)
+    except ForbiddenDestination as exc:
+        return exc.detail
+attack = [gevent.spawn(hostile, i) for i in range(20)]
+gevent.sleep(0.2)
+fast = OutboundPolicy.from_setting("", resolver=lambda host, port: ["93.184.216.34"])
+began = time.monotonic()
+for owner in ("tenant-1", "tenant-2"):
+    fast.for_owner(owner).vet("https://hooks.example.com/", timeout_s=0.3)
+print(len(started), LOOKUPS_PER_OWNER, round(time.monotonic() - began, 2))
+release.set()
+gevent.joinall(attack)
+"""
+
+
+def test_under_gevent_one_tenant_s_slow_names_do_not_refuse_another_tenant_s_check() -> None:
+    """Without a share per tenant, twenty slow checks of one tenant would hold all four
+    places and the others' checks would be refused after their 0.3 s."""
+    ran = subprocess.run(
+        [sys.executable, "-c", _ONE_TENANT_UNDER_GEVENT], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    started, per_owner, seconds = ran.stdout.split()
+    assert int(started) == int(per_owner) == 2
+    assert float(seconds) < 0.3
