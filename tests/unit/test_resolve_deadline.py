@@ -121,16 +121,23 @@ def test_a_resolver_error_still_reads_as_unresolvable() -> None:
         OutboundPolicy.from_setting("", resolver=failing).vet("https://gone.example.com/")
 
 
-_UNDER_GEVENT = """
+# What both scripts under gevent start with: the API's patching, and a resolver that
+# stalls until ``release`` is set, counting the lookups it ``started``.
+_STALLING_UNDER_GEVENT = """
 from gevent import monkey
 monkey.patch_all()
 import gevent, threading, time
-from shared.ssrf import LOOKUPS_AT_ONCE, ForbiddenDestination, OutboundPolicy
+from shared.ssrf import LOOKUPS_AT_ONCE, LOOKUPS_PER_OWNER, ForbiddenDestination, OutboundPolicy
 release, started = threading.Event(), []
 def stalling(host, port):
     started.append(host)
     release.wait(10)
     return ["93.184.216.34"]
+"""
+
+_UNDER_GEVENT = (
+    _STALLING_UNDER_GEVENT
+    + """
 policy = OutboundPolicy.from_setting("", resolver=stalling)
 def check(index, owner):
     try:
@@ -144,6 +151,7 @@ print(len(started), LOOKUPS_AT_ONCE, round(time.monotonic() - began, 1))
 print(sum("did not resolve within" in (r or "") for r in refusals))
 release.set()
 """
+)
 
 
 def test_under_the_api_s_gevent_worker_callers_names_take_at_most_four_resolver_threads() -> None:
@@ -159,16 +167,9 @@ def test_under_the_api_s_gevent_worker_callers_names_take_at_most_four_resolver_
     assert int(refused) == 8
 
 
-_ONE_TENANT_UNDER_GEVENT = """
-from gevent import monkey
-monkey.patch_all()
-import gevent, threading, time
-from shared.ssrf import LOOKUPS_PER_OWNER, ForbiddenDestination, OutboundPolicy
-release, started = threading.Event(), []
-def stalling(host, port):
-    started.append(host)
-    release.wait(10)
-    return ["93.184.216.34"]
+_ONE_TENANT_UNDER_GEVENT = (
+    _STALLING_UNDER_GEVENT
+    + """
 slow = OutboundPolicy.from_setting("", resolver=stalling).for_owner("hostile")
 def hostile(index):
     try:
@@ -185,6 +186,7 @@ print(len(started), LOOKUPS_PER_OWNER, round(time.monotonic() - began, 2))
 release.set()
 gevent.joinall(attack)
 """
+)
 
 
 def test_under_gevent_one_tenant_s_slow_names_do_not_refuse_another_tenant_s_check() -> None:
