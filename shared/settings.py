@@ -378,6 +378,11 @@ class Settings(BaseSettings):
         return [float(part) for part in self.webhook_retry_schedule_s.split(",") if part.strip()]
 
     @property
+    def prefill_rows(self) -> int:
+        """``prefill_group`` as a worker uses it: never more than ``max_batch_size``."""
+        return min(self.prefill_group, self.max_batch_size)
+
+    @property
     def is_sqlite(self) -> bool:
         """True when the database is the embedded SQLite file."""
         return self.database_url.startswith("sqlite")

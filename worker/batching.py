@@ -275,7 +275,7 @@ class BatchService:
         """``scheduling.bulk_joins`` for this run; counts the steps it held joins back."""
         count = scheduling.bulk_joins(
             free,
-            group=min(self._settings.prefill_group, self._settings.max_batch_size),
+            group=self._settings.prefill_rows,
             free_ahead=self._engine.free_ahead,
             waiting_ahead=waiting_ahead,
             waited_steps=run.waited,

@@ -47,7 +47,7 @@ def engine_limits(settings: Settings) -> EngineLimits:
     return EngineLimits(
         max_rows=settings.max_batch_size + settings.interactive_headroom,
         max_tokens=settings.max_batch_tokens,
-        ahead_rows=min(settings.prefill_group, settings.max_batch_size),
+        ahead_rows=settings.prefill_rows,
         ahead_seats=settings.max_batch_size,
     )
 

@@ -190,8 +190,7 @@ class TransformersEngine:
 
     @property
     def free_rows(self) -> int:
-        waiting = sum(1 for row in self._waiting if not row.ahead)
-        return self._limits.max_rows - len(self._batch or ()) - waiting
+        return self._limits.max_rows - len(self._batch or ()) - self._joining()
 
     @property
     def free_ahead(self) -> int:
@@ -238,6 +237,10 @@ class TransformersEngine:
                 self._seat_staged()
         return events
 
+    def _joining(self) -> int:
+        """Waiting rows that take a row of the batch at their prefill (not added ahead)."""
+        return sum(1 for row in self._waiting if not row.ahead)
+
     def _all_rows(self) -> list[_Row]:
         return [*_rows(self._batch), *_rows(self._staged), *self._waiting]
 
@@ -280,9 +283,8 @@ class TransformersEngine:
         if self._staged is None:
             return
         limits = self._limits
-        waiting = sum(1 for row in self._waiting if not row.ahead)
         rows = len(self._batch or ())
-        seats = min(limits.seats_ahead - rows, limits.max_rows - rows - waiting)
+        seats = min(limits.seats_ahead - rows, limits.max_rows - rows - self._joining())
         if seats <= 0:
             return
         moving = self._staged.select(slice(0, seats))  # views: extend copies them once
