@@ -23,9 +23,19 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # libpq's tcp_user_timeout: how long sent data may go unacknowledged by the database
 # host's TCP stack (not by PostgreSQL: a busy server still acknowledges at once).
 TCP_USER_TIMEOUT_MS = 10_000
+# The share of the job lease a worker's session may sit idle inside a transaction before
+# PostgreSQL ends it (see worker_engine): well under the two thirds of a lease that are
+# left when a host is cut off in the middle of a lease renewal.
+IDLE_IN_TRANSACTION_LEASE_SHARE = 0.25
 
 
-def create_engine_for(settings: Settings, *, fail_fast: bool = False, **kwargs: Any) -> Engine:
+def create_engine_for(
+    settings: Settings,
+    *,
+    fail_fast: bool = False,
+    idle_in_transaction_s: float | None = None,
+    **kwargs: Any,
+) -> Engine:
     """Build the engine for ``settings.database_url``.
 
     PostgreSQL URLs without a driver use psycopg 3. Connections are checked before use so
@@ -34,7 +44,8 @@ def create_engine_for(settings: Settings, *, fail_fast: bool = False, **kwargs: 
     for ``TCP_USER_TIMEOUT_MS`` (the database host cut off, no RST) fails instead of
     waiting for the kernel's retransmissions, minutes long: the API answers 503 rather
     than hanging. Workers keep waiting: their work resumes where it was once the link is
-    back.
+    back. With ``idle_in_transaction_s``, PostgreSQL ends a session that waits that long
+    for its client inside a transaction, releasing its locks (see :func:`worker_engine`).
     """
     url = make_url(settings.database_url)
     if url.drivername in ("postgresql", "postgres"):
@@ -45,8 +56,31 @@ def create_engine_for(settings: Settings, *, fail_fast: bool = False, **kwargs: 
     connect_args: dict[str, Any] = {"connect_timeout": 3}
     if fail_fast:
         connect_args["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
+    if idle_in_transaction_s is not None:
+        timeout_ms = max(1, round(idle_in_transaction_s * 1000))
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
     kwargs.setdefault("connect_args", connect_args)
     return create_engine(url, **kwargs)
+
+
+def worker_engine(settings: Settings) -> Engine:
+    """The engine of a model worker process.
+
+    A worker locks job rows inside short transactions (``FOR UPDATE SKIP LOCKED``
+    claims, lease renewals, the commit of finished rows). If its host is cut off while
+    one is open, the database keeps the session, and its locks, until the kernel gives up
+    on the dead peer: hours with default keepalives. Claims elsewhere skip the locked
+    jobs, so the lease would run out with no one able to take them, and a commit to one
+    of them would wait. PostgreSQL therefore ends a session of these processes that has
+    waited for its client inside a transaction for a quarter of ``job_lease_s``
+    (:data:`IDLE_IN_TRANSACTION_LEASE_SHARE`): its work is rolled back, its locks freed
+    before the lease runs out, and the cut-off process finds its connection gone when
+    the link comes back (its late writes would be refused by the claim token anyway).
+    A worker's transactions wait for nothing but the database; the ops process's may
+    (blob deletes), and its engine has no such limit."""
+    return create_engine_for(
+        settings, idle_in_transaction_s=settings.job_lease_s * IDLE_IN_TRANSACTION_LEASE_SHARE
+    )
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:

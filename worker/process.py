@@ -14,7 +14,7 @@ from PIL import Image
 
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
-from shared.db import create_engine_for, session_factory
+from shared.db import session_factory, worker_engine
 from shared.enqueue import enqueue_events, enqueue_job
 from shared.job_feed import JobFeed
 from shared.logs import configure_logging
@@ -105,7 +105,7 @@ def run_worker(
     backend, model_engine = load_backend(settings, device)
     metrics.observe_load(time.monotonic() - started)
     metrics.sample_gpu_memory()
-    database = create_engine_for(settings)
+    database = worker_engine(settings)
     app = create_celery(settings)
 
     def wake_sender(_jobs: Sequence[Job], events: list[str]) -> None:
