@@ -57,8 +57,13 @@ def create_engine_for(
     if fail_fast:
         connect_args["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
     if idle_in_transaction_s is not None:
+        # A startup option, kept beside any the URL gives (?options=...): unlike a SET,
+        # it cannot outlive this client on a pooler's shared server connection.
         timeout_ms = max(1, round(idle_in_transaction_s * 1000))
-        connect_args["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
+        given = url.query.get("options", ())
+        options = [given] if isinstance(given, str) else list(given)
+        options.append(f"-c idle_in_transaction_session_timeout={timeout_ms}")
+        connect_args["options"] = " ".join(options)
     kwargs.setdefault("connect_args", connect_args)
     return create_engine(url, **kwargs)
 
