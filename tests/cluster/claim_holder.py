@@ -1,5 +1,5 @@
 """A claim left open: what a worker's session looks like to PostgreSQL when its host is
-cut off between the claim statement and its COMMIT.
+cut off (or frozen) between the claim statement and its COMMIT.
 
 ``python -m tests.cluster.claim_holder`` (with the cluster's ``SIGHTLINE_*`` settings)
 claims queued jobs with the worker's own engine (:func:`shared.db.worker_engine`) and

@@ -1,7 +1,7 @@
 """Every cluster scenario runs with ``make chaos`` (``SIGHTLINE_CHAOS=1``); a plain
 ``pytest`` (``make test``) runs a short subset, :data:`SUBSET`: a worker host cut off for
-longer than a lease shortened to :data:`SUBSET_LEASE_S` (and one cut off with a claim
-open), and PostgreSQL restarted with
+longer than a lease shortened to :data:`SUBSET_LEASE_S` (and a claim left open by a
+silent session), and PostgreSQL restarted with
 ``-m immediate``, on a cluster without the S3 server and the blackholing receiver.
 
 The scenarios need root (network namespaces), ``ip``, ``iptables``, PostgreSQL's server
@@ -28,7 +28,7 @@ HERE = Path(__file__).parent
 SUBSET = {
     "test_worker_partition.py::test_a_worker_host_cut_off_longer_than_the_lease",
     "test_worker_partition.py::"
-    "test_jobs_locked_by_a_host_cut_off_mid_transaction_are_freed_before_its_lease_ends",
+    "test_jobs_claimed_by_a_session_gone_silent_are_freed_before_its_lease_ends",
     "test_postgres_restart.py::test_postgres_restart_under_load[immediate]",
 }
 # The lease of make test's cluster: the partition scenario waits it out (plus 10 s).
