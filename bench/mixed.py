@@ -25,7 +25,11 @@ writes every token it is allowed, so they equal ``max_new_tokens``); a run's tim
 from its first submission to its last ``finished_at``. The machine's speed drifts, so
 every ratio is also printed per round.
 
-    python bench/mixed.py [--jobs 144] [--seeds 1 2 3] [--interactive 6]
+With ``--group-against N`` each round also runs the mix with ``SIGHTLINE_PREFILL_GROUP``
+N (the three runs of a round in rotating order) and prints its throughput against the
+default group's and against uniform work.
+
+    python bench/mixed.py [--jobs 144] [--seeds 1 2 3] [--interactive 6] [--group-against 8]
 """
 
 from __future__ import annotations
@@ -68,11 +72,12 @@ def long_tailed(jobs: int, seed: int) -> list[int]:
     return tokens
 
 
-def system_run(stack: Stack, tokens: list[int]) -> float:
+def system_run(stack: Stack, tokens: list[int], **worker: str) -> float:
     """Tokens per second of one bulk batch with these ``max_new_tokens``, through HTTP,
-    a worker and the database; every job must succeed with exactly its tokens."""
+    a worker (``worker``: settings of its own) and the database; every job must succeed
+    with exactly its tokens."""
     stack.reset()
-    stack.start_worker(max_batch_size=BATCH)
+    stack.start_worker(max_batch_size=BATCH, **worker)
     client = stack.client()
     items = [
         {
@@ -90,7 +95,8 @@ def system_run(stack: Stack, tokens: list[int]) -> float:
     assert [job["output_tokens"] for job in done] == tokens, "every job writes its tokens"
     end = max(_finished(job) for job in done)
     seconds = (end - first).total_seconds()
-    _print_occupancy(done, end, label="uniform" if len(set(tokens)) == 1 else "mixed")
+    label = "uniform" if len(set(tokens)) == 1 else "mixed"
+    _print_occupancy(done, end, label=" ".join([label, *map("=".join, worker.items())]))
     return sum(tokens) / seconds
 
 
@@ -237,6 +243,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=144)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--interactive", type=int, default=6)
+    parser.add_argument("--group-against", type=int, help="a prefill group to compare")
     parser.add_argument("--bare", type=int, nargs="+", help=argparse.SUPPRESS)  # time_static
     parser.add_argument("--costs", action="store_true", help=argparse.SUPPRESS)  # time_costs
     args = parser.parse_args()
@@ -248,22 +255,28 @@ def main() -> int:
         return 0
     mixes = {seed: long_tailed(args.jobs, seed) for seed in args.seeds}
     rows = []
+    others: list[float] = []  # the mix's tokens/s with --group-against's group
     with running_stack(checkpoint("medium")) as stack:
         for round_, (seed, tokens) in enumerate(mixes.items()):
             mean = round(statistics.mean(tokens))
             uniform = [mean] * len(tokens)
+            runs: dict[str, tuple[list[int], dict[str, str]]] = {
+                "uniform": (uniform, {}),
+                "mixed": (tokens, {}),
+            }
+            if args.group_against:
+                runs["other"] = (tokens, {"prefill_group": str(args.group_against)})
             # Taking turns to go first, so drift does not favour one side.
-            if round_ % 2 == 0:
-                flat = system_run(stack, uniform)
-                mixed = system_run(stack, tokens)
-            else:
-                mixed = system_run(stack, tokens)
-                flat = system_run(stack, uniform)
+            order = list(runs)[round_ % len(runs) :] + list(runs)[: round_ % len(runs)]
+            seen = {name: system_run(stack, runs[name][0], **runs[name][1]) for name in order}
+            flat, mixed = seen["uniform"], seen["mixed"]
             static = bare_static(tokens)
             rows.append((seed, tokens, mean, flat, mixed, static))
+            others.append(seen.get("other", 0.0))
             print(
                 f"  seed {seed}: uniform {flat:6.1f} tok/s, mixed {mixed:6.1f} tok/s,"
-                f" bare static mixed {static:6.1f} tok/s",
+                f" bare static mixed {static:6.1f} tok/s"
+                + (f", mixed in other groups {others[-1]:6.1f} tok/s" if others[-1] else ""),
                 flush=True,
             )
         idle, busy = interactive_latency(stack, args.interactive)
@@ -284,6 +297,14 @@ def main() -> int:
     static_all = statistics.fmean(row[5] for row in rows)
     print(f"  mixed / uniform      = {mixed_all / flat_all:.2f}   (target >= 0.8)")
     print(f"  mixed / bare static  = {mixed_all / static_all:.2f}   (target >= 2)")
+    if args.group_against:
+        other_all = statistics.fmean(others)
+        print(
+            f"  prefill group {args.group_against}: mixed / uniform = {other_all / flat_all:.2f},"
+            f" against the default group's mixed = {other_all / mixed_all:.2f} ("
+            + ", ".join(f"{o / row[4]:.2f}" for o, row in zip(others, rows, strict=True))
+            + ")"
+        )
     worst = max(busy)
     print(
         f"  interactive latency: idle {idle:.2f} s; under bulk load "
