@@ -162,3 +162,7 @@ def test_a_queued_job_s_claim_is_read_after_its_spread_and_its_status_sent_at_on
     assert len(reads) == before, "the claim's notice was read within its spread"
     assert events.get(timeout=10) == "status"  # running: not held back another 30 s
     assert len(reads) == before + 1
+    # Ended, so that no reader is left subscribed once the test's Redis server stops.
+    row.move(status=JobStatus.CANCELED, claim_token=None)
+    client.publish(job_channel(row.job.id), CHANGED)
+    assert events.get(timeout=10) == "done"
