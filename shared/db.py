@@ -76,7 +76,7 @@ def worker_engine(settings: Settings) -> Engine:
     one is open, the database keeps the session, and its locks, until the kernel gives up
     on the dead peer: hours with default keepalives. Claims elsewhere skip the locked
     jobs, so the lease would run out with no one able to take them, and a commit to one
-    of them would wait. PostgreSQL therefore ends a session of these processes that has
+    of them would wait. PostgreSQL therefore ends a worker's session that has
     waited for its client inside a transaction for a quarter of ``job_lease_s``
     (:data:`IDLE_IN_TRANSACTION_LEASE_SHARE`): its work is rolled back, its locks freed
     before the lease runs out, and the cut-off process finds its connection gone when
