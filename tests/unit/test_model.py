@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from worker.model.base import GenerationOptions, GenerationRequest
-from worker.model.hf import ModelLoadError, TransformersBackend, count_generated
+from worker.model.hf import NUL_STANDIN, ModelLoadError, TransformersBackend, count_generated
 from worker.model.tiny import build_tiny_checkpoint
 
 GREEDY = GenerationOptions(max_new_tokens=12, temperature=0.0)
@@ -129,6 +129,15 @@ def test_revision_is_stable_and_device_is_reported(
     assert backend.device == "cpu"
     assert len(backend.model_revision) == 16
     assert again.model_revision == backend.model_revision
+
+
+def test_a_nul_the_model_writes_never_reaches_the_text(backend: TransformersBackend) -> None:
+    # PostgreSQL's text refuses NUL: a sampled byte token made a whole run's commit fail.
+    tokenizer = backend._processor.tokenizer
+    nul = tokenizer.encode("a\x00b", add_special_tokens=False)
+    assert tokenizer.decode(nul) == "a\x00b", "the tokenizer can write a NUL"
+    assert backend.decode(nul) == f"a{NUL_STANDIN}b"
+    assert backend.result(nul, structured=False).text == f"a{NUL_STANDIN}b"
 
 
 def test_count_generated_stops_at_first_stop_token() -> None:

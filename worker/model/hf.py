@@ -240,7 +240,10 @@ class TransformersBackend:
 
     def _decode_first(self, tokens: Sequence[int], count: int) -> str:
         text: str = self._processor.tokenizer.decode(tokens[:count], skip_special_tokens=True)
-        return text
+        # A model can write a NUL (a byte token, sampled), which PostgreSQL's text refuses:
+        # the commit of the rows finishing with it would fail, and with it their run.
+        # Streamed text and results go through here alike, so they still agree.
+        return text.replace("\x00", NUL_STANDIN)
 
     def result(self, tokens: Sequence[int], structured: bool) -> GenerationResult:
         """The :class:`GenerationResult` of one row's generated ``tokens``: the text up to
@@ -277,6 +280,10 @@ class TransformersBackend:
                 self._processor.tokenizer, vocab_size, self._stop_ids
             )
         return self._structured
+
+
+# What a NUL the model wrote becomes in its text (U+FFFD, the replacement character).
+NUL_STANDIN = "\ufffd"
 
 
 def count_generated(row: Sequence[int], stop_ids: frozenset[int]) -> int:
