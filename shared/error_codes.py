@@ -295,6 +295,9 @@ class JobErrorCode(enum.StrEnum):
     """The worker could not read or decode the job's stored image."""
     INFERENCE_ERROR = "inference_error"
     """The model failed on this job (alone, after its batch was split to find it)."""
+    RESULT_UNSTORABLE = "result_unstorable"
+    """The database refused a value of the job's result (committed alone, after the
+    commit it shared failed), so the worker stored this failure in its place."""
     EXPIRED = "expired"
     """The job's ``timeout_s`` passed before a worker finished it."""
     WORKER_LOST = "worker_lost"

@@ -32,6 +32,9 @@ Failures stay with their job:
 * a step that raises drops the whole batch (:class:`~worker.model.engine.StepFailed`);
   the dropped jobs run again in halves, apart from everything else, until the culprit
   runs alone, and only it fails (``inference_error``);
+* a commit the database refuses (a value it cannot store) is made again one job per
+  transaction, and only the job whose result is refused alone fails
+  (``result_unstorable``);
 * a job that was claimed before (its worker died while running it) waits until the
   batch is empty and then runs alone, with no company, so a job that kills its worker
   only takes itself down; after ``max_attempts`` claims the sweeper fails it as
@@ -53,6 +56,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import lifecycle
@@ -77,6 +81,10 @@ log = logging.getLogger(__name__)
 # After a claim that found nothing, the earliest the next one asks again: a batch with
 # free rows would otherwise run one claim transaction per step.
 IDLE_CLAIM_S = 0.05
+
+# The longest error message stored for a result the database refused (the driver's
+# message may quote the value).
+MAX_ERROR_MESSAGE = 500
 
 
 @dataclass(frozen=True)
@@ -539,29 +547,87 @@ class BatchService:
                 run.alone = None
 
     def _settle(self, run: _Run, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:
-        """Commit ``outcomes`` (one transaction), then wake the sender and report them."""
+        """Commit ``outcomes`` (one transaction), then wake the sender and report them.
+
+        If the database refuses a value of one of them (:func:`_refused_value`), each is
+        committed in a transaction of its own, and one refused alone is stored as failed
+        (``result_unstorable``): the others keep their results, none goes back to the
+        queue to be refused again."""
         if not outcomes:
             return
-        settled = {outcome.job_id for outcome in outcomes}
-        mine = [job for job in jobs if job.id in settled]
-        with lifecycle.unit_of_work(
-            self._sessions, lambda events: self._after_commit(mine, events), self._feed
-        ) as changes:
-            written = set(lifecycle.finish(changes, token=run.token, outcomes=outcomes))
-        refused = [outcome.job_id for outcome in outcomes if outcome.job_id not in written]
-        if refused:
+        try:
+            written = self._write(run.token, jobs, outcomes)
+        except SQLAlchemyError as exc:
+            if not _refused_value(exc):
+                raise
+            if len(outcomes) == 1:
+                written = self._write_unstorable(run.token, jobs, outcomes[0], exc)
+            else:
+                log.warning(
+                    "a commit of %d results was refused; one by one: %s",
+                    len(outcomes),
+                    _refusal(exc),
+                )
+                written = [w for o in outcomes for w in self._write_alone(run.token, jobs, o)]
+        settled = {outcome.job_id for outcome in written}
+        gone = [outcome.job_id for outcome in outcomes if outcome.job_id not in settled]
+        if gone:
             log.warning(
                 "results of %d jobs not written: no longer running under this claim "
                 "(canceled, or taken over after the lease ran out): %s",
-                len(refused),
-                ", ".join(map(str, refused)),
+                len(gone),
+                ", ".join(map(str, gone)),
             )
-            outcomes = [outcome for outcome in outcomes if outcome.job_id in written]
-        run.outcomes += outcomes
-        if run.alone in settled:
+        run.outcomes += written
+        if run.alone in {outcome.job_id for outcome in outcomes}:
             run.alone = None
-        self._metrics.observe_outcomes(outcomes)
-        run.on_settled(outcomes)
+        self._metrics.observe_outcomes(written)
+        run.on_settled(written)
+
+    def _write_alone(
+        self, token: uuid.UUID, jobs: Sequence[Job], outcome: Outcome
+    ) -> list[Outcome]:
+        """Commit ``outcome`` alone, or :meth:`_write_unstorable` if it is refused."""
+        try:
+            return self._write(token, jobs, [outcome])
+        except SQLAlchemyError as exc:
+            if not _refused_value(exc):
+                raise
+            return self._write_unstorable(token, jobs, outcome, exc)
+
+    def _write_unstorable(
+        self, token: uuid.UUID, jobs: Sequence[Job], outcome: Outcome, exc: SQLAlchemyError
+    ) -> list[Outcome]:
+        """Store ``outcome``'s job as failed (``result_unstorable``), with what its run
+        cost: the database refused a value of its outcome with ``exc``."""
+        message = f"the database refused its result: {_refusal(exc)}"
+        log.warning("job %s: %s", outcome.job_id, message)
+        unstorable = Outcome(
+            job_id=outcome.job_id,
+            status=JobStatus.FAILED,
+            error_code=JobErrorCode.RESULT_UNSTORABLE,
+            error_message=message.replace("\x00", "")[:MAX_ERROR_MESSAGE],
+            output_tokens=outcome.output_tokens,
+            model_revision=outcome.model_revision,
+            batch_size=outcome.batch_size,
+            inference_ms=outcome.inference_ms,
+            queue_ms=outcome.queue_ms,
+        )
+        return self._write(token, jobs, [unstorable])
+
+    def _write(
+        self, token: uuid.UUID, jobs: Sequence[Job], outcomes: Sequence[Outcome]
+    ) -> list[Outcome]:
+        """Commit ``outcomes`` of jobs claimed under ``token`` in one transaction and
+        wake the sender for them; returns those written (a job canceled or taken over
+        meanwhile keeps its state)."""
+        ids = {outcome.job_id for outcome in outcomes}
+        mine = [job for job in jobs if job.id in ids]
+        with lifecycle.unit_of_work(
+            self._sessions, lambda events: self._after_commit(mine, events), self._feed
+        ) as changes:
+            written = set(lifecycle.finish(changes, token=token, outcomes=outcomes))
+        return [outcome for outcome in outcomes if outcome.job_id in written]
 
     # -- shutdown --------------------------------------------------------------------
 
@@ -614,6 +680,22 @@ class BatchService:
 
 def _no_events(events: list[str]) -> None:
     """The wake-up of moves that write no outbox events (claims, hand-backs)."""
+
+
+def _refused_value(exc: SQLAlchemyError) -> bool:
+    """Whether ``exc`` is the database (or the driver, or a column type) refusing a value
+    written, as opposed to a lost connection or a conflict: the same rows would be
+    refused again, so they are written one by one to find the culprit."""
+    return isinstance(exc, DataError) or (
+        isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+    )
+
+
+def _refusal(exc: SQLAlchemyError) -> str:
+    """What refused a value, without the statement and parameters SQLAlchemy adds (a
+    result's whole text)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else (exc.__cause__ or exc)
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _policy(job: Job) -> Policy | None:

@@ -4,9 +4,11 @@ Wraps a real engine; markers in a prompt make every step that holds the request 
 the way real ones do: ``[[oom]]`` raises like CUDA running out of memory (the engine
 drops its batch, as a real failed step does), ``[[crash]]`` kills the worker process
 outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the step take ``SLOW_STEP_S``
-longer so a test can act while a job is running, and ``[[crash-after-commit]]`` kills it
-right after its results were committed, before the webhook sender was woken (see
-:func:`crash_after_commit`).
+longer so a test can act while a job is running, ``[[unstorable]]`` puts a NUL in the
+request's finished text, a value PostgreSQL refuses, so committing its result fails (the
+backend keeps NUL out of real text: ``worker.model.hf.NUL_STANDIN``), and
+``[[crash-after-commit]]`` kills it right after its results were committed, before the
+webhook sender was woken (see :func:`crash_after_commit`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 from shared.models import Job
 from worker.batching import AfterCommit
@@ -78,7 +81,11 @@ class FaultInjectingEngine:
             raise StepFailed(running, cause) from cause
         if any("[[slow]]" in prompt for prompt in prompts):
             time.sleep(SLOW_STEP_S)
-        return self._engine.step()
+        events = self._engine.step()
+        for job_id, result in events.finished.items():
+            if "[[unstorable]]" in self._prompts.get(job_id, ""):
+                events.finished[job_id] = replace(result, text=f"{result.text}\x00")
+        return events
 
 
 def crash_after_commit(then: AfterCommit) -> AfterCommit:

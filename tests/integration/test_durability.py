@@ -2,7 +2,8 @@
 
 Workers run with ``SIGHTLINE_FAULT_INJECTION=1`` (``worker/faults.py``): ``[[slow]]`` in a
 prompt makes its forward pass take 1.5 s longer, ``[[oom]]`` makes it raise like CUDA
-out of memory, ``[[crash]]`` SIGKILLs the worker. Leases and the sweeper run on short
+out of memory, ``[[unstorable]]`` gives it a result PostgreSQL refuses, ``[[crash]]``
+SIGKILLs the worker. Leases and the sweeper run on short
 clocks so recovery takes seconds.
 """
 
@@ -142,6 +143,28 @@ def test_bad_image_and_oom_fail_alone_in_a_batch_of_eight(pg_stack: Stack) -> No
     others = [done[i] for i in ids if i not in (ids[2], oom)]
     assert [job["status"] for job in others] == ["succeeded"] * 6
     assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
+
+
+def test_a_result_the_database_refuses_fails_alone_and_its_commit_mates_keep_theirs(
+    pg_stack: Stack,
+) -> None:
+    ids = _submit(pg_stack, 7, "store", first=700)
+    client = pg_stack.client()
+    unstorable = client.submit(make_image(800), "[[unstorable]] store", max_new_tokens=4)["id"]
+    ids.insert(3, unstorable)
+    pg_stack.start_worker(**FAST_RECOVERY)
+
+    done = {job["id"]: job for job in pg_stack.wait_all(ids)}
+
+    assert done[unstorable]["status"] == "failed"
+    assert done[unstorable]["error"]["code"] == "result_unstorable"
+    assert "NUL" in done[unstorable]["error"]["message"]
+    assert done[unstorable]["batch_size"] > 1, "it ended beside other rows"
+    others = [done[i] for i in ids if i != unstorable]
+    assert [job["status"] for job in others] == ["succeeded"] * 7
+    assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
+    worker_log = "".join(path.read_text() for path in pg_stack.workdir.glob("logs/worker-*.log"))
+    assert "results was refused; one by one" in worker_log, "it shared a commit"
 
 
 def test_cancel_queued_running_and_finished(pg_stack: Stack) -> None:
