@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from harness import checkpoint, running_stack
 from PIL import Image
@@ -103,6 +103,13 @@ def time_generate(jobs: int, tokens: int, batch: int) -> float:
     return time.perf_counter() - started
 
 
+class JobFields(TypedDict):
+    """A job's fields beside its image."""
+
+    prompt: str
+    max_new_tokens: int
+
+
 def system(
     stack: Stack, jobs: int, tokens: int, batch: int, tally: Tally, *, one_request: bool = True
 ) -> dict[int, int]:
@@ -114,7 +121,9 @@ def system(
     stack.start_worker(max_batch_size=str(batch))
     client = stack.client()
     images = [make_image(i, size=SIZE) for i in range(jobs)]
-    fields = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": tokens} for i in range(jobs)]
+    fields: list[JobFields] = [
+        {"prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": tokens} for i in range(jobs)
+    ]
     first = datetime.now().astimezone()
     if one_request:
         answer = client.batch([{"image": images[i], **fields[i]} for i in range(jobs)])

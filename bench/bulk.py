@@ -37,7 +37,7 @@ def noisy_png(side: int = 48) -> bytes:
 
 
 def bulk(url: str, key: str, count: int) -> float:
-    items = [
+    items: list[dict[str, str | dict[str, int]]] = [
         {
             "image": base64.b64encode(noisy_png()).decode(),
             "prompt": f"item {i}",

@@ -44,7 +44,7 @@ import sys
 import time
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from harness import checkpoint, running_stack
 from PIL import Image
@@ -57,6 +57,14 @@ from worker.process import load_backend
 SIZE = (224, 168)
 PROMPTS = ["Describe this image.", "What colour is the shape?", "Is this safe?", "Caption it."]
 BATCH = "8"
+
+
+class Probe(TypedDict):
+    """The fields of an interactive job, beside its image."""
+
+    prompt: str
+    max_new_tokens: int
+    cache: bool
 
 
 def long_tailed(jobs: int, seed: int) -> list[int]:
@@ -159,7 +167,7 @@ def interactive_latency(stack: Stack, count: int) -> tuple[float, list[float]]:
     stack.reset()
     stack.start_worker(max_batch_size=BATCH)
     client = stack.client()
-    probe = {"prompt": "Is this safe?", "max_new_tokens": 8, "cache": False}
+    probe: Probe = {"prompt": "Is this safe?", "max_new_tokens": 8, "cache": False}
     idle = [_latency(client.wait(client.submit(make_image(900), **probe)["id"])) for _ in range(5)]
     bulk = [
         {"image": make_image(i, size=SIZE), "prompt": "Describe.", "max_new_tokens": 128 + i}

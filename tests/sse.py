@@ -41,8 +41,11 @@ def events(response: requests.Response) -> Iterator[Event]:
 class Named(Protocol):
     """An event as the tests' reader or the client library gives it."""
 
-    event: str
-    data: Any
+    @property
+    def event(self) -> str: ...
+
+    @property
+    def data(self) -> Any: ...
 
 
 def answer(received: Iterable[Named]) -> str:

@@ -101,8 +101,11 @@ class Stack:
             "SIGHTLINE_STREAMS_PER_TENANT": "4",
             "SIGHTLINE_STREAM_HEARTBEAT_S": "2",
         }
-        self.settings = Settings(
-            **{k.removeprefix("SIGHTLINE_").lower(): v for k, v in self.env.items()}
+        # model_validate, not Settings(**...): the values are env strings that pydantic
+        # coerces, which Settings' typed keyword arguments do not describe. It still runs
+        # BaseSettings.__init__ (environment variables included), as Settings(**...) would.
+        self.settings = Settings.model_validate(
+            {k.removeprefix("SIGHTLINE_").lower(): v for k, v in self.env.items()}
         )
         self.engine = create_engine_for(self.settings)
         self.sessions = session_factory(self.engine)
@@ -218,6 +221,7 @@ class Stack:
         deadline = time.monotonic() + 120
         while True:
             replies = self.celery.control.ping(timeout=0.5)
+            assert replies is not None  # a broadcast with reply=True, as ping is: a list
             for name in (name for reply in replies for name in reply):
                 if name.startswith(node_prefix):
                     return name
@@ -248,6 +252,7 @@ class Stack:
         command = control.add_consumer if resume else control.cancel_consumer
         for queue in GPU_QUEUES:
             replies = command(queue, destination=[worker.node], reply=True, timeout=30)
+            assert replies is not None  # reply=True: a list
             if not any("ok" in reply.get(worker.node, {}) for reply in replies):
                 return False
         return True

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ class Cluster:
             name: self.net.host(name)
             for name in ("data", "api", "w1", "w2", "ops", "hooks", *(["sink"] if sink else []))
         }
-        self.receivers = [name for name in ("hooks", "sink") if name in self.hosts]
+        self.receivers: list[str] = [name for name in ("hooks", "sink") if name in self.hosts]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         data = self.data.address
         self.database_url = f"postgresql://postgres@{data}:{PG_PORT}/sightline"
@@ -121,13 +122,18 @@ class Cluster:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "HF_HUB_OFFLINE": "1",
         }
-        self.settings = Settings(
-            **{
-                k.removeprefix("SIGHTLINE_").lower(): v
-                for k, v in self.env.items()
-                if k.startswith("SIGHTLINE_")
-            },
-            data_dir=self.workdir,
+        # model_validate, not Settings(**...): the values are env strings that pydantic
+        # coerces, which Settings' typed keyword arguments do not describe. It still runs
+        # BaseSettings.__init__ (environment variables included), as Settings(**...) would.
+        self.settings = Settings.model_validate(
+            {
+                **{
+                    k.removeprefix("SIGHTLINE_").lower(): v
+                    for k, v in self.env.items()
+                    if k.startswith("SIGHTLINE_")
+                },
+                "data_dir": self.workdir,
+            }
         )
         self.celery = create_celery(self.settings)
         self.url = f"http://{self.api.address}:{API_PORT}"
@@ -197,7 +203,7 @@ class Cluster:
         self.other_key = json.loads(self.cli("keys", "create", "chaos-other", "--json"))["key"]
         wait_http_ok(f"{self.url}/readyz", timeout_s=120, process=self.processes["api"])
         for name in self.receivers:
-            wait_until(lambda n=name: _answers(self.hook_url(n)), timeout_s=30, what=name)
+            wait_until(partial(_answers, self.hook_url(name)), timeout_s=30, what=name)
         self.wait_workers(["w1", "w2"])
 
     def _start_s3(self) -> None:
@@ -295,6 +301,7 @@ class Cluster:
 
         def answered() -> bool:
             replies = self.celery.control.ping(timeout=0.5)
+            assert replies is not None  # a broadcast with reply=True, as ping is: a list
             names = {name for reply in replies for name in reply}
             return wanted <= names | self.busy_workers()
 

@@ -175,7 +175,8 @@ def test_purging_a_running_job_frees_its_row_and_nothing_of_it_comes_back(
 def test_the_feed_carries_a_watched_jobs_text_and_only_moves_of_others(pg_stack: Stack) -> None:
     pg_stack.start_worker(fault_injection="1")
     client = pg_stack.client()
-    listener = pg_stack.redis.pubsub()
+    # redis leaves pubsub() unannotated.
+    listener: redis.client.PubSub = pg_stack.redis.pubsub()  # type: ignore[no-untyped-call]
     # Every job's channel, from before the jobs exist: their claim may come at once.
     listener.psubscribe(job_channel("*"))
     watched = client.submit(make_image(3), "[[slow]] stream me", max_new_tokens=8)["id"]
@@ -208,8 +209,11 @@ def test_the_feed_carries_a_watched_jobs_text_and_only_moves_of_others(pg_stack:
     assert len(texts) > 1, "the text arrived step by step"
     assert answer and job["result"].startswith(answer)
     stored = pg_stack.redis.hgetall(text_key(watched))
-    assert stored[b"answer"].decode() == answer
-    assert stored[b"claim"].decode() == texts[-1]["claim"]
+    stored_answer, stored_claim = stored[b"answer"], stored[b"claim"]
+    # Without decode_responses the client returns bytes.
+    assert isinstance(stored_answer, bytes) and isinstance(stored_claim, bytes)
+    assert stored_answer.decode() == answer
+    assert stored_claim.decode() == texts[-1]["claim"]
 
 
 def _collect(listener: redis.client.PubSub, messages: list[tuple[str, dict[str, Any]]]) -> bool:

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -81,7 +82,13 @@ def _key(stack: Stack) -> str:
     return str(json.loads(stack.cli("keys", "create", name, "--json"))["key"])
 
 
-def _submit(stack: Stack, key: str, url: str, index: int, **extra: object) -> str:
+class _Extra(TypedDict, total=False):
+    """Job fields a test adds to those ``_submit`` sets."""
+
+    timeout_s: int
+
+
+def _submit(stack: Stack, key: str, url: str, index: int, **extra: Unpack[_Extra]) -> str:
     job = stack.client(key).submit(
         make_image(index), "hook me", callback_url=url, max_new_tokens=2, **extra
     )

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import uuid
+from datetime import datetime
 
 import fsspec
 import requests
@@ -107,7 +108,10 @@ def test_a_dead_worker_s_jobs_run_one_after_another_before_queued_work(pg_stack:
 
     assert {job["status"] for job in done.values()} == {"succeeded"}
     assert [done[job_id]["attempts"] for job_id in dead] == [2, 2, 2]
-    started = {str(row.id): row.started_at for row in pg_stack.jobs(dead + queued)}
+    started: dict[str, datetime] = {}
+    for row in pg_stack.jobs(dead + queued):
+        assert row.started_at is not None, f"succeeded job {row.id} has no started_at"
+        started[str(row.id)] = row.started_at
     assert max(started[job_id] for job_id in dead) < max(started[job_id] for job_id in queued)
 
 

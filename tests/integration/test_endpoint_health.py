@@ -109,9 +109,9 @@ def test_a_failing_endpoint_is_disabled_keeps_its_events_and_recovers_them(
         what="the kept events in /metrics",
     )
     # The console shows the disabled endpoint, with its button, and the kept events.
-    page = ConsoleBrowser(pg_stack.url, pg_stack.key).get("/deliveries").text
-    assert f"http://127.0.0.1:{failing.port}" in page and ">Enable</button>" in page
-    assert page.count("badge-kept") == 2 and "badge-failed" in page
+    html = ConsoleBrowser(pg_stack.url, pg_stack.key).get("/deliveries").text
+    assert f"http://127.0.0.1:{failing.port}" in html and ">Enable</button>" in html
+    assert html.count("badge-kept") == 2 and "badge-failed" in html
 
     # Redelivery skips a disabled endpoint's events: they stay kept.
     gone.default = 200

@@ -16,6 +16,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -207,7 +208,9 @@ def raw(content_type: str, body: bytes) -> Callable[[Stack], requests.Response]:
     return send
 
 
-def parts(*extra: Part, image: bytes | None = None, **meta: str) -> Callable[[Stack], Any]:
+def parts(
+    *extra: Part, image: bytes | None = None, **meta: str
+) -> Callable[[Stack], requests.Response]:
     """Multipart with ``image`` (built lazily) and a prompt, plus ``extra`` raw parts."""
     filename = meta.get("filename", "upload.bin")
     content_type = meta.get("content_type", "application/octet-stream")
@@ -250,18 +253,23 @@ class Case:
     detail: str = ""  # a fragment the refusal's detail must contain
 
 
-def case(name: str, send: Any, *expect: tuple[int, str | None], detail: str = "") -> Case:
+def case(
+    name: str,
+    send: Callable[[Stack], requests.Response],
+    *expect: tuple[int, str | None],
+    detail: str = "",
+) -> Case:
     return Case(name, send, frozenset(expect), detail)
 
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 CORPUS = [
     *[
-        case(f"truncated {fmt}", image(lambda f=fmt: truncated(f)), (422, "image_undecodable"))
+        case(f"truncated {fmt}", image(partial(truncated, fmt)), (422, "image_undecodable"))
         for fmt in FORMATS
     ],
     *[
-        case(f"bit-flipped {fmt} #{n}", image(lambda f=fmt, n=n: bit_flipped(f, n)), *DAMAGED)
+        case(f"bit-flipped {fmt} #{n}", image(partial(bit_flipped, fmt, n)), *DAMAGED)
         for fmt in FORMATS
         for n in range(5)
     ],

@@ -75,5 +75,5 @@ def test_bulk_insert_writes_what_the_orm_writes(database_settings: Settings) -> 
         for column in Job.__table__.columns:
             if column.key not in skip:
                 assert getattr(written, column.key) == getattr(expected, column.key), column.key
-        for column in ("prompt", "created_at", "deadline_at", "item_index"):
-            assert getattr(written, column) == bulk_job[column], column
+        for name in ("prompt", "created_at", "deadline_at", "item_index"):
+            assert getattr(written, name) == bulk_job[name], name

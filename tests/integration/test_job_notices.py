@@ -60,11 +60,12 @@ def test_a_job_that_joins_is_checked_once_subscribed(redis_server: RedisServer) 
     _settled(client, notices, first)
     joined = [*first, uuid.uuid4()]
     checked: set[uuid.UUID] = set()
-    wait_until(
-        lambda: checked.update(notices.to_check(joined)) or joined[1] in checked,
-        timeout_s=5,
-        what="joined",
-    )
+
+    def joined_checked() -> bool:
+        checked.update(notices.to_check(joined))
+        return joined[1] in checked
+
+    wait_until(joined_checked, timeout_s=5, what="joined")
     assert checked == {joined[1]}
     assert notices.to_check(joined) == set()
 

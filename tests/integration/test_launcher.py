@@ -54,6 +54,7 @@ def _wait_for_pings(stack: Stack, prefixes: Iterable[str], timeout_s: float = 90
 
     def all_answer() -> bool:
         replies = stack.celery.control.ping(timeout=0.5)
+        assert replies is not None  # a broadcast with reply=True, as ping is: a list
         answered = {p for p in wanted for reply in replies for name in reply if name.startswith(p)}
         return answered == wanted
 

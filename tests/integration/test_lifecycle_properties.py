@@ -288,9 +288,9 @@ def machine_for(sessions: sessionmaker[Session]) -> type[RuleBasedStateMachine]:
                 ).all()
                 batch = session.get_one(Batch, self.batch_id)
             per_job = {job_id: 0 for job_id in rows}
-            for job_id, _, _ in events:
-                if job_id is not None:
-                    per_job[job_id] += 1
+            for event_job_id, _, _ in events:
+                if event_job_id is not None:
+                    per_job[event_job_id] += 1
             for job_id, count in per_job.items():
                 wanted = 1 if rows[job_id][0].is_final else 0
                 assert count == wanted, f"{job_id} ({rows[job_id][0]}) has {count} events"

@@ -108,7 +108,8 @@ def test_metrics_read_the_database_once_per_interval_however_often_scraped(
 
 def test_readyz_says_up_or_down_and_broadcasts_nothing_to_workers(pg_stack: Stack) -> None:
     broker = redis.Redis.from_url(pg_stack.env["SIGHTLINE_BROKER_URL"])
-    listener = broker.pubsub()
+    # redis leaves pubsub() unannotated.
+    listener: redis.client.PubSub = broker.pubsub()  # type: ignore[no-untyped-call]
     # Celery's broadcast commands (ping, inspect) travel on the pidbox fan-out channel.
     listener.psubscribe("*pidbox*")
     wait_until(listener.get_message, timeout_s=10, what="the subscription to be confirmed")

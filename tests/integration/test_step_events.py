@@ -58,7 +58,8 @@ def _hundred_watched(
     engine = Texts(100)
     for job_id in engine.running:
         client.set(watch_key(job_id), "reader")
-    listener = client.pubsub()
+    # redis leaves pubsub() unannotated.
+    listener: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
     listener.psubscribe("sightline:job:*")
     return publisher, engine, listener
 
@@ -113,7 +114,8 @@ def test_a_few_watched_jobs_are_published_every_interval(client: redis.Redis) ->
     engine = Texts(3)
     watched = engine.running[0]
     client.set(watch_key(watched), "reader")  # only one of the three is watched
-    listener = client.pubsub()
+    # redis leaves pubsub() unannotated.
+    listener: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
     listener.subscribe(*(job_channel(job_id) for job_id in engine.running))
     listener.get_message(timeout=1)  # the subscription confirmations
     listener.get_message(timeout=1)

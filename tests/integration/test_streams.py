@@ -170,7 +170,8 @@ def test_a_reclaimed_job_resets_its_stream_and_streams_the_new_attempt(pg_stack:
     assert final["status"] == "succeeded" and final["attempts"] == 2
     assert "reset" in names, "the new attempt's text starts over"
     reset_at = names.index("reset")
-    assert received[reset_at].id is not None and received[reset_at].id.startswith("2-")
+    reset_id = received[reset_at].id
+    assert reset_id is not None and reset_id.startswith("2-")
     assert answer(received) == final["result"]
 
 

@@ -140,9 +140,10 @@ def test_moderation_preset_sets_action_and_listing_filters_on_it(pg_stack: Stack
         answer = job["result_json"]
         assert set(answer) == {"label", "confidence", "explanation"}
         assert job["action"] == policy.decide(answer)
+    params: dict[str, str | int] = {"action": "block", "limit": 500}
     listed = requests.get(
         f"{pg_stack.url}/v1/jobs",
-        params={"action": "block", "limit": 500},
+        params=params,
         headers={"Authorization": f"Bearer {pg_stack.key}"},
         timeout=10,
     ).json()["jobs"]

@@ -190,7 +190,7 @@ def test_worker_killed_between_commit_and_send_still_delivers(
     pg_stack: Stack, receiver: Receiver
 ) -> None:
     pg_stack.start_ops(**FAST)
-    child = pg_stack.start_worker_child("doomed@test", **FAST)
+    child = pg_stack.start_worker_child("doomed@test", ready=True, **FAST)
     job_id = _submit(pg_stack, receiver.url, "[[crash-after-commit]] deliver anyway")
     assert child.wait(timeout=60) < 0, "the worker died right after committing"
 

@@ -196,7 +196,7 @@ def test_batch_answers_are_documented_by_their_models(
 ) -> None:
     path, method, status = operation
     content = document["paths"][path][method]["responses"][status]["content"]
-    schema = {"$ref": REF.format(model=model.__name__)}
+    schema: dict[str, object] = {"$ref": REF.format(model=model.__name__)}
     if method == "delete":  # a cancel, or with ?purge=true a purge
         schema = {"oneOf": [schema, {"$ref": REF.format(model="Purged")}]}
     assert content == {"application/json": {"schema": schema}}

@@ -168,11 +168,12 @@ def test_run_isolated_splits_until_only_the_culprit_fails() -> None:
 
 def test_run_isolated_a_healthy_pass_runs_once() -> None:
     calls: list[int] = []
-    assert run_isolated([1, 2, 3], lambda xs: calls.append(len(xs)) or xs, lambda x, e: -x) == [
-        1,
-        2,
-        3,
-    ]
+
+    def run(xs: list[int]) -> list[int]:
+        calls.append(len(xs))
+        return xs
+
+    assert run_isolated([1, 2, 3], run, lambda x, e: -x) == [1, 2, 3]
     assert calls == [3]
 
 

@@ -69,7 +69,7 @@ OBJECTS = {
     },
     "maxItems": 4,
 }
-SCHEMAS = [MODERATION, COUNTS, TAGS, NESTED, OBJECTS]
+SCHEMAS: list[dict[str, Any]] = [MODERATION, COUNTS, TAGS, NESTED, OBJECTS]
 # Room for every schema, thinking included, with some tokens to spare for free text.
 TOKENS = max(min_new_tokens(schema, thinking=True) for schema in SCHEMAS) + 24
 GREEDY = GenerationOptions(max_new_tokens=TOKENS)
