@@ -2,9 +2,12 @@
 (``/v1/jobs/{id}/deliveries``), and the tenant's events across jobs and batches
 (``/v1/deliveries``): listed by status, and redelivered by time range.
 
-A redelivery makes events due again now, with the same ``webhook-id``. By time range it
-takes the ``failed`` and ``kept`` events created in ``[since, until)`` whose endpoint is
-not disabled, oldest first, at most :data:`REDELIVER_LIMIT` per call. It is idempotent: an
+A redelivery makes events due again now, with the same ``webhook-id``, except those of
+a disabled endpoint: they stay ``kept`` until the tenant enables it (the sender would
+only keep them again). A job's redelivery is refused (409 ``endpoint_disabled``) when
+all its events are of such an endpoint. By time range it takes the ``failed`` and
+``kept`` events created in ``[since, until)``, oldest first, at most
+:data:`REDELIVER_LIMIT` per call. It is idempotent: an
 event it re-queued is ``pending`` (then ``delivered``), so a second call for the same
 range does not send it again, and two calls at once re-queue disjoint events (each
 UPDATE re-checks the status).
@@ -56,14 +59,13 @@ def list_deliveries(job_id: str) -> dict[str, object]:
 @deliveries.post("/redeliver")
 def redeliver(job_id: str) -> tuple[dict[str, object], int]:
     """Send the job's events again now, with the same ``webhook-id`` (202); 409 when the
-    job has no event yet (not finished, or no callback URL)."""
+    job has no event yet (not finished, or no callback URL) or only events of a disabled
+    endpoint."""
     job = load_job(job_id)
-    ids = redeliver_events(services(), job.id)
+    svc = services()
+    ids = redeliver_events(svc, job.id)
     if not ids:
-        raise Conflict(
-            f"job {job.id} has no webhook event to redeliver (not finished, or no callback_url)",
-            code=ErrorCode.NO_WEBHOOK_EVENT,
-        )
+        raise nothing_redelivered(svc, job.id)
     return {"job_id": str(job.id), "redelivering": ids}, 202
 
 
@@ -137,10 +139,32 @@ def job_events(svc: Services, job_id: uuid.UUID) -> list[EventOut]:
 
 
 def redeliver_events(svc: Services, job_id: uuid.UUID) -> list[str]:
-    """Make every webhook event of job ``job_id`` due again now (same ``webhook-id``) and
-    wake the sender; returns their ids, empty when the job has no event (then nothing
-    changes). The caller has already checked that it may see the job."""
-    return _requeue(svc, [WebhookEvent.job_id == job_id])
+    """Make the webhook events of job ``job_id`` due again now (same ``webhook-id``),
+    except those of a disabled endpoint, and wake the sender; returns their ids, empty
+    when there is none (then nothing changes). The caller has already checked that it
+    may see the job."""
+    return _requeue(svc, [WebhookEvent.job_id == job_id, _endpoint_enabled()])
+
+
+def nothing_redelivered(svc: Services, job_id: uuid.UUID) -> Conflict:
+    """Why :func:`redeliver_events` found nothing to send for job ``job_id``: it has no
+    event yet (not finished, or no callback URL), or only events of a disabled
+    endpoint."""
+    with svc.sessions() as session:
+        endpoints = session.scalars(
+            select(WebhookEvent.endpoint_id).where(WebhookEvent.job_id == job_id).distinct()
+        ).all()
+    if not endpoints:
+        return Conflict(
+            f"job {job_id} has no webhook event to redeliver (not finished, or no callback_url)",
+            code=ErrorCode.NO_WEBHOOK_EVENT,
+        )
+    return Conflict(
+        f"job {job_id}'s webhook events go to a disabled endpoint "
+        f"({', '.join(map(str, endpoints))}); enable it (POST /v1/endpoints/{{id}}/enable), "
+        "then redeliver",
+        code=ErrorCode.ENDPOINT_DISABLED,
+    )
 
 
 def redeliver_events_between(
@@ -159,8 +183,7 @@ def redeliver_events_between(
         found = list(
             session.scalars(
                 select(WebhookEvent.id)
-                .outerjoin(WebhookEndpoint, WebhookEndpoint.id == WebhookEvent.endpoint_id)
-                .where(*recoverable, WebhookEndpoint.disabled_at.is_(None))
+                .where(*recoverable, _endpoint_enabled())
                 .order_by(WebhookEvent.created_at, WebhookEvent.id)
                 .limit(REDELIVER_LIMIT + 1)
             )
@@ -170,6 +193,13 @@ def redeliver_events_between(
         return [], False
     ids = _requeue(svc, [WebhookEvent.id.in_(chosen), *recoverable])
     return ids, len(found) > REDELIVER_LIMIT
+
+
+def _endpoint_enabled() -> ColumnElement[bool]:
+    """The event's endpoint is not disabled (or not known yet: the sender attaches it at
+    the first attempt)."""
+    disabled = select(WebhookEndpoint.id).where(WebhookEndpoint.disabled_at.is_not(None))
+    return WebhookEvent.endpoint_id.is_(None) | WebhookEvent.endpoint_id.not_in(disabled)
 
 
 def _requeue(svc: Services, where: list[ColumnElement[bool]]) -> list[str]:

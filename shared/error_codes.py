@@ -63,6 +63,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"
     JOB_FINISHED = "job_finished"
     NO_WEBHOOK_EVENT = "no_webhook_event"
+    ENDPOINT_DISABLED = "endpoint_disabled"
     NOTHING_TO_RETRY = "nothing_to_retry"
     CONFLICT = "conflict"
     BODY_TOO_LARGE = "body_too_large"
@@ -151,6 +152,10 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     E.JOB_FINISHED: ErrorInfo(409, "cancel of a job that already finished"),
     E.NO_WEBHOOK_EVENT: ErrorInfo(
         409, "redelivery asked for a job with no webhook event (not finished, or no `callback_url`)"
+    ),
+    E.ENDPOINT_DISABLED: ErrorInfo(
+        409,
+        "redelivery asked for a job whose events all go to a disabled endpoint (enable it first)",
     ),
     E.NOTHING_TO_RETRY: ErrorInfo(
         409, "retry of a batch with no failed item (with one of the given `error_codes`)"

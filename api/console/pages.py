@@ -40,7 +40,12 @@ from api.console.queries import (
 from api.console.signin import current_key, sign_in, sign_out, signed_in_key
 from api.console.status import recent_throughput
 from api.context import services
-from api.deliveries import job_events, redeliver_events, redeliver_events_between
+from api.deliveries import (
+    job_events,
+    nothing_redelivered,
+    redeliver_events,
+    redeliver_events_between,
+)
 from api.endpoints import render_endpoint, tenant_endpoints
 from api.listing import BATCH_STATES
 from api.purging import eraser
@@ -192,7 +197,7 @@ def redeliver(job_id: str) -> BaseResponse:
     if redeliver_events(svc, job.id):
         flash("Webhook redelivery started; attempts appear below as they are made.")
     else:
-        flash("This job has no webhook event to redeliver.", "warning")
+        flash(nothing_redelivered(svc, job.id).detail, "warning")
     return redirect(url_for("console.pages.job_detail", job_id=job.id))
 
 

@@ -5,8 +5,9 @@ when the sweeper finds them, and their ``job.failed`` events are what is deliver
 Covered: ``Retry-After`` on a 429 holds the next attempt back; an endpoint failing every
 attempt for ``SIGHTLINE_ENDPOINT_DISABLE_AFTER_S`` (shrunk to 1.5 s) is disabled and its
 events kept, even new ones, without an attempt; ``GET /v1/deliveries`` lists them by
-status, page by page; enabling the endpoint and redelivering the time range recovers
-them, and a second redelivery sends nothing twice.
+status, page by page; redelivering them, by range or by job, leaves them kept while the
+endpoint is disabled (a job's redelivery answers 409); enabling the endpoint and
+redelivering the time range recovers them, and a second redelivery sends nothing twice.
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ def test_a_failing_endpoint_is_disabled_keeps_its_events_and_recovers_them(
     # Redelivery skips a disabled endpoint's events: they stay kept.
     gone.default = 200
     assert client.redeliver(since)["redelivering"] == [failed[refused]["id"]]
+    one_job = pg_stack.call("POST", f"/v1/jobs/{first}/deliveries/redeliver")
+    assert one_job.status_code == 409, one_job.text
+    assert one_job.json()["code"] == "endpoint_disabled"
+    assert disabled[0]["id"] in one_job.json()["detail"]
     endpoint = client.enable_endpoint(disabled[0]["id"])
     assert endpoint["state"] == "healthy" and endpoint["kept"] == 2
     failing.default = 200
