@@ -555,20 +555,7 @@ class BatchService:
         queue to be refused again."""
         if not outcomes:
             return
-        try:
-            written = self._write(run.token, jobs, outcomes)
-        except SQLAlchemyError as exc:
-            if not _refused_value(exc):
-                raise
-            if len(outcomes) == 1:
-                written = self._write_unstorable(run.token, jobs, outcomes[0], exc)
-            else:
-                log.warning(
-                    "a commit of %d results was refused; one by one: %s",
-                    len(outcomes),
-                    _refusal(exc),
-                )
-                written = [w for o in outcomes for w in self._write_alone(run.token, jobs, o)]
+        written = self._write_apart(run.token, jobs, outcomes)
         settled = {outcome.job_id for outcome in written}
         gone = [outcome.job_id for outcome in outcomes if outcome.job_id not in settled]
         if gone:
@@ -584,16 +571,22 @@ class BatchService:
         self._metrics.observe_outcomes(written)
         run.on_settled(written)
 
-    def _write_alone(
-        self, token: uuid.UUID, jobs: Sequence[Job], outcome: Outcome
+    def _write_apart(
+        self, token: uuid.UUID, jobs: Sequence[Job], outcomes: Sequence[Outcome]
     ) -> list[Outcome]:
-        """Commit ``outcome`` alone, or :meth:`_write_unstorable` if it is refused."""
+        """:meth:`_write` ``outcomes``; if the database refuses a value, each again in a
+        transaction of its own, and one refused alone :meth:`_write_unstorable`."""
         try:
-            return self._write(token, jobs, [outcome])
+            return self._write(token, jobs, outcomes)
         except SQLAlchemyError as exc:
             if not _refused_value(exc):
                 raise
-            return self._write_unstorable(token, jobs, outcome, exc)
+            if len(outcomes) == 1:
+                return self._write_unstorable(token, jobs, outcomes[0], exc)
+            log.warning(
+                "a commit of %d results was refused; one by one: %s", len(outcomes), _refusal(exc)
+            )
+            return [w for o in outcomes for w in self._write_apart(token, jobs, [o])]
 
     def _write_unstorable(
         self, token: uuid.UUID, jobs: Sequence[Job], outcome: Outcome, exc: SQLAlchemyError
