@@ -69,32 +69,54 @@ def release_blobs(
     """Delete the released blobs no job names and nothing stored lately, in chunks of
     ``retention_chunk`` keys (at most :data:`MAX_CHUNKS` per call); returns how many
     blobs were deleted. A blob a recent put kept is looked at again a grace later.
-    Storage errors propagate: the keys of that chunk stay listed for the next sweep."""
+
+    The storage is never called inside a transaction (a slow or hung store would keep a
+    session idle in it, holding its locks): each chunk is taken in one transaction
+    (:func:`_take_chunk`), deleted from the store outside any, and the deleted keys are
+    forgotten in another. Storage errors propagate; the keys not yet deleted stay
+    listed and are looked at again a grace later (so is the whole chunk if this process
+    dies meanwhile: a blob already gone counts as deleted)."""
     cutoff = now - timedelta(seconds=settings.blob_grace_s)
     deleted = 0
     for _ in range(MAX_CHUNKS):
-        with transaction(sessions) as session:
-            keys = list(
-                session.scalars(
-                    select(BlobRelease.key)
-                    .where(BlobRelease.released_at <= cutoff)
-                    .order_by(BlobRelease.released_at)
-                    .limit(settings.retention_chunk)
-                    .with_for_update(skip_locked=True)
-                )
-            )
-            named = set(session.scalars(select(Job.image_key).where(Job.image_key.in_(keys))))
-            kept = [
-                key for key in keys if key not in named and not blobs.delete_if_idle(key, cutoff)
-            ]
-            deleted += len(keys) - len(named) - len(kept)
-            done = [key for key in keys if key not in kept]
-            session.execute(delete(BlobRelease).where(BlobRelease.key.in_(done)))
-            session.execute(
-                update(BlobRelease).where(BlobRelease.key.in_(kept)).values(released_at=now)
-            )
-        if len(keys) < settings.retention_chunk:
+        taken, candidates = _take_chunk(settings, sessions, cutoff, now)
+        gone: list[str] = []
+        try:
+            for key in candidates:
+                if blobs.delete_if_idle(key, cutoff):
+                    gone.append(key)
+        finally:
+            with transaction(sessions) as session:
+                session.execute(delete(BlobRelease).where(BlobRelease.key.in_(gone)))
+        deleted += len(gone)
+        if taken < settings.retention_chunk:
             break
     if deleted:
         log.info("blob release: %d images deleted", deleted)
     return deleted
+
+
+def _take_chunk(
+    settings: Settings, sessions: sessionmaker[Session], cutoff: datetime, now: datetime
+) -> tuple[int, list[str]]:
+    """Take up to ``retention_chunk`` keys released at or before ``cutoff``, in one
+    transaction: those a job names again are forgotten (their blob stays), the others
+    are stamped ``now`` so no other sweep takes them within a grace. Returns how many
+    keys were taken and the others, whose blobs may be deleted."""
+    with transaction(sessions) as session:
+        keys = list(
+            session.scalars(
+                select(BlobRelease.key)
+                .where(BlobRelease.released_at <= cutoff)
+                .order_by(BlobRelease.released_at)
+                .limit(settings.retention_chunk)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        named = set(session.scalars(select(Job.image_key).where(Job.image_key.in_(keys))))
+        candidates = [key for key in keys if key not in named]
+        session.execute(delete(BlobRelease).where(BlobRelease.key.in_(named)))
+        session.execute(
+            update(BlobRelease).where(BlobRelease.key.in_(candidates)).values(released_at=now)
+        )
+    return len(keys), candidates

@@ -69,20 +69,22 @@ def create_engine_for(
 
 
 def worker_engine(settings: Settings) -> Engine:
-    """The engine of a model worker process.
+    """The engine of a worker process: a model worker or the ops worker.
 
-    A worker locks job rows inside short transactions (``FOR UPDATE SKIP LOCKED``
-    claims, lease renewals, the commit of finished rows). If its host is cut off while
-    one is open, the database keeps the session, and its locks, until the kernel gives up
-    on the dead peer: hours with default keepalives. Claims elsewhere skip the locked
-    jobs, so the lease would run out with no one able to take them, and a commit to one
-    of them would wait. PostgreSQL therefore ends a worker's session that has
-    waited for its client inside a transaction for a quarter of ``job_lease_s``
+    Both lock job rows inside short transactions: a model worker's ``FOR UPDATE SKIP
+    LOCKED`` claims, lease renewals and commits of finished rows; the sweeper's expiries,
+    re-enqueues and retention chunks. If the host is cut off while one is open, the
+    database keeps the session, and its locks, until the kernel gives up on the dead
+    peer: hours with default keepalives. Claims elsewhere skip the locked jobs, so a
+    lease would run out with no one able to take them, and a commit to one of them
+    would wait. PostgreSQL therefore ends a worker's session that has waited for its
+    client inside a transaction for a quarter of ``job_lease_s``
     (:data:`IDLE_IN_TRANSACTION_LEASE_SHARE`): its work is rolled back, its locks freed
     before the lease runs out, and the cut-off process finds its connection gone when
     the link comes back (its late writes would be refused by the claim token anyway).
-    A worker's transactions wait for nothing but the database; the ops process's may
-    (blob deletes), and its engine has no such limit."""
+    So no worker transaction may wait on anything but the database: webhook attempts
+    and blob deletes run outside them. The API's engine has no such limit (a long-poll
+    holds its session)."""
     return create_engine_for(
         settings, idle_in_transaction_s=settings.job_lease_s * IDLE_IN_TRANSACTION_LEASE_SHARE
     )

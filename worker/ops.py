@@ -25,7 +25,7 @@ from celery.platforms import EX_FAILURE
 
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
-from shared.db import create_engine_for, session_factory
+from shared.db import session_factory, worker_engine
 from shared.job_feed import JobFeed
 from shared.logs import configure_logging
 from shared.redis_slots import RedisSlots
@@ -50,7 +50,7 @@ RESTART_PAUSE_S = 2.0
 def create_ops_app(settings: Settings) -> Celery:
     """A Celery app with the maintenance tasks registered, bound to ``settings``."""
     app = create_celery(settings)
-    sessions = session_factory(create_engine_for(settings))
+    sessions = session_factory(worker_engine(settings))
     broker = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
     feed = JobFeed(broker)
     blobs = BlobStore(settings.blob_url)
