@@ -86,8 +86,9 @@ def release_blobs(
                 if blobs.delete_if_idle(key, cutoff):
                     gone.append(key)
         finally:
-            with transaction(sessions) as session:
-                session.execute(delete(BlobRelease).where(BlobRelease.key.in_(gone)))
+            if gone:
+                with transaction(sessions) as session:
+                    session.execute(delete(BlobRelease).where(BlobRelease.key.in_(gone)))
         deleted += len(gone)
         if taken < settings.retention_chunk:
             break
@@ -113,6 +114,8 @@ def _take_chunk(
                 .with_for_update(skip_locked=True)
             )
         )
+        if not keys:
+            return 0, []
         named = set(session.scalars(select(Job.image_key).where(Job.image_key.in_(keys))))
         candidates = [key for key in keys if key not in named]
         session.execute(delete(BlobRelease).where(BlobRelease.key.in_(named)))
