@@ -3,18 +3,21 @@
 ``create_engine_for(settings)`` is the only place an engine is built. On SQLite (the
 embedded default, written by the API and the worker at once) it turns on WAL and a busy
 timeout so short write transactions from two processes wait for each other instead of
-failing with "database is locked".
+failing with "database is locked". :func:`retrying_conflicts` runs a transaction again
+when PostgreSQL aborted it to break a lock conflict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
@@ -27,6 +30,14 @@ TCP_USER_TIMEOUT_MS = 10_000
 # PostgreSQL ends it (see worker_engine): well under the two thirds of a lease that are
 # left when a host is cut off in the middle of a lease renewal.
 IDLE_IN_TRANSACTION_LEASE_SHARE = 0.25
+# SQLSTATEs of a transaction PostgreSQL aborted to break a conflict with another one
+# (deadlock_detected, serialization_failure): run again, it goes through.
+LOST_CONFLICT = frozenset({"40P01", "40001"})
+# How many times in all a transaction that lost a conflict is run.
+CONFLICT_TRIES = 3
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def create_engine_for(
@@ -119,6 +130,24 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """A sessionmaker whose objects stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def retrying_conflicts(attempt: Callable[[], T], *, tries: int = CONFLICT_TRIES) -> T:
+    """``attempt()`` (one whole transaction), run again while PostgreSQL aborts it to
+    break a lock conflict (:data:`LOST_CONFLICT`), at most ``tries`` times in all. Two
+    transactions that lock the same rows in different orders (a worker committing the
+    results of a step, its own lease renewal, a cancel from the API) deadlock now and
+    then, and PostgreSQL aborts one of them: that one is run again, not given up on."""
+    tried = 1
+    while True:
+        try:
+            return attempt()
+        except DBAPIError as exc:
+            state = getattr(exc.orig, "sqlstate", None)
+            if tried >= tries or state not in LOST_CONFLICT:
+                raise
+            log.warning("a transaction lost a lock conflict (SQLSTATE %s); running it again", state)
+            tried += 1
 
 
 @contextmanager

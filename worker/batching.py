@@ -61,7 +61,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import lifecycle
 from shared.blobs import BlobStore
-from shared.db import transaction
+from shared.db import retrying_conflicts, transaction
 from shared.error_codes import JobErrorCode
 from shared.job_feed import JobFeed
 from shared.lifecycle import Outcome
@@ -613,13 +613,18 @@ class BatchService:
     ) -> list[Outcome]:
         """Commit ``outcomes`` of jobs claimed under ``token`` in one transaction and
         wake the sender for them; returns those written (a job canceled or taken over
-        meanwhile keeps its state)."""
+        meanwhile keeps its state). A transaction PostgreSQL aborts to break a deadlock
+        (with the lease renewal, a cancel) is run again (``retrying_conflicts``)."""
         ids = {outcome.job_id for outcome in outcomes}
         mine = [job for job in jobs if job.id in ids]
-        with lifecycle.unit_of_work(
-            self._sessions, lambda events: self._after_commit(mine, events), self._feed
-        ) as changes:
-            written = set(lifecycle.finish(changes, token=token, outcomes=outcomes))
+
+        def commit() -> set[uuid.UUID]:
+            with lifecycle.unit_of_work(
+                self._sessions, lambda events: self._after_commit(mine, events), self._feed
+            ) as changes:
+                return set(lifecycle.finish(changes, token=token, outcomes=outcomes))
+
+        written = retrying_conflicts(commit)
         return [outcome for outcome in outcomes if outcome.job_id in written]
 
     # -- shutdown --------------------------------------------------------------------
@@ -642,8 +647,12 @@ class BatchService:
         run.suspects.clear()
         if not left:
             return
-        with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
-            lifecycle.release(changes, token=run.token, job_ids=[job.id for job in left])
+
+        def hand_back() -> None:
+            with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
+                lifecycle.release(changes, token=run.token, job_ids=[job.id for job in left])
+
+        retrying_conflicts(hand_back)
         log.warning("shutting down: handed %d unfinished jobs back to the queue", len(left))
         self._requeue(left)
 
