@@ -112,8 +112,13 @@ def run_worker(
         enqueue_events(app, events)
 
     def requeue(jobs: Sequence[Job]) -> None:
+        # The jobs are queued again already: a lost wake-up only waits for the sweeper.
         for job in jobs:
-            enqueue_job(app, job.id, job.priority)
+            try:
+                enqueue_job(app, job.id, job.priority)
+            except Exception:
+                log.exception("job %s handed back but no wake-up left; the sweeper will", job.id)
+                return
 
     broker = redis.Redis.from_url(settings.broker_url, socket_timeout=2)
 
