@@ -297,7 +297,8 @@ class JobErrorCode(enum.StrEnum):
     """The ``error.code`` of a job that ended ``failed`` (see the module docstring)."""
 
     IMAGE_UNDECODABLE = "image_undecodable"
-    """The worker could not read or decode the job's stored image."""
+    """The job's stored image is gone or does not decode. (A blob store that fails to
+    give it, an outage, fails no job: the worker hands the job back to the queue.)"""
     INFERENCE_ERROR = "inference_error"
     """The model failed on this job (alone, after its batch was split to find it)."""
     RESULT_UNSTORABLE = "result_unstorable"

@@ -60,7 +60,7 @@ from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementErro
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import lifecycle
-from shared.blobs import BlobStore
+from shared.blobs import BlobMissing, BlobStore
 from shared.db import retrying_conflicts, transaction
 from shared.error_codes import JobErrorCode
 from shared.job_feed import JobFeed
@@ -81,6 +81,11 @@ log = logging.getLogger(__name__)
 # After a claim that found nothing, the earliest the next one asks again: a batch with
 # free rows would otherwise run one claim transaction per step.
 IDLE_CLAIM_S = 0.05
+
+# After the blob store failed to give a claimed job's image (not a missing image: an
+# outage), how long a run claims nothing more: the jobs it could not read are back in
+# the queue, and the sweeper wakes a worker for them later.
+STORE_BACKOFF_S = 5.0
 
 # The longest error message stored for a result the database refused (the driver's
 # message may quote the value).
@@ -128,6 +133,7 @@ class _Run:
     idle_until: float = 0.0  # no bulk claim before: nothing was queued
     interactive_idle_until: float = 0.0  # likewise for interactive-only claims
     waited: int = 0  # steps bulk joins were held for interactive rows (scheduling.bulk_joins)
+    store_backoff_until: float = 0.0  # no claim before: the blob store just failed
 
 
 class BatchService:
@@ -232,7 +238,7 @@ class BatchService:
         beyond the free rows added ahead. Nothing while a suspect runs alone or waits
         to. While rows run, a kind of claim that found nothing is not tried again sooner
         than :data:`IDLE_CLAIM_S` later."""
-        if run.alone is not None or run.suspects:
+        if run.alone is not None or run.suspects or self._clock() < run.store_backoff_until:
             return []
         settings = self._settings
         engine = self._engine
@@ -335,21 +341,35 @@ class BatchService:
         outcomes += hits
         answered = {outcome.job_id for outcome in hits}
         joining = [job for job in split.fresh if job.id not in answered]
+        unread: list[Job] = []
         for placed, job in enumerate(joining):
             ahead = seats is not None and placed >= seats and self._engine.free_ahead > 0
             if ahead and job.priority is Priority.INTERACTIVE and self._engine.free_rows > 0:
                 ahead = False  # an interactive job takes headroom rather than wait
-            failure = self._join(run, job, ahead=ahead)
+            try:
+                failure = self._join(run, job, ahead=ahead)
+            except _StoreFailed:
+                unread.append(job)
+                continue
             if failure is not None:
                 outcomes.append(failure)
         run.suspects += split.suspects
         self._settle(run, [*split.expired, *split.fresh], outcomes)
+        self._hand_back_unread(run, unread)
 
     def _join(self, run: _Run, job: Job, *, ahead: bool = False) -> Outcome | None:
         """Add ``job`` to the engine (``ahead``: see :meth:`_admit`); its failed outcome
-        if it cannot run at all."""
+        if it cannot run at all; :class:`_StoreFailed` if the blob store could not give
+        its image (an outage, not a missing image)."""
         try:
-            image = self._load_image(job)
+            data = self._blobs.get(job.image_key)
+        except BlobMissing as exc:
+            return _failed(job, JobErrorCode.IMAGE_UNDECODABLE, f"cannot decode image: {exc}")
+        except OSError as exc:
+            log.warning("job %s: the blob store failed (%s)", job.id, exc)
+            raise _StoreFailed from exc
+        try:
+            image = _decoded(data)
         except Exception as exc:
             return _failed(job, JobErrorCode.IMAGE_UNDECODABLE, f"cannot decode image: {exc}")
         request = GenerationRequest(
@@ -369,10 +389,28 @@ class BatchService:
         run.rows[job.id] = _Row(job, request, self._clock())
         return None
 
+    def _hand_back_unread(self, run: _Run, jobs: Sequence[Job]) -> None:
+        """Hand jobs whose image the blob store failed to give back to the queue (the
+        claim not counted as an attempt) and claim nothing for ``STORE_BACKOFF_S``: an
+        outage of the store fails no job, and no worker spins on it. No wake-up is left
+        (a worker would take it at once): the sweeper sends one later, and any claim
+        meanwhile takes them, oldest first."""
+        if not jobs:
+            return
+        with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
+            lifecycle.release(changes, token=run.token, job_ids=[job.id for job in jobs])
+        run.store_backoff_until = self._clock() + STORE_BACKOFF_S
+        log.warning("the blob store failed: %d jobs handed back to the queue", len(jobs))
+
     def _start_alone(self, run: _Run) -> None:
         suspect = run.suspects.pop(0)
         log.warning("job %s was claimed %d times; running it alone", suspect.id, suspect.attempts)
-        failure = self._join(run, suspect)
+        try:
+            failure = self._join(run, suspect)
+        except _StoreFailed:
+            self._hand_back_unread(run, [suspect])
+            run.after_suspect = True
+            return
         if failure is not None:
             self._settle(run, [suspect], [failure])
         else:
@@ -413,10 +451,6 @@ class BatchService:
             # The key names the tenant already; never hand one tenant another's answer.
             and hit.tenant_id == job.tenant_id
         ]
-
-    def _load_image(self, job: Job) -> Image.Image:
-        with Image.open(io.BytesIO(self._blobs.get(job.image_key))) as image:
-            return image.convert("RGB")
 
     # -- stepping --------------------------------------------------------------------
 
@@ -678,6 +712,16 @@ class BatchService:
         finally:
             done.set()
             renewer.join()
+
+
+class _StoreFailed(Exception):
+    """The blob store failed to give a claimed job's image (an outage: see
+    :meth:`BatchService._hand_back_unread`)."""
+
+
+def _decoded(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
 
 
 def _no_events(events: list[str]) -> None:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 import fsspec
 import requests
@@ -149,6 +150,46 @@ def test_bad_image_and_oom_fail_alone_in_a_batch_of_eight(pg_stack: Stack) -> No
     assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
 
 
+def test_an_image_the_store_fails_to_give_goes_back_to_the_queue_not_to_failed(
+    pg_stack: Stack,
+) -> None:
+    client = pg_stack.client()
+    job_id = client.submit(make_image(900), "outage", max_new_tokens=2)["id"]
+    [row] = pg_stack.jobs([job_id])
+    # A read of a directory fails with an OSError that is not "missing": the store is
+    # down, not the image gone.
+    path = Path(pg_stack.settings.blob_url) / row.image_key
+    image = path.read_bytes()
+    path.unlink()
+    path.mkdir()
+    pg_stack.start_worker()
+
+    wait_until(
+        lambda: f"job {job_id}: the blob store failed" in _worker_logs(pg_stack),
+        timeout_s=60,
+        what="the worker to meet the failing store",
+    )
+    wait_until(
+        lambda: pg_stack.jobs([job_id])[0].status is JobStatus.QUEUED,
+        timeout_s=30,
+        what="the job back in the queue",
+    )
+    [row] = pg_stack.jobs([job_id])
+    assert (row.attempts, row.claim_token, row.error_code) == (0, None, None)
+
+    path.rmdir()
+    path.write_bytes(image)
+    # Any later claim takes it first (oldest first): here, another job's.
+    later = client.submit(make_image(901), "after the outage", max_new_tokens=2)["id"]
+    done = {job["id"]: job for job in pg_stack.wait_all([job_id, later])}
+    assert (done[job_id]["status"], done[job_id]["attempts"]) == ("succeeded", 1)
+    assert done[later]["status"] == "succeeded"
+
+
+def _worker_logs(stack: Stack) -> str:
+    return "".join(path.read_text() for path in stack.workdir.glob("logs/worker-*.log"))
+
+
 def test_a_result_the_database_refuses_fails_alone_and_its_commit_mates_keep_theirs(
     pg_stack: Stack,
 ) -> None:
@@ -167,8 +208,7 @@ def test_a_result_the_database_refuses_fails_alone_and_its_commit_mates_keep_the
     others = [done[i] for i in ids if i != unstorable]
     assert [job["status"] for job in others] == ["succeeded"] * 7
     assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
-    worker_log = "".join(path.read_text() for path in pg_stack.workdir.glob("logs/worker-*.log"))
-    assert "results was refused; one by one" in worker_log, "it shared a commit"
+    assert "results was refused; one by one" in _worker_logs(pg_stack), "it shared a commit"
 
 
 def test_cancel_queued_running_and_finished(pg_stack: Stack) -> None:
