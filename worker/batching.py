@@ -397,8 +397,7 @@ class BatchService:
         meanwhile takes them, oldest first."""
         if not jobs:
             return
-        with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
-            lifecycle.release(changes, token=run.token, job_ids=[job.id for job in jobs])
+        self._release(run.token, jobs)
         run.store_backoff_until = self._clock() + STORE_BACKOFF_S
         log.warning("the blob store failed: %d jobs handed back to the queue", len(jobs))
 
@@ -409,12 +408,11 @@ class BatchService:
             failure = self._join(run, suspect)
         except _StoreFailed:
             self._hand_back_unread(run, [suspect])
-            run.after_suspect = True
-            return
-        if failure is not None:
-            self._settle(run, [suspect], [failure])
         else:
-            run.alone = suspect.id
+            if failure is not None:
+                self._settle(run, [suspect], [failure])
+            else:
+                run.alone = suspect.id
         run.after_suspect = True
 
     def _from_cache(self, jobs: Sequence[Job]) -> list[Outcome]:
@@ -681,14 +679,19 @@ class BatchService:
         run.suspects.clear()
         if not left:
             return
+        self._release(run.token, left)
+        log.warning("shutting down: handed %d unfinished jobs back to the queue", len(left))
+        self._requeue(left)
+
+    def _release(self, token: uuid.UUID, jobs: Sequence[Job]) -> None:
+        """Hand ``jobs`` claimed under ``token`` back to the queue (``lifecycle.release``),
+        run again if PostgreSQL aborts it to break a deadlock."""
 
         def hand_back() -> None:
             with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
-                lifecycle.release(changes, token=run.token, job_ids=[job.id for job in left])
+                lifecycle.release(changes, token=token, job_ids=[job.id for job in jobs])
 
         retrying_conflicts(hand_back)
-        log.warning("shutting down: handed %d unfinished jobs back to the queue", len(left))
-        self._requeue(left)
 
     @contextmanager
     def _leases_renewed(self, token: uuid.UUID) -> Iterator[None]:
