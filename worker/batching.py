@@ -468,7 +468,10 @@ class BatchService:
     ) -> tuple[StepEvents, float]:
         """One engine step over ``rows`` (claimed under ``token``), recorded in the
         metrics and published to watchers; returns its events and when it ended.
-        :class:`StepFailed` is recorded, then raised."""
+        :class:`StepFailed` is recorded, then raised. Any other error out of the engine
+        is taken as one too: the engine's state is then unknown, so every row in it is
+        aborted, and ``rows`` (some may have ended inside the failed step) and those
+        rows are what the failure dropped."""
         count = len(self._engine.running) - len(self._engine.ahead)
         started = self._clock()
         try:
@@ -476,6 +479,12 @@ class BatchService:
         except StepFailed:
             self._metrics.observe_step(count, self._clock() - started, None)
             raise
+        except Exception as exc:
+            self._metrics.observe_step(count, self._clock() - started, None)
+            dropped = list(dict.fromkeys([*rows, *self._engine.running]))
+            for job_id in self._engine.running:
+                self._engine.abort(job_id)
+            raise StepFailed(dropped, exc) from exc
         now = self._clock()
         self._metrics.observe_step(count, now - started, len(events.tokens), events.prefilled)
         for job_id in events.tokens:

@@ -2,13 +2,16 @@
 
 Wraps a real engine; markers in a prompt make every step that holds the request misbehave
 the way real ones do: ``[[oom]]`` raises like CUDA running out of memory (the engine
-drops its batch, as a real failed step does), ``[[crash]]`` kills the worker process
-outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the step take ``SLOW_STEP_S``
-longer so a test can act while a job is running, ``[[unstorable]]`` puts a NUL in the
-request's finished text, a value PostgreSQL refuses, so committing its result fails (the
-backend keeps NUL out of real text: ``worker.model.hf.NUL_STANDIN``), and
-``[[crash-after-commit]]`` kills it right after its results were committed, before the
-webhook sender was woken (see :func:`crash_after_commit`).
+drops its batch, as a real failed step does), ``[[oom-escapes]]`` raises the same error
+out of the step as it is, with the engine's rows left in place (as an out-of-memory error
+where the engine does not catch it would: while it seats or trims rows), ``[[crash]]``
+kills the worker process outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the
+step take ``SLOW_STEP_S`` longer so a test can act while a job is running,
+``[[unstorable]]`` puts a NUL in the request's finished text, a value PostgreSQL refuses,
+so committing its result fails (the backend keeps NUL out of real text:
+``worker.model.hf.NUL_STANDIN``), and ``[[crash-after-commit]]`` kills it right after
+its results were committed, before the webhook sender was woken (see
+:func:`crash_after_commit`).
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class FaultInjectingEngine:
                 f"CUDA out of memory (simulated) in a step of {len(running)} rows"
             )
             raise StepFailed(running, cause) from cause
+        if any("[[oom-escapes]]" in prompt for prompt in prompts):
+            raise SimulatedOutOfMemory(
+                f"CUDA out of memory (simulated, uncaught), {len(running)} rows"
+            )
         if any("[[slow]]" in prompt for prompt in prompts):
             time.sleep(SLOW_STEP_S)
         events = self._engine.step()

@@ -150,6 +150,25 @@ def test_bad_image_and_oom_fail_alone_in_a_batch_of_eight(pg_stack: Stack) -> No
     assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
 
 
+def test_an_error_that_escapes_the_engine_s_step_still_fails_only_its_culprit(
+    pg_stack: Stack,
+) -> None:
+    # Not a StepFailed: the engine's own handling missed it and its rows are still in it.
+    ids = _submit(pg_stack, 7, "escapes", first=520)
+    culprit = pg_stack.client().submit(make_image(620), "[[oom-escapes]] x", max_new_tokens=4)
+    ids.insert(4, culprit["id"])
+    pg_stack.start_worker(**FAST_RECOVERY)
+
+    done = {job["id"]: job for job in pg_stack.wait_all(ids)}
+
+    assert done[culprit["id"]]["status"] == "failed"
+    assert done[culprit["id"]]["error"]["code"] == "inference_error"
+    assert "uncaught" in done[culprit["id"]]["error"]["message"]
+    others = [done[i] for i in ids if i != culprit["id"]]
+    assert [job["status"] for job in others] == ["succeeded"] * 7
+    assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
+
+
 def test_an_image_the_store_fails_to_give_goes_back_to_the_queue_not_to_failed(
     pg_stack: Stack,
 ) -> None:
