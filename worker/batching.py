@@ -361,6 +361,8 @@ class BatchService:
         """Add ``job`` to the engine (``ahead``: see :meth:`_admit`); its failed outcome
         if it cannot run at all; :class:`_StoreFailed` if the blob store could not give
         its image (an outage, not a missing image)."""
+        # Read apart from the decode: PIL reports a bad image as an OSError too, which
+        # here would read as an outage and hand the job back for ever.
         try:
             data = self._blobs.get(job.image_key)
         except BlobMissing as exc:
@@ -476,11 +478,10 @@ class BatchService:
         started = self._clock()
         try:
             events = self._engine.step()
-        except StepFailed:
-            self._metrics.observe_step(count, self._clock() - started, None)
-            raise
         except Exception as exc:
             self._metrics.observe_step(count, self._clock() - started, None)
+            if isinstance(exc, StepFailed):
+                raise
             dropped = list(dict.fromkeys([*rows, *self._engine.running]))
             for job_id in self._engine.running:
                 self._engine.abort(job_id)

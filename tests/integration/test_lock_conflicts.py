@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from shared.db import retrying_conflicts
+from shared.db import create_engine_for, retrying_conflicts
+from shared.settings import Settings
 from tests.services import postgres_server, scratch_database
 from tests.waiting import wait_until
 
 
 @pytest.fixture
-def rows() -> Iterator[tuple[Engine, str]]:
+def rows(tmp_path: Path) -> Iterator[tuple[Engine, str]]:
     """An engine on a scratch database holding rows 1 and 2, and the database's URL."""
     with postgres_server() as admin, scratch_database(admin) as url:
-        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        engine = create_engine_for(Settings(data_dir=tmp_path, database_url=url))
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE t (id int PRIMARY KEY, v text)"))
             conn.execute(text("INSERT INTO t VALUES (1, 'start'), (2, 'start')"))
