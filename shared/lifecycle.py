@@ -218,7 +218,8 @@ def claim(
     last ``fair_share_window_s`` seconds); ``prefer`` (the job whose message woke us)
     takes its own tenant's next turn. An abandoned job (its worker died while running it)
     may be the one that killed that worker, so it is taken alone and run alone: a poison
-    job must not burn its neighbours' attempts. On PostgreSQL ``FOR UPDATE SKIP LOCKED``
+    job must not burn its neighbours' attempts; a job abandoned under ``token`` itself
+    is not taken (its run is alive). On PostgreSQL ``FOR UPDATE SKIP LOCKED``
     lets workers claim side by side; on SQLite the transaction holds the write lock.
     Every claimed job gets ``attempts + 1``, the claim ``token`` (one per batch; it alone
     may finish the jobs) and a lease of ``lease_s`` seconds. ``only`` restricts the
@@ -254,7 +255,13 @@ def _claim_statement(
     now = bindparam("claim_now", type_=UTCDateTime())
     picks: SelectBase = fair_share.fair_pick(dialect=dialect, prefer=prefer, only=only)
     if with_abandoned:
-        orphan = fair_share.orphan_pick(abandoned(bindparam("claim_max_attempts"), now=now))
+        # Never a job of the claiming run itself: its row may still be in that run's
+        # engine (a lease renewal that failed), and running it again beside itself would
+        # spend an attempt for nothing.
+        orphan = fair_share.orphan_pick(
+            abandoned(bindparam("claim_max_attempts"), now=now)
+            & (Job.claim_token != bindparam("claim_token", type_=Uuid()))
+        )
         # One IN over both picks: an OR of two would make PostgreSQL scan the whole table.
         # Each pick locks its rows in its own subquery (no FOR UPDATE over a UNION).
         picks = union_all(
@@ -372,12 +379,15 @@ def finish(
 ) -> list[uuid.UUID]:
     """Write every outcome (running → succeeded | failed) in one executemany, only where
     the job is still running under ``token``: a job canceled or retaken meanwhile keeps
-    its state, so a job gets exactly one result. Returns the jobs it finished."""
+    its state, so a job gets exactly one result. Returns the jobs it finished (this
+    call: not those the same claim finished before)."""
     if any(not may_move(JobStatus.RUNNING, o.status, Actor.WORKER) for o in outcomes):
         raise ValueError("a worker's outcome is succeeded or failed")
     if not outcomes:
         return []
     table = _JOBS
+    # The executemany reports no rows: the jobs it moved are read back by this stamp.
+    stamp = utcnow()
     stmt = (
         update(table)
         .where(table.c.id == bindparam("b_id"), finishable(token))
@@ -396,7 +406,7 @@ def finish(
             queue_ms=bindparam("b_queue_ms"),
             cached=bindparam("b_cached"),
             model_revision=bindparam("b_model_revision"),
-            finished_at=utcnow(),
+            finished_at=stamp,
             lease_expires_at=None,
         )
     )
@@ -429,6 +439,7 @@ def finish(
                 Job.id.in_([outcome.job_id for outcome in outcomes]),
                 Job.claim_token == token,
                 Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED]),
+                Job.finished_at == stamp,
             )
         )
     )

@@ -185,8 +185,10 @@ def machine_for(sessions: sessionmaker[Session]) -> type[RuleBasedStateMachine]:
                 for i in dict.fromkeys(ids)
             ]
             with lifecycle.unit_of_work(sessions, self._wake, None) as changes:
-                lifecycle.finish(changes, token=token, outcomes=outcomes)
+                finished = lifecycle.finish(changes, token=token, outcomes=outcomes)
             after = self._rows()
+            mine = {i for i in ids if before[i][0] is JobStatus.RUNNING and before[i][4] == token}
+            assert set(finished) == mine, "finish reported jobs it did not move (or missed some)"
             for job_id in dict.fromkeys(ids):
                 was = before[job_id]
                 if not (was[0] is JobStatus.RUNNING and was[4] == token):
@@ -453,6 +455,26 @@ def test_each_move_of_the_table(sessions: sessionmaker[Session], name: str) -> N
         assert (after.claim_token, after.attempts) == (before.claim_token, 1)
     if name == "worker hands a job back on shutdown":
         assert after.claim_token is None and after.attempts == 0 and after.worker is None
+
+
+def test_a_claim_does_not_take_back_a_job_abandoned_under_its_own_token(
+    sessions: sessionmaker[Session],
+) -> None:
+    def reclaim(changes: lifecycle.JobChanges, job: Job) -> None:
+        assert job.claim_token is not None
+        claimed = lifecycle.claim(
+            changes,
+            worker="w",
+            token=job.claim_token,
+            limit=0,
+            lease_s=60,
+            max_attempts=2,
+            fair_share_window_s=60,
+        )
+        assert claimed == []
+
+    before, after = _moved(sessions, JobStatus.RUNNING, reclaim, **PAST, attempts=1)
+    assert (after.attempts, after.lease_expires_at) == (1, before.lease_expires_at)
 
 
 def test_the_table_is_exactly_these_moves_and_nothing_leaves_a_final_status() -> None:
