@@ -125,6 +125,7 @@ class _Run:
 
     token: uuid.UUID
     on_settled: Callable[[Sequence[Outcome]], None]
+    on_step: Callable[[], None]
     rows: dict[uuid.UUID, _Row] = field(default_factory=dict)
     suspects: list[Job] = field(default_factory=list)
     alone: uuid.UUID | None = None
@@ -197,7 +198,7 @@ class BatchService:
             # with it, and its lease, no longer renewed, frees the job for a retry.
             log.warning("dropping job %s left in the engine by a failed run", job_id)
             self._engine.abort(job_id)
-        run = _Run(uuid.uuid4(), on_settled)
+        run = _Run(uuid.uuid4(), on_settled, on_step)
         with self._leases_renewed(run.token):
             self._admit(run, self._first_claim(run, prefer))
             while True:
@@ -386,7 +387,9 @@ class BatchService:
         )
         try:
             self._engine.add(job.id, request, ahead=ahead)
-        except ValueError as exc:  # SchemaError included
+        except Exception as exc:  # a schema outside the subset, a prompt the processor refuses…
+            # Preparing a request touches no other row: only this job fails.
+            log.warning("job %s could not join the engine: %r", job.id, exc)
             return _failed(job, JobErrorCode.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}")
         run.rows[job.id] = _Row(job, request, self._clock())
         return None
@@ -455,12 +458,17 @@ class BatchService:
     # -- stepping --------------------------------------------------------------------
 
     def _step(self, run: _Run) -> None:
-        """One engine step; commit the rows that ended in it."""
+        """One engine step; commit the rows that ended in it; isolate the culprit of a
+        failed step (:meth:`_isolate`)."""
         try:
-            events, now = self._timed_step(run.rows, run.token)
+            self._step_rows(run, run.rows)
         except StepFailed as failure:
             self._isolate(run, failure)
-            return
+
+    def _step_rows(self, run: _Run, rows: dict[uuid.UUID, _Row]) -> None:
+        """One engine step over ``rows`` (those of ``run.rows`` in the engine); commit
+        the rows that ended in it. Raises :class:`StepFailed`."""
+        events, now = self._timed_step(rows, run.token)
         ended = [run.rows.pop(job_id) for job_id in (*events.finished, *events.failed)]
         outcomes = [self._outcome(row, events, now) for row in ended]
         self._settle(run, [row.job for row in ended], outcomes)
@@ -531,36 +539,52 @@ class BatchService:
 
     def _isolate(self, run: _Run, failure: StepFailed) -> None:
         """Run the jobs a failed step dropped again, in halves and apart from everything
-        else (``scheduling.split_failed``), so that only the culprit fails."""
-        dropped = [run.rows.pop(job_id) for job_id in failure.dropped if job_id in run.rows]
-        log.warning("a step of %d rows failed (%r); isolating the culprit", len(dropped), failure)
+        else (``scheduling.split_failed``), so that only the culprit fails. They stay in
+        ``run.rows`` until they end (:meth:`_run_apart`)."""
+        dropped = [run.rows[job_id] for job_id in failure.dropped if job_id in run.rows]
+        log.warning(
+            "a step of %d rows failed (%r); isolating the culprit among jobs %s",
+            len(dropped),
+            failure,
+            ", ".join(str(row.job.id) for row in dropped),
+        )
 
         def split(size: int, exc: Exception) -> None:
             log.warning("%d rows failed again (%r); splitting", size, exc)
 
-        def failed(row: _Row, exc: Exception) -> Outcome:
-            return self._model_failed(row.job, exc)
+        def failed(row: _Row, exc: Exception) -> None:
+            if run.rows.pop(row.job.id, None) is not None:
+                self._settle(run, [row.job], [self._model_failed(row.job, exc)])
 
-        def run_apart(group: list[_Row]) -> list[Outcome]:
-            return self._run_apart(group, run.token)
+        def run_apart(group: list[_Row]) -> list[None]:
+            self._run_apart(run, [row for row in group if row.job.id in run.rows])
+            return []
 
-        outcomes = scheduling.split_failed(dropped, failure, run_apart, failed, split)
-        self._settle(run, [row.job for row in dropped], outcomes)
+        scheduling.split_failed(dropped, failure, run_apart, failed, split)
 
-    def _run_apart(self, group: list[_Row], token: uuid.UUID) -> list[Outcome]:
-        """Run ``group`` alone in the (empty) engine to its end; raises
-        :class:`StepFailed` if a step fails."""
+    def _run_apart(self, run: _Run, group: list[_Row]) -> None:
+        """Run ``group`` (rows of ``run.rows``, none in the engine) alone in the empty
+        engine until every row has ended, each committed as it ends; raises
+        :class:`StepFailed` if a step fails. As in any step, a row whose job is no longer
+        this run's (canceled…) is aborted. On shutdown it stops at once: the rows not
+        ended stay in ``run.rows``, for :meth:`_drain` to hand back to the queue (they
+        already failed a step together; the worker that takes them isolates them)."""
         for row in group:
             # A group of jobs dropped with the rows added ahead may outnumber the rows.
             self._engine.add(row.job.id, row.request, ahead=self._engine.free_rows <= 0)
             row.joined_at = self._clock()
-        outcomes: dict[uuid.UUID, Outcome] = {}
-        by_id = {row.job.id: row for row in group}
-        while len(outcomes) < len(group):
-            events, now = self._timed_step(by_id, token)
-            for job_id in (*events.finished, *events.failed):
-                outcomes[job_id] = self._outcome(by_id[job_id], events, now)
-        return [outcomes[row.job.id] for row in group]
+        apart = [row.job.id for row in group]
+        while True:
+            if self._stopping():
+                for job_id in apart:
+                    self._engine.abort(job_id)
+                return
+            self._abort_gone(run)
+            live = {job_id: run.rows[job_id] for job_id in apart if job_id in run.rows}
+            if not live:
+                return
+            run.on_step()
+            self._step_rows(run, live)
 
     def _abort_gone(self, run: _Run) -> None:
         """Abort the rows of jobs no longer running under this run's claim (canceled,

@@ -7,11 +7,12 @@ out of the step as it is, with the engine's rows left in place (as an out-of-mem
 where the engine does not catch it would: while it seats or trims rows), ``[[crash]]``
 kills the worker process outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the
 step take ``SLOW_STEP_S`` longer so a test can act while a job is running,
-``[[unstorable]]`` puts a NUL in the request's finished text, a value PostgreSQL refuses,
-so committing its result fails (the backend keeps NUL out of real text:
-``worker.model.hf.NUL_STANDIN``), and ``[[crash-after-commit]]`` kills it right after
-its results were committed, before the webhook sender was woken (see
-:func:`crash_after_commit`).
+``[[prepare-fails]]`` makes :meth:`~worker.model.engine.Engine.add` raise (as a
+processor that chokes on a request would), ``[[unstorable]]`` puts a NUL in the
+request's finished text, a value PostgreSQL refuses, so committing its result fails
+(the backend keeps NUL out of real text: ``worker.model.hf.NUL_STANDIN``), and
+``[[crash-after-commit]]`` kills it right after its results were committed, before the
+webhook sender was woken (see :func:`crash_after_commit`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ SLOW_STEP_S = 0.5
 
 class SimulatedOutOfMemory(RuntimeError):
     """Raised in place of ``torch.OutOfMemoryError`` by a step holding ``[[oom]]``."""
+
+
+class SimulatedPrepareError(RuntimeError):
+    """Raised by :meth:`FaultInjectingEngine.add` for a request holding
+    ``[[prepare-fails]]``."""
 
 
 class FaultInjectingEngine:
@@ -60,6 +66,8 @@ class FaultInjectingEngine:
         return self._engine.free_ahead
 
     def add(self, job_id: uuid.UUID, request: GenerationRequest, *, ahead: bool = False) -> None:
+        if "[[prepare-fails]]" in request.prompt:
+            raise SimulatedPrepareError("the processor failed on this request (simulated)")
         self._engine.add(job_id, request, ahead=ahead)
         self._prompts[job_id] = request.prompt
 

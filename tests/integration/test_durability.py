@@ -150,21 +150,25 @@ def test_bad_image_and_oom_fail_alone_in_a_batch_of_eight(pg_stack: Stack) -> No
     assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
 
 
-def test_an_error_that_escapes_the_engine_s_step_still_fails_only_its_culprit(
+def test_errors_that_escape_the_engine_still_fail_only_their_culprits(
     pg_stack: Stack,
 ) -> None:
     # Not a StepFailed: the engine's own handling missed it and its rows are still in it.
     ids = _submit(pg_stack, 7, "escapes", first=520)
-    culprit = pg_stack.client().submit(make_image(620), "[[oom-escapes]] x", max_new_tokens=4)
-    ids.insert(4, culprit["id"])
+    client = pg_stack.client()
+    culprit = client.submit(make_image(620), "[[oom-escapes]] x", max_new_tokens=4)["id"]
+    # Raised while the engine prepares the request, before any step.
+    unprepared = client.submit(make_image(621), "[[prepare-fails]] x", max_new_tokens=4)["id"]
+    ids[4:4] = [culprit, unprepared]
     pg_stack.start_worker(**FAST_RECOVERY)
 
     done = {job["id"]: job for job in pg_stack.wait_all(ids)}
 
-    assert done[culprit["id"]]["status"] == "failed"
-    assert done[culprit["id"]]["error"]["code"] == "inference_error"
-    assert "uncaught" in done[culprit["id"]]["error"]["message"]
-    others = [done[i] for i in ids if i != culprit["id"]]
+    for job_id, says in ((culprit, "uncaught"), (unprepared, "processor failed")):
+        assert done[job_id]["status"] == "failed"
+        assert done[job_id]["error"]["code"] == "inference_error"
+        assert says in done[job_id]["error"]["message"]
+    others = [done[i] for i in ids if i not in (culprit, unprepared)]
     assert [job["status"] for job in others] == ["succeeded"] * 7
     assert all(job["attempts"] == 1 for job in done.values()), "nothing was retried"
 
@@ -207,6 +211,42 @@ def test_an_image_the_store_fails_to_give_goes_back_to_the_queue_not_to_failed(
 
 def _worker_logs(stack: Stack) -> str:
     return "".join(path.read_text() for path in stack.workdir.glob("logs/worker-*.log"))
+
+
+def test_jobs_being_isolated_can_be_canceled_and_a_shutdown_hands_them_back(
+    pg_stack: Stack,
+) -> None:
+    # Started first: a worker that finds work waiting answers no ping while it runs.
+    launcher = pg_stack.start_worker(fault_injection="1", drain_s="1")
+    client = pg_stack.client()
+    # 400 slow steps each: minutes, far past this test's waits, if one ran to its end.
+    canceled, handed_back = (
+        client.submit(make_image(730 + i), f"[[slow]] long #{i}", max_new_tokens=400)["id"]
+        for i in range(2)
+    )
+    culprit = client.submit(make_image(732), "[[oom]] culprit", max_new_tokens=4)["id"]
+    # The first step with the culprit fails; its rows run again in halves, the first
+    # half alone: [canceled], then [handed_back, culprit], which fails, then [handed_back].
+    wait_until(
+        lambda: f"isolating the culprit among jobs {canceled}" in _worker_logs(pg_stack),
+        timeout_s=60,
+        what="the first step to fail",
+    )
+
+    assert pg_stack.call("DELETE", f"/v1/jobs/{canceled}").status_code == 200
+    wait_until(
+        lambda: f"job {canceled} is no longer this worker's" in _worker_logs(pg_stack),
+        timeout_s=30,
+        what="the worker to abort the canceled job's row while isolating",
+    )
+    launcher.send_signal(signal.SIGTERM)
+
+    assert launcher.wait(timeout=60) == 0
+    rows = {str(row.id): row for row in pg_stack.jobs([canceled, handed_back, culprit])}
+    assert rows[canceled].status is JobStatus.CANCELED and rows[canceled].result is None
+    for job_id in (handed_back, culprit):
+        row = rows[job_id]
+        assert (row.status, row.attempts, row.claim_token) == (JobStatus.QUEUED, 0, None)
 
 
 def test_a_result_the_database_refuses_fails_alone_and_its_commit_mates_keep_theirs(
