@@ -269,10 +269,10 @@ class BatchService:
         jobs: list[Job] = []
         interactive = room.interactive_only + room.any - min(bulk, room.any)
         if bulk:
-            # An abandoned job comes in as a suspect: claims stop until it has run alone.
-            jobs = self._claim(run, bulk, with_abandoned=True)
+            jobs = self._group(run, bulk, seats=room.any)
             if len(jobs) < bulk:
                 run.idle_until = now + IDLE_CLAIM_S
+            if len(jobs) < min(bulk, room.any):
                 interactive = 0  # nothing else is queued
         if interactive and (
             idle or (now >= run.interactive_idle_until and self._interactive_waiting())
@@ -284,6 +284,19 @@ class BatchService:
         self._admit(
             run, sorted(jobs, key=lambda job: scheduling.claim_order(job, None)), seats=room.any
         )
+        return jobs
+
+    def _group(self, run: _Run, count: int, *, seats: int) -> list[Job]:
+        """Claim a group of ``count`` jobs joining a running batch: for its first ``seats``
+        (the free rows) jobs of either priority, interactive first; beyond them only bulk
+        jobs, which are added ahead: an interactive job there would wait for a row
+        behind them, where left in the queue it takes the next free row (headroom
+        included). An abandoned job comes in as a suspect: claims stop until it has run
+        alone. Fewer than ``count`` when fewer are queued."""
+        seated = min(count, seats)
+        jobs = self._claim(run, seated, with_abandoned=True)
+        if count > seated and sum(1 for job in jobs if job.attempts == 1) == seated:
+            jobs += self._claim(run, count - seated, only=Priority.BULK)
         return jobs
 
     def _bulk_joins(self, run: _Run, free: int, waiting_ahead: int) -> int:
