@@ -400,6 +400,8 @@ class BatchService:
         )
         try:
             self._engine.add(job.id, request, ahead=ahead)
+        except MemoryError:
+            raise  # the process's trouble, not the job's: the run ends, the job is retried
         except Exception as exc:  # a schema outside the subset, a prompt the processor refuses…
             # Preparing a request touches no other row: only this job fails.
             log.warning("job %s could not join the engine: %r", job.id, exc)
@@ -573,15 +575,18 @@ class BatchService:
             self._run_apart(run, [row for row in group if row.job.id in run.rows])
             return []
 
-        scheduling.split_failed(dropped, failure, run_apart, failed, split)
+        # Only a failed step splits: a database error while a row's result is written
+        # is not the rows' failure, and the engine may still hold the group's rows.
+        scheduling.split_failed(dropped, failure, run_apart, failed, split, catch=StepFailed)
 
     def _run_apart(self, run: _Run, group: list[_Row]) -> None:
         """Run ``group`` (rows of ``run.rows``, none in the engine) alone in the empty
         engine until every row has ended, each committed as it ends; raises
         :class:`StepFailed` if a step fails. As in any step, a row whose job is no longer
         this run's (canceled…) is aborted. On shutdown it stops at once: the rows not
-        ended stay in ``run.rows``, for :meth:`_drain` to hand back to the queue (they
-        already failed a step together; the worker that takes them isolates them)."""
+        ended stay in ``run.rows``, for :meth:`_drain` to hand back to the queue."""
+        if self._stopping():
+            return
         for row in group:
             # A group of jobs dropped with the rows added ahead may outnumber the rows.
             self._engine.add(row.job.id, row.request, ahead=self._engine.free_rows <= 0)

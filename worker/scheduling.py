@@ -168,15 +168,18 @@ def run_isolated(
     run: Callable[[list[T]], list[R]],
     failed: Callable[[T, Exception], R],
     on_split: Callable[[int, Exception], None] = lambda size, exc: None,
+    *,
+    catch: type[Exception] = Exception,
 ) -> list[R]:
-    """``run(items)``; if it raises, split the items in halves and run each the same way,
-    so only the culprit fails (``failed(item, exc)``) and its neighbours still get
-    results. Results come back in the order of ``items``. ``on_split`` is told each
-    split (the failed group's size and why)."""
+    """``run(items)``; if it raises ``catch``, split the items in halves and run each the
+    same way, so only the culprit fails (``failed(item, exc)``) and its neighbours still
+    get results. Results come back in the order of ``items``. ``on_split`` is told each
+    split (the failed group's size and why). Any other exception propagates: it is not
+    the items' failure (a database outage while results are written)."""
     try:
         return run(items)
-    except Exception as exc:
-        return split_failed(items, exc, run, failed, on_split)
+    except catch as exc:
+        return split_failed(items, exc, run, failed, on_split, catch=catch)
 
 
 def split_failed(
@@ -185,6 +188,8 @@ def split_failed(
     run: Callable[[list[T]], list[R]],
     failed: Callable[[T, Exception], R],
     on_split: Callable[[int, Exception], None] = lambda size, exc: None,
+    *,
+    catch: type[Exception] = Exception,
 ) -> list[R]:
     """What :func:`run_isolated` does once ``items`` failed together with ``exc``: a lone
     item fails; more are split in halves, each run isolated."""
@@ -192,6 +197,6 @@ def split_failed(
         return [failed(items[0], exc)]
     on_split(len(items), exc)
     middle = len(items) // 2
-    return run_isolated(items[:middle], run, failed, on_split) + run_isolated(
-        items[middle:], run, failed, on_split
+    return run_isolated(items[:middle], run, failed, on_split, catch=catch) + run_isolated(
+        items[middle:], run, failed, on_split, catch=catch
     )

@@ -232,6 +232,20 @@ def test_bulk_jobs_do_not_join_while_an_interactive_row_decodes_its_first_tokens
     assert _joins(1, waited_steps=INTERACTIVE_CLEAR_TOKENS, interactive_tokens=[0, 3]) == 4
 
 
+def test_run_isolated_lets_an_exception_it_does_not_catch_through() -> None:
+    calls: list[list[str]] = []
+
+    def run(group: list[str]) -> list[str]:
+        calls.append(group)
+        if len(group) == 2:
+            raise ConnectionError("the database went away")
+        raise RuntimeError("boom")
+
+    with pytest.raises(ConnectionError):
+        run_isolated(["a", "b", "c", "d"], run, lambda item, exc: item, catch=RuntimeError)
+    assert calls == [["a", "b", "c", "d"], ["a", "b"]], "nothing split after it"
+
+
 def test_split_failed_starts_from_a_known_failure_without_running_it_again() -> None:
     calls: list[list[str]] = []
 
