@@ -291,12 +291,14 @@ class BatchService:
         (the free rows) jobs of either priority, interactive first; beyond them only bulk
         jobs, which are added ahead: an interactive job there would wait for a row
         behind them, where left in the queue it takes the next free row (headroom
-        included). An abandoned job comes in as a suspect: claims stop until it has run
-        alone. Fewer than ``count`` when fewer are queued."""
-        seated = min(count, seats)
-        jobs = self._claim(run, seated, with_abandoned=True)
-        if count > seated and sum(1 for job in jobs if job.attempts == 1) == seated:
-            jobs += self._claim(run, count - seated, only=Priority.BULK)
+        included). One claim when no interactive job is queued (the usual bulk load),
+        two otherwise. An abandoned job comes in as a suspect: claims stop until it has
+        run alone. Fewer than ``count`` when fewer are queued."""
+        if count <= seats or not self._interactive_waiting():
+            return self._claim(run, count, with_abandoned=True)
+        jobs = self._claim(run, seats, with_abandoned=True)
+        if sum(1 for job in jobs if job.attempts == 1) == seats:
+            jobs += self._claim(run, count - seats, only=Priority.BULK)
         return jobs
 
     def _bulk_joins(self, run: _Run, free: int, waiting_ahead: int) -> int:
