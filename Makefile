@@ -56,7 +56,7 @@ system-deps:
 bench: install
 	$(BIN)/python bench/batching.py
 
-# Continuous batching on long-tailed answer lengths and interactive latency (CPU, ~15 min).
+# Continuous batching on long-tailed answer lengths and interactive latency (CPU, ~20 min).
 bench-mixed: install
 	$(BIN)/python bench/mixed.py
 
