@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import functools
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -292,12 +292,24 @@ def renew(changes: JobChanges, *, token: uuid.UUID, lease_s: int) -> int:
     return len(_update(changes, stmt))
 
 
-def release(changes: JobChanges, *, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> int:
+def release(
+    changes: JobChanges,
+    *,
+    token: uuid.UUID,
+    job_ids: Sequence[uuid.UUID],
+    suspected: Collection[uuid.UUID] = (),
+) -> int:
     """Hand jobs still running under ``token`` back to the queue (running → queued), as
     a worker that stops before finishing them does; the claim does not count as an
-    attempt. Returns how many; the caller leaves a wake-up for them."""
+    attempt, except for the jobs of ``suspected`` (a failed step dropped them and the
+    worker had not yet found the culprit among them): their claim counts, so the next
+    claim takes each as a suspect, to run alone. Returns how many; the caller leaves a
+    wake-up for them."""
     if not job_ids:
         return 0
+    attempts: ColumnElement[int] | int = Job.attempts - 1
+    if suspected:
+        attempts = case((Job.id.in_(list(suspected)), Job.attempts), else_=Job.attempts - 1)
     stmt = (
         update(Job)
         .where(
@@ -311,7 +323,7 @@ def release(changes: JobChanges, *, token: uuid.UUID, job_ids: Sequence[uuid.UUI
             claim_token=None,
             started_at=None,
             lease_expires_at=None,
-            attempts=Job.attempts - 1,
+            attempts=attempts,
         )
     )
     released = _update(changes, stmt)

@@ -50,7 +50,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -134,6 +134,7 @@ class _Run:
     idle_until: float = 0.0  # no bulk claim before: nothing was queued
     interactive_idle_until: float = 0.0  # likewise for interactive-only claims
     waited: int = 0  # steps bulk joins were held for interactive rows (scheduling.bulk_joins)
+    isolating: set[uuid.UUID] = field(default_factory=set)  # dropped by the last failed step
     store_backoff_until: float = 0.0  # no claim before: the blob store just failed
 
 
@@ -557,8 +558,10 @@ class BatchService:
     def _isolate(self, run: _Run, failure: StepFailed) -> None:
         """Run the jobs a failed step dropped again, in halves and apart from everything
         else (``scheduling.split_failed``), so that only the culprit fails. They stay in
-        ``run.rows`` until they end (:meth:`_run_apart`)."""
+        ``run.rows`` until they end (:meth:`_run_apart`); a shutdown meanwhile hands them
+        back as suspects (:meth:`_drain`)."""
         dropped = [run.rows[job_id] for job_id in failure.dropped if job_id in run.rows]
+        run.isolating = {row.job.id for row in dropped}
         log.warning(
             "a step of %d rows failed (%r); isolating the culprit among jobs %s",
             len(dropped),
@@ -717,7 +720,10 @@ class BatchService:
 
     def _drain(self, run: _Run) -> None:
         """Shutdown: claim nothing, give running rows ``drain_s`` to finish, then hand
-        what is left (and suspects not yet run) back to the queue."""
+        what is left (and suspects not yet run) back to the queue. Jobs being isolated
+        keep the claim as an attempt (``lifecycle.release``): the culprit may be among
+        them, and the next worker then runs each alone, as a suspect, instead of putting
+        the culprit in a batch whose step it fails again."""
         deadline = self._clock() + self._settings.drain_s
         for job_id in self._engine.ahead:
             self._engine.abort(job_id)  # not started: handed back below at once
@@ -733,17 +739,23 @@ class BatchService:
         run.suspects.clear()
         if not left:
             return
-        self._release(run.token, left)
+        self._release(run.token, left, suspected=run.isolating)
         log.warning("shutting down: handed %d unfinished jobs back to the queue", len(left))
         self._requeue(left)
 
-    def _release(self, token: uuid.UUID, jobs: Sequence[Job]) -> None:
-        """Hand ``jobs`` claimed under ``token`` back to the queue (``lifecycle.release``),
-        run again if PostgreSQL aborts it to break a deadlock."""
+    def _release(
+        self, token: uuid.UUID, jobs: Sequence[Job], *, suspected: Collection[uuid.UUID] = ()
+    ) -> None:
+        """Hand ``jobs`` claimed under ``token`` back to the queue (``lifecycle.release``,
+        ``suspected`` as it says), run again if PostgreSQL aborts it to break a
+        deadlock."""
+        ids = [job.id for job in jobs]
 
         def hand_back() -> None:
             with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
-                lifecycle.release(changes, token=token, job_ids=[job.id for job in jobs])
+                lifecycle.release(
+                    changes, token=token, job_ids=ids, suspected=[i for i in ids if i in suspected]
+                )
 
         retrying_conflicts(hand_back)
 
