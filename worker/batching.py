@@ -73,6 +73,7 @@ from worker.job_notices import JobNotices
 from worker.metrics import WorkerMetrics
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
 from worker.model.engine import Engine, StepEvents, StepFailed
+from worker.queue_hint import QueueHint
 from worker.result_cache import cached_results
 from worker.step_events import StepPublisher
 
@@ -142,9 +143,9 @@ class BatchService:
     """Runs the batch of one worker process: one engine, one device, one name.
 
     ``after_commit`` wakes the webhook sender; ``requeue`` leaves wake-ups for jobs
-    handed back; ``stopping`` says whether a shutdown was asked for;
-    ``interactive_waiting`` whether an interactive job may be queued (a cheap check, so
-    a batch full of bulk work does not try a claim in the database every step).
+    handed back; ``stopping`` says whether a shutdown was asked for; ``queued`` whether
+    a job may be queued that the last claim did not see (a cheap check, so a batch
+    with room does not try a claim in the database every step).
     """
 
     def __init__(
@@ -163,7 +164,7 @@ class BatchService:
         after_commit: AfterCommit,
         requeue: Callable[[Sequence[Job]], None],
         stopping: Callable[[], bool],
-        interactive_waiting: Callable[[], bool],
+        queued: QueueHint,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
@@ -179,7 +180,7 @@ class BatchService:
         self._after_commit = after_commit
         self._requeue = requeue
         self._stopping = stopping
-        self._interactive_waiting = interactive_waiting
+        self._queued = queued
         self._clock = clock
 
     def run(
@@ -238,8 +239,10 @@ class BatchService:
         """Claim into the free rows (``scheduling.room``), interactive first; bulk jobs
         join a running batch as ``scheduling.bulk_joins`` says, a group at a time, those
         beyond the free rows added ahead. Nothing while a suspect runs alone or waits
-        to. While rows run, a kind of claim that found nothing is not tried again sooner
-        than :data:`IDLE_CLAIM_S` later."""
+        to. While rows run, a claim is made only when the broker says a job of its kind
+        may be queued that the last claim did not see (:mod:`worker.queue_hint`), and a
+        kind of claim that found nothing is not tried again sooner than
+        :data:`IDLE_CLAIM_S` later."""
         if run.alone is not None or run.suspects or self._clock() < run.store_backoff_until:
             return []
         settings = self._settings
@@ -265,20 +268,30 @@ class BatchService:
             free=engine.free_rows,
         )
         bulk = room.any
-        if room.any and not idle:
-            bulk = 0 if now < run.idle_until else self._bulk_joins(run, room.any, len(ahead))
+        interactive = room.interactive_only + room.any
+        if not idle:
+            if room.any:
+                bulk = 0 if now < run.idle_until else self._bulk_joins(run, room.any, len(ahead))
+            if now < run.interactive_idle_until:
+                interactive = 0
+            if bulk or interactive:
+                self._queued.read()
+                if not self._queued.waiting(Priority.INTERACTIVE):
+                    interactive = 0
+                if not self._queued.waiting():
+                    bulk = 0
         jobs: list[Job] = []
-        interactive = room.interactive_only + room.any - min(bulk, room.any)
+        interactive = max(0, interactive - min(bulk, room.any))
         if bulk:
             jobs = self._group(run, bulk, seats=room.any)
             if len(jobs) < bulk:
                 run.idle_until = now + IDLE_CLAIM_S
             if len(jobs) < min(bulk, room.any):
                 interactive = 0  # nothing else is queued
-        if interactive and (
-            idle or (now >= run.interactive_idle_until and self._interactive_waiting())
-        ):
+        if interactive:
             found = self._claim(run, interactive, only=Priority.INTERACTIVE)
+            if len(found) < interactive:
+                self._queued.drained(Priority.INTERACTIVE)
             if not found:
                 run.interactive_idle_until = now + IDLE_CLAIM_S
             jobs += found
@@ -294,13 +307,22 @@ class BatchService:
         behind them, where left in the queue it takes the next free row (headroom
         included). One claim when no interactive job is queued (the usual bulk load),
         two otherwise. An abandoned job comes in as a suspect: claims stop until it has
-        run alone. Fewer than ``count`` when fewer are queued."""
-        if count <= seats or not self._interactive_waiting():
-            return self._claim(run, count, with_abandoned=True)
+        run alone. Fewer than ``count`` when fewer are queued: the queue hint is then
+        told so."""
+        if count <= seats or not self._queued.waiting(Priority.INTERACTIVE):
+            jobs = self._claim(run, count, with_abandoned=True)
+            if len(jobs) < count:
+                self._queued.drained()
+            return jobs
         jobs = self._claim(run, seats, with_abandoned=True)
-        if sum(1 for job in jobs if job.attempts == 1) == seats:
-            jobs += self._claim(run, count - seats, only=Priority.BULK)
-        return jobs
+        if len(jobs) < seats:
+            self._queued.drained()
+        if sum(1 for job in jobs if job.attempts == 1) < seats:
+            return jobs
+        more = self._claim(run, count - seats, only=Priority.BULK)
+        if len(more) < count - seats:
+            self._queued.drained(Priority.BULK)
+        return jobs + more
 
     def _bulk_joins(self, run: _Run, free: int, waiting_ahead: int) -> int:
         """``scheduling.bulk_joins`` for this run; counts the steps it held joins back."""

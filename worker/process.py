@@ -20,13 +20,14 @@ from shared.job_feed import JobFeed
 from shared.logs import configure_logging
 from shared.models import Job
 from shared.settings import Settings
-from shared.tasks import GPU_QUEUES, QUEUE_INTERACTIVE
+from shared.tasks import GPU_QUEUES
 from worker.batching import BatchService
 from worker.faults import FaultInjectingEngine, crash_after_commit
 from worker.job_notices import JobNotices
 from worker.metrics import WorkerMetrics
 from worker.model.base import GenerationOptions, GenerationRequest, ModelBackend
 from worker.model.engine import Engine, EngineLimits
+from worker.queue_hint import QueueHint
 from worker.step_events import StepPublisher
 from worker.tasks import register_tasks, shutting_down
 
@@ -122,14 +123,6 @@ def run_worker(
 
     broker = redis.Redis.from_url(settings.broker_url, socket_timeout=2)
 
-    def interactive_waiting() -> bool:
-        # Wake-ups of interactive jobs wait in their queue's list while this worker is
-        # busy; an empty list means no interactive job can be waiting for a claim.
-        try:
-            return bool(broker.llen(QUEUE_INTERACTIVE))
-        except redis.RedisError:
-            return True  # cannot tell: let the claim find out
-
     sessions = session_factory(database)
     service = BatchService(
         settings=settings,
@@ -149,7 +142,7 @@ def run_worker(
         after_commit=crash_after_commit(wake_sender) if settings.fault_injection else wake_sender,
         requeue=requeue,
         stopping=shutting_down,
-        interactive_waiting=interactive_waiting,
+        queued=QueueHint(broker),
     )
     register_tasks(app, service, sessions)
     if ready_fd is not None:
