@@ -5,8 +5,8 @@ is a wasted database round trip on the stepping thread. A worker in a run does n
 consume its queues' wake-up messages (its Celery consumer waits for the run to end), so
 neither the lists' lengths nor the messages themselves say whether their jobs are still
 queued: a worker with free rows and an empty queue ran a bulk claim and an interactive
-claim that found nothing every ``IDLE_CLAIM_S`` (on the 2-core CPU, a fifth of its time
-in ``bench/streams.py``).
+claim that found nothing every ``IDLE_CLAIM_S`` (``docs/scheduling.md`` has what that
+cost).
 
 Kombu pushes each message on its list's left, so a list's first element is its newest
 message, and the API commits a job before it sends the job's message.

@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
+from sqlalchemy import text
 
 from cli.redis_server import free_port
 from shared.job_feed import job_channel, text_key, watch_key
@@ -122,6 +125,42 @@ def test_no_bulk_job_joins_while_a_short_interactive_answer_decodes(pg_stack: St
 
 def _time(job: dict[str, Any], key: str) -> datetime:
     return datetime.fromisoformat(job[key])
+
+
+def _commits(stack: Stack) -> int:
+    """Transactions committed in the stack's database so far (PostgreSQL's statistics;
+    a claim is one, even when it finds nothing)."""
+    with stack.engine.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+        )
+
+
+def test_a_batch_with_free_rows_and_an_empty_queue_does_not_keep_claiming(
+    pg_stack: Stack, medium_checkpoint: Path
+) -> None:
+    """Between steps the worker claims only when the broker shows work its last claim did
+    not see, and tries an empty queue once a second (``worker/queue_hint.py``); it used to
+    run an empty claim every 50 ms."""
+    # The medium checkpoint: steps of some 10 ms, so a long answer lasts seconds.
+    pg_stack.start_worker(model_path=str(medium_checkpoint))
+    client = pg_stack.client()
+    long = client.submit(make_image(31), "alone in its batch", max_new_tokens=1024)["id"]
+    wait_until(lambda: _running(pg_stack, [long]), timeout_s=60, what="the long job to run")
+    # Past its first claims, and past the second after which PostgreSQL's statistics
+    # count them (each connection reports at most once a second).
+    time.sleep(1.5)
+    before = _commits(pg_stack)
+    time.sleep(3)
+    committed = _commits(pg_stack) - before
+
+    assert _running(pg_stack, [long]), "the window must fall inside the job's run"
+    assert pg_stack.call("DELETE", f"/v1/jobs/{long}").status_code == 200
+    # An empty claim a second, a cancel check every 2 s, the lease renewed, the sweeper;
+    # slack for the statistics' late reports. Every 50 ms would be some 60.
+    assert committed <= 20, f"{committed} transactions in 3 s: claims that find nothing"
 
 
 def test_canceling_a_running_job_frees_its_row_for_the_next_job(pg_stack: Stack) -> None:
