@@ -13,9 +13,9 @@ message, and the API commits a job before it sends the job's message.
 :meth:`QueueHint.read` reads the newest message of each list (one round trip);
 :meth:`QueueHint.drained`, called after a claim came back with fewer jobs than it asked
 for, remembers the ones read before that claim. Until a newer message arrives, every
-job queued by then has been claimed, and :meth:`QueueHint.waiting` says no. A message is never
-pushed twice with the same bytes (each carries its own delivery tag) except when the
-broker restores one a dead consumer held, whose job was queued long before.
+job queued by then has been claimed, and :meth:`QueueHint.waiting` says no. A message
+is never pushed twice with the same bytes (each carries its own delivery tag) except
+when the broker restores one a dead consumer held, whose job was queued long before.
 
 Some claimable work comes without a new message: a job abandoned by a dead worker (its
 wake-up comes from the sweeper, later), and everything after Redis lost its lists. So
