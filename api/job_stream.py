@@ -119,6 +119,8 @@ class JobStream:
     on_first_delta: Callable[[float], None] = lambda seconds: None
     status_delay: Callable[[], float] = lambda: 0.0
     known: dict[str, str] = field(default_factory=lambda: dict.fromkeys(PARTS, ""))
+    # The ``seq`` of the newest worker message ``known`` holds (-1: none yet).
+    known_seq: int = -1
     _sent_text: bool = False
 
     def events(self, last_event_id: str | None) -> Iterator[str]:
@@ -196,20 +198,26 @@ class JobStream:
             return ""
         had_text = not at.empty
         at.attempt, at.claim, at.have = job.attempts, claim, dict.fromkeys(PARTS, 0)
-        self.known = dict.fromkeys(PARTS, "")
+        self.known, self.known_seq = dict.fromkeys(PARTS, ""), -1
         if not had_text:
             return ""
         return sse("reset", {"attempt": job.attempts, "reason": "claimed again"}, at.event_id)
 
     def _text(self, message: Message, job: Job, at: Position) -> Generator[str, None, Job]:
         """Apply a worker's ``text`` message (a claim we do not know yet is checked
-        against the database first: a late worker's text is dropped); returns the job."""
+        against the database first: a late worker's text is dropped; so is a message
+        that ``known`` already holds, sent before the replay snapshot was read); returns
+        the job."""
         text = message.body
         if text["claim"] != claim_label(job.claim_token):
             job = self.read(message.received_at)
             if text["claim"] != claim_label(job.claim_token):
                 return job
             yield self._status(job, at)
+        seq = text.get("seq", self.known_seq + 1)  # none from a worker that sends none
+        if seq <= self.known_seq:
+            return job
+        self.known_seq = seq
         for part in PARTS:
             offset, delta = text[part]
             if offset > len(self.known[part]):
@@ -270,6 +278,7 @@ class JobStream:
         values = {_str(key): _str(value) for key, value in stored.items()}
         if values.get("claim") == claim_label(job.claim_token):
             self.known = {part: values.get(part, "") for part in PARTS}
+            self.known_seq = int(values.get("seq", -1))
 
     @contextmanager
     def _watching(self) -> Iterator[None]:

@@ -5,17 +5,20 @@ Two kinds of message go to a job's Redis pub/sub channel (:func:`job_channel`):
 - ``{"kind": "changed"}``, published by :func:`shared.lifecycle.unit_of_work` after the
   commit of any transaction that moved the job (claimed, handed back, made final):
   read the job from the database to learn its new state;
-- ``{"kind": "text", "claim", "reasoning": [offset, delta], "answer": [offset, delta]}``,
-  published by the worker running the job while someone watches it
+- ``{"kind": "text", "claim", "seq", "reasoning": [offset, delta], "answer": [offset,
+  delta]}``, published by the worker running the job while someone watches it
   (``worker.step_events``): each part's new text from character ``offset`` of that
-  part, for the claim ``claim`` (the claim token's first 8 hex digits). The parts are
+  part, for the claim ``claim`` (the claim token's first 8 hex digits); ``seq`` grows
+  with every message the claim's worker sends, so a reader tells a message its replay
+  snapshot already holds from a newer one. The parts are
   what :func:`stream_parts` makes of the text so far: always prefixes of the committed
   ``reasoning`` and ``result``, except where the model broke that rule (then a later
   offset falls back, and the reader starts that part again).
 
 Beside the channel, the worker keeps the latest parts of each watched job in a Redis hash
-(:func:`text_key`: ``claim``, ``reasoning``, ``answer``; expires ``TEXT_TTL_S`` after its
-last write), the replay buffer a new or resuming reader starts from. A batch's channel
+(:func:`text_key`: ``claim``, ``seq`` of the last message it holds, ``reasoning``,
+``answer``; expires ``TEXT_TTL_S`` after its last write), the replay buffer a new or
+resuming reader starts from. A batch's channel
 (:func:`batch_channel`) gets ``{"kind": "changed"}`` whenever some of its jobs became final.
 
 A reader sets :func:`watch_key` (any fresh value, ``WATCH_TTL_S``) and refreshes it while
@@ -105,9 +108,10 @@ class JobFeed:
             log.warning("job feed: %d texts not dropped (%s)", len(keys), type(exc).__name__)
 
 
-def text_message(claim: str, parts: dict[str, tuple[int, str]]) -> str:
-    """A ``text`` message: ``parts`` maps ``reasoning``/``answer`` to (offset, delta)."""
-    body: dict[str, Any] = {"kind": "text", "claim": claim}
+def text_message(claim: str, seq: int, parts: dict[str, tuple[int, str]]) -> str:
+    """A ``text`` message, number ``seq``: ``parts`` maps ``reasoning``/``answer`` to
+    (offset, delta)."""
+    body: dict[str, Any] = {"kind": "text", "claim": claim, "seq": seq}
     body.update({name: [offset, delta] for name, (offset, delta) in parts.items()})
     return json.dumps(body)
 

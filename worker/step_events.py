@@ -5,7 +5,9 @@ reads the watch keys of the engine's running jobs (one ``MGET``; :mod:`shared.jo
 and takes its turn with up to ``messages_per_s × interval_s`` of the watched jobs, those
 whose turn is oldest: for each whose text grew it publishes a ``text`` message with what
 each part (reasoning, answer: :func:`shared.job_feed.stream_parts`) gained since its last
-turn, and stores the parts in the job's replay hash. Nothing is skipped: a turn sends
+turn, and stores the parts in the job's replay hash, both under the same ``seq`` (one
+more with every message the publisher sends), so that a reader who starts from the
+hash can drop the messages it already holds. Nothing is skipped: a turn sends
 everything since the last. So at most ``messages_per_s`` messages go out per second (the
 readers of each message cost the API a write each), spread evenly: with 5 watched jobs
 each every 0.1 s, with 50 each every second, five of them every 0.1 s, rather than all
@@ -71,6 +73,7 @@ class StepPublisher:
         self._messages_per_s = messages_per_s
         self._clock = clock
         self._round_at: float | None = None
+        self._seq = 0
         self._watched: dict[uuid.UUID, _Watched] = {}
 
     def publish(self, engine: Engine, events: StepEvents, claim: uuid.UUID) -> None:
@@ -117,11 +120,13 @@ class StepPublisher:
             if parts == before.sent:
                 continue
             changes = {name: _change(before.sent[name], parts[name]) for name in _PARTS}
-            pipe.publish(job_channel(job_id), text_message(claim, changes))
+            self._seq += 1
+            pipe.publish(job_channel(job_id), text_message(claim, self._seq, changes))
             pipe.hset(
                 text_key(job_id),
                 mapping={
                     "claim": claim,
+                    "seq": self._seq,
                     "reasoning": parts["reasoning"],
                     "answer": parts["answer"],
                 },

@@ -5,10 +5,12 @@ the notices and text go through Redis pub/sub as the worker sends them."""
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +21,7 @@ from api.feed_listener import FeedListener
 from api.job_stream import JobStream
 from api.stream_upkeep import StreamUpkeep
 from cli.redis_server import RedisServer
-from shared.job_feed import CHANGED, claim_label, job_channel, text_message
+from shared.job_feed import CHANGED, claim_label, job_channel, text_key, text_message
 from shared.models import Job, JobStatus, Priority
 
 QUIET_S = 0.5  # how long "nothing was sent" is watched for
@@ -68,16 +70,23 @@ def client(redis_server: RedisServer) -> redis.Redis:
 
 
 def _events(stream: JobStream) -> queue.Queue[str]:
-    """The stream's events (without comments), read in a thread of their own."""
-    events: queue.Queue[str] = queue.Queue()
+    """The names of the stream's events (without comments), read in a thread of their
+    own."""
+    names: queue.Queue[str] = queue.Queue()
+    _read_in_thread(stream, lambda name, data: names.put(name))
+    return names
 
+
+def _read_in_thread(stream: JobStream, put: Callable[[str, Any], None]) -> None:
     def read() -> None:
         for event in stream.events(None):
-            if event.startswith("event:") or "\nevent:" in event:
-                events.put(event.split("event: ", 1)[1].split("\n", 1)[0])
+            fields = dict(
+                line.split(": ", 1) for line in event.splitlines() if line and line[0] != ":"
+            )
+            if "event" in fields:
+                put(fields["event"], json.loads(fields["data"]))
 
     threading.Thread(target=read, daemon=True).start()
-    return events
 
 
 def _stream(client: redis.Redis, row: Row, delay_s: float) -> JobStream:
@@ -101,7 +110,7 @@ def test_a_held_status_goes_out_before_the_text_that_follows_it(client: redis.Re
     client.publish(job_channel(row.job.id), CHANGED)
     with pytest.raises(queue.Empty):
         events.get(timeout=QUIET_S)  # running: held back
-    text = text_message(claim_label(token), {"reasoning": (0, ""), "answer": (0, "Hi")})
+    text = text_message(claim_label(token), 1, {"reasoning": (0, ""), "answer": (0, "Hi")})
     client.publish(job_channel(row.job.id), text)
     assert [events.get(timeout=10), events.get(timeout=10)] == ["status", "delta"]
     row.move(status=JobStatus.CANCELED, claim_token=None)
@@ -166,3 +175,30 @@ def test_a_queued_job_s_claim_is_read_after_its_spread_and_its_status_sent_at_on
     row.move(status=JobStatus.CANCELED, claim_token=None)
     client.publish(job_channel(row.job.id), CHANGED)
     assert events.get(timeout=10) == "done"
+
+
+def test_a_message_the_replay_snapshot_already_holds_is_not_sent_again(
+    client: redis.Redis,
+) -> None:
+    # A stream subscribes, then reads the replay hash: a message the worker published
+    # in between is both in the hash and, after it, in the stream's inbox.
+    row = Row()
+    claim = claim_label(row.start())
+    channel = job_channel(row.job.id)
+    client.hset(
+        text_key(row.job.id),
+        mapping={"claim": claim, "seq": 2, "reasoning": "", "answer": "Hello world"},
+    )
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    _read_in_thread(_stream(client, row, delay_s=0), lambda name, data: events.put((name, data)))
+    assert [events.get(timeout=10)[0] for _ in range(2)] == ["status", "delta"]
+
+    older = {"reasoning": (0, ""), "answer": (0, "Hello")}  # what the hash holds already
+    client.publish(channel, text_message(claim, 1, older))
+    client.publish(channel, text_message(claim, 3, {"reasoning": (0, ""), "answer": (11, "!")}))
+    row.move(status=JobStatus.CANCELED, claim_token=None)
+    time.sleep(QUIET_S)  # the text first, then the end
+    client.publish(channel, CHANGED)
+
+    rest = [events.get(timeout=10) for _ in range(2)]
+    assert rest == [("delta", {"part": "answer", "text": "!"}), ("done", rest[1][1])]
