@@ -103,10 +103,17 @@ def status_delay(listener: FeedListener) -> float:
 
 def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Response:
     """The streaming response, once the tenant has a stream slot (429 otherwise); the
-    slot is renewed while the stream lasts (:mod:`api.stream_upkeep`)."""
+    slot is renewed while the stream lasts (:mod:`api.stream_upkeep`) and given back
+    when the response is closed, whether its body ever started or not (a ``HEAD``, a
+    client gone before the first byte: a generator never started runs no ``finally``)."""
     upkeep = svc.upkeep
     hold = _take_slot(upkeep, tenant_id, svc.settings.streams_per_tenant)
     metrics = stream_metrics()
+    held = [hold] if hold is not None else []
+
+    def release() -> None:
+        while held:
+            upkeep.release(held.pop())
 
     def body() -> Iterator[str]:
         metrics.streams_open.inc()
@@ -117,11 +124,12 @@ def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Resp
             close = getattr(events, "close", None)
             if close is not None:
                 close()
-            if hold is not None:
-                upkeep.release(hold)
+            release()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(body(), mimetype="text/event-stream", headers=headers)
+    response = Response(body(), mimetype="text/event-stream", headers=headers)
+    response.call_on_close(release)
+    return response
 
 
 def _take_slot(upkeep: StreamUpkeep, tenant_id: uuid.UUID, limit: int) -> Hold | None:

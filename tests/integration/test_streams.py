@@ -248,3 +248,26 @@ def test_a_stream_holds_its_slot_for_longer_than_one_lease(pg_stack: Stack) -> N
     for response, _ in opened:
         response.close()
     assert over.status_code == 429, "the four open streams still hold their slots"
+
+
+def test_head_requests_on_event_routes_hold_no_stream_slot(pg_stack: Stack) -> None:
+    # HEAD runs the GET view, whose body is never read: a slot given back only when
+    # the body ends would be held for as long as the API process lives.
+    tenant = json.loads(pg_stack.cli("keys", "create", f"head-{uuid.uuid4().hex[:6]}", "--json"))
+    key = tenant["key"]
+    client = pg_stack.client(key)
+    job_id = client.submit(make_image(8), "no worker: stays queued")["id"]
+    batch = client.batch([{"image": make_image(9), "prompt": "queued too"}])
+    paths = [f"/v1/jobs/{job_id}/events", f"/v1/batches/{batch['id']}/events"]
+    for path in paths * 3:  # six, over the test stack's cap of four
+        head = pg_stack.call("HEAD", path, key=key, timeout=30)
+        assert head.status_code == 200, head.text
+        assert head.headers["Content-Type"].startswith("text/event-stream")
+
+    opened = []
+    for path in paths * 2:
+        response = pg_stack.call("GET", path, key=key, stream=True, timeout=30)
+        assert response.status_code == 200, "the HEADs left every slot free"
+        opened.append(response)
+    for response in opened:
+        response.close()
