@@ -5,7 +5,7 @@ Events (``data:`` one JSON object):
 - ``progress``: the batch as ``GET /v1/batches/{id}`` returns it (counts, progress), at
   the start and after every change;
 - ``item``: one finished item, as a line of ``GET /v1/batches/{id}/results`` has it;
-  its id is ``{finished_at in ms}-{index}``;
+  its id is ``{finished_at in µs}-{index}``;
 - ``done``: the batch once completed (every item final); then the stream ends.
 
 Items are reported in the order they finished. Reconnecting with ``Last-Event-ID`` (an
@@ -41,7 +41,11 @@ from shared.schemas import BatchOut, BatchResultLine
 MIN_READ_S = 0.5
 REORDER_S = 10.0
 _FINAL = [status for status in JobStatus if status.is_final]
-_ID = re.compile(r"^(\d{1,15})-(\d{1,9})$")
+_ID = re.compile(r"^(\d{1,16})-(\d{1,9})$")
+# Ids of 14 digits or fewer count milliseconds (how ids were written before 2026-12-01).
+_MILLIS_BELOW = 10**14
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass
@@ -53,7 +57,7 @@ class BatchStream:
     listener: FeedListener
     heartbeat_s: float
     sent: set[uuid.UUID] = field(default_factory=set)
-    cursor: tuple[int, int] | None = None  # (finished_at in ms, index) of the last sent
+    cursor: tuple[int, int] | None = None  # (finished_at in µs, index) of the last sent
 
     def events(self, last_event_id: str | None) -> Iterator[str]:
         """The stream, resuming after ``last_event_id`` where one is given."""
@@ -95,7 +99,7 @@ class BatchStream:
         finished = []
         resumed_at = self.cursor if not self.sent else None
         for job in jobs:
-            key = (_millis(job.finished_at), job.item_index or 0)
+            key = (_micros(job.finished_at), job.item_index or 0)
             if job.id in self.sent or (resumed_at is not None and key <= resumed_at):
                 continue
             self.sent.add(job.id)
@@ -105,20 +109,29 @@ class BatchStream:
         return summary, finished
 
 
-def _millis(moment: datetime | None) -> int:
+def _micros(moment: datetime | None) -> int:
+    """``moment`` in whole microseconds since the epoch, exactly: the order the items
+    are read in (``finished_at``, then index), so that an item that finished after the
+    one a reader last had never sorts before it (in milliseconds, one that finished
+    later in the same millisecond with a lower index did, and a resume skipped it)."""
     if moment is None:  # a final job always has one; order it first if not
         return 0
     aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return int(aware.timestamp() * 1000)
+    return (aware - _EPOCH) // _MICROSECOND
 
 
-def _moment(millis: int) -> datetime:
-    return datetime.fromtimestamp(millis / 1000, UTC)
+def _moment(micros: int) -> datetime:
+    return _EPOCH + micros * _MICROSECOND
 
 
 def _parse(raw: str | None) -> tuple[int, int] | None:
+    """The cursor of a ``Last-Event-ID`` (``None`` if it is none of ours). At most 16
+    digits of microseconds: year 2286, within ``datetime``'s range."""
     found = _ID.match(raw.strip()) if raw else None
     if found is None:
         return None
-    millis, index = found.groups()
-    return int(millis), int(index)
+    micros, index = (int(value) for value in found.groups())
+    if micros < _MILLIS_BELOW:
+        # Resend the rest of that millisecond rather than risk skipping some of it.
+        micros *= 1000
+    return micros, index

@@ -6,6 +6,7 @@ a job of 12 tokens streams for about 6 s, long enough to read, disconnect and co
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -13,9 +14,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import requests
+from sqlalchemy.orm import Session
 
+from shared.models import Job, JobStatus
 from tests.prometheus import scrape, scrape_until, total
 from tests.sse import Event, answer, events
 from tests.stack import Stack, make_image
@@ -192,6 +196,40 @@ def test_a_batch_stream_reports_every_item_then_done(pg_stack: Stack) -> None:
     assert received[-1].event == "done"
     assert received[-1].data["counts"]["succeeded"] == 5
     assert [event.event for event in received].count("progress") >= 1
+
+
+def test_a_batch_stream_resumes_with_an_item_that_ended_later_in_the_same_millisecond(
+    pg_stack: Stack,
+) -> None:
+    # Items end in separate transactions (workers, cancels). The one with the higher
+    # index ends first; the other ends 0.6 ms later, after the reader left.
+    items = [{"image": make_image(20 + i), "prompt": "no worker: ends by hand"} for i in range(2)]
+    ids = [item["id"] for item in pg_stack.client().batch(items)["accepted"]]
+    batch_id = pg_stack.client().get(ids[0])["batch_id"]
+    second = datetime(2026, 12, 1, 12, 0, 0, 5100, tzinfo=UTC)
+    _end(pg_stack, ids[1], second)
+    path = f"/v1/batches/{batch_id}/events"
+    with _stream(pg_stack, path) as stream:
+        first = next(event for event in stream if event.event == "item")
+    assert first.data["index"] == 1
+
+    _end(pg_stack, ids[0], second + timedelta(microseconds=600))
+    with _stream(pg_stack, path, first.id) as stream:
+        # The first read's items, then its progress event.
+        resumed = list(itertools.takewhile(lambda event: event.event != "progress", stream))
+
+    assert [(event.event, event.data["index"]) for event in resumed] == [("item", 0)]
+    for hostile in ("99999999999999-999999999", "9999999999999999-0"):  # the largest ids
+        with _stream(pg_stack, path, hostile) as stream:
+            assert next(stream).event == "progress", "a cursor past every item sends none"
+
+
+def _end(stack: Stack, job_id: str, at: datetime) -> None:
+    """Cancel ``job_id`` as of ``at`` (a stand-in for a worker's commit)."""
+    with Session(stack.engine) as session, session.begin():
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        job.status, job.finished_at = JobStatus.CANCELED, at
 
 
 def test_streams_over_the_tenant_cap_are_refused_until_one_closes(pg_stack: Stack) -> None:
