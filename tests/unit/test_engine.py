@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from tests.unit.test_structured import TAGS
+from worker.model import hf_engine
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
-from worker.model.engine import EngineLimits, StepEvents
+from worker.model.engine import EngineLimits, StepEvents, StepFailed
 from worker.model.hf import TransformersBackend
 from worker.model.hf_engine import BudgetExceeded, TransformersEngine
 
@@ -270,3 +271,75 @@ def test_add_ahead_refuses_a_full_pool(backend: TransformersBackend) -> None:
     with pytest.raises(ValueError, match="no free row ahead"):
         engine.add(uuid.uuid4(), _request(0), ahead=True)
     engine.add(uuid.uuid4(), _request(0))  # the batch's own row is still free
+
+
+def test_a_merge_that_fails_half_way_fails_the_step_and_leaves_nothing_behind(
+    backend: TransformersBackend, alone: list[GenerationResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Out of memory while joiners' caches are merged into the batch (on a card, where
+    # a merge's copies peak): the batch's first layer has its keys merged, not its values.
+    engine = backend.start_engine(EngineLimits(max_rows=4, max_tokens=1 << 20))
+    ids = {index: uuid.uuid4() for index in (1, 5, 0, 2)}
+    for index in (1, 5):
+        engine.add(ids[index], _request(index))
+    engine.step()
+    engine.step()
+    for index in (0, 2):
+        engine.add(ids[index], _request(index))
+    calls = 0
+    real_left_pad = hf_engine.left_pad
+
+    def out_of_memory_at_the_third_copy(tensor: Any, length: int, dim: int, value: int = 0) -> Any:
+        nonlocal calls
+        if dim == 2:  # a cache's copy (a prefill's inputs are padded too, on dim 1)
+            calls += 1
+            if calls == 3:
+                raise RuntimeError("CUDA out of memory (injected)")
+        return real_left_pad(tensor, length, dim, value)
+
+    monkeypatch.setattr(hf_engine, "left_pad", out_of_memory_at_the_third_copy)
+
+    with pytest.raises(StepFailed) as failed:
+        engine.step()
+
+    assert set(failed.value.dropped) == set(ids.values()), "every request it held"
+    assert engine.running == [] and engine.free_rows == 4
+    # Run again (as the worker's isolation does), each is what it is alone: no token
+    # was recorded twice, no row merged twice.
+    results, _ = _run(engine, {0: list(ids)})
+    assert results == {index: alone[index] for index in ids}
+
+
+def test_rows_staged_below_the_seats_keep_their_rows_from_joiners(
+    backend: TransformersBackend, alone: list[GenerationResult]
+) -> None:
+    # Running rows aborted between steps leave staged rows below ahead_seats: those
+    # rows are theirs at the next step, not free for a joiner (which, long enough to
+    # miss the token budget beside them, once left them waiting for good).
+    engine = backend.start_engine(EngineLimits(max_rows=2, max_tokens=1 << 20, ahead_rows=3))
+    running, staged = [uuid.uuid4(), uuid.uuid4()], [uuid.uuid4(), uuid.uuid4(), uuid.uuid4()]
+    for job_id in running:
+        engine.add(job_id, _request(1))
+    for job_id, index in zip(staged, (0, 5, 3), strict=True):
+        engine.add(job_id, _request(index), ahead=True)
+    engine.step()
+    assert engine.ahead == staged
+    held = engine._staged.cache.layers[0].keys.untyped_storage().nbytes()  # type: ignore[union-attr]
+
+    engine.abort(running[0])
+
+    assert engine.free_rows == 0, "the freed row is the oldest staged row's"
+    engine.abort(running[1])
+    assert engine.free_rows == 0
+    engine.step()
+    assert engine.ahead == staged[2:], "seated, oldest first"
+    assert engine.free_rows == 0
+    events = engine.step()
+    assert events.prefilled == 0 and set(events.tokens) == set(staged[:2])
+    # The staged row left behind holds its own cache only, not the seated rows' too.
+    keys = engine._staged.cache.layers[0].keys  # type: ignore[union-attr]
+    assert keys.untyped_storage().nbytes() <= held // len(staged)
+    results: dict[uuid.UUID, GenerationResult] = {}
+    while engine.running:
+        results.update(engine.step().finished)
+    assert results == dict(zip(staged, (alone[0], alone[5], alone[3]), strict=True))

@@ -63,10 +63,11 @@ class StepEvents:
 
 
 class StepFailed(Exception):
-    """A decoding step raised: every request in the engine, running or waiting, was
-    dropped (the batch's state is no longer trustworthy) and is named in ``dropped``;
-    the engine is empty and the caller decides how to isolate the culprit.
-    ``__cause__`` is what the model raised."""
+    """A step raised outside a prefill pass (its decoding pass, or out of memory while
+    rows were merged into the batch): every request in the engine when the step began,
+    running or waiting, was dropped (the batch's state is no longer trustworthy) and is
+    named in ``dropped``; none of the step's events counts; the engine is empty and the
+    caller decides how to isolate the culprit. ``__cause__`` is what was raised."""
 
     def __init__(self, dropped: list[uuid.UUID], cause: Exception) -> None:
         super().__init__(f"a decoding step over {len(dropped)} requests failed: {cause!r}")

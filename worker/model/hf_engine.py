@@ -190,7 +190,7 @@ class TransformersEngine:
 
     @property
     def free_rows(self) -> int:
-        return self._limits.max_rows - len(self._batch or ()) - self._joining()
+        return self._limits.max_rows - len(self._batch or ()) - self._joining() - self._seatable()
 
     @property
     def free_ahead(self) -> int:
@@ -221,25 +221,41 @@ class TransformersEngine:
 
     def step(self) -> StepEvents:
         """Decode one token for every running row, give free rows to staged rows, then
-        prefill the waiting rows that fit and give them their first token. Raises
-        :class:`StepFailed` (after dropping every row in the engine) if the decoding
-        pass raises; a prefill that raises fails its rows (one at a time, so only the
-        culprit fails: see :meth:`_prefill_isolated`)."""
+        prefill the waiting rows that fit and give them their first token. A prefill
+        pass that raises fails its rows (one at a time, so only the culprit fails: see
+        :meth:`_prefill_isolated`). Anything else that raises (the decoding pass; out of
+        memory while rows are merged into the batch, which leaves its tensors
+        half-built) raises :class:`StepFailed` naming every request that was in the
+        engine when the step began, the engine emptied: none of this step's events is
+        kept, so a request is never left with a token recorded twice."""
         events = StepEvents()
         self._finished = []
-        with self._torch.inference_mode():
-            if self._batch:
-                self._decode(events)
-            self._seat_staged()
-            admitted = self._admit(events)
-            if admitted:
-                self._prefill_isolated(admitted, events)
+        before = self.running
+        try:
+            with self._torch.inference_mode():
+                if self._batch:
+                    self._decode(events)
                 self._seat_staged()
+                admitted = self._admit(events)
+                if admitted:
+                    self._prefill_isolated(admitted, events)
+                    self._seat_staged()
+        except Exception as exc:
+            self._batch = self._staged = None
+            self._waiting, self._finished = [], []
+            raise StepFailed(before, exc) from exc
         return events
 
     def _joining(self) -> int:
         """Waiting rows that take a row of the batch at their prefill (not added ahead)."""
         return sum(1 for row in self._waiting if not row.ahead)
+
+    def _seatable(self) -> int:
+        """Staged rows that take a row of the batch at the next step (below
+        ``EngineLimits.seats_ahead``): the rows they take are not free for others."""
+        if self._staged is None:
+            return 0
+        return min(len(self._staged), max(0, self._limits.seats_ahead - len(self._batch or ())))
 
     def _all_rows(self) -> list[_Row]:
         return [*_rows(self._batch), *_rows(self._staged), *self._waiting]
@@ -279,34 +295,38 @@ class TransformersEngine:
 
     def _seat_staged(self) -> None:
         """Move staged rows, oldest first, into the batch's free rows: below
-        ``EngineLimits.seats_ahead`` rows, leaving room for the rows waiting to join."""
-        if self._staged is None:
-            return
-        limits = self._limits
-        rows = len(self._batch or ())
-        seats = min(limits.seats_ahead - rows, limits.max_rows - rows - self._joining())
+        ``EngineLimits.seats_ahead`` rows (:attr:`free_rows` keeps those rows for them)."""
+        seats = self._seatable()
         if seats <= 0:
             return
+        assert self._staged is not None
         moving = self._staged.select(slice(0, seats))  # views: extend copies them once
-        self._staged = self._staged.select(slice(seats, None))
+        # The rest copied: views would keep the seated rows' cache alive beside the
+        # batch's copy, past the token budget, until the last staged row is seated.
+        self._staged = self._staged.select(list(range(seats, len(self._staged))))
         self._batch = _joined(self._batch, moving)
 
     # -- prefill ---------------------------------------------------------------------
 
     def _prefill_isolated(self, rows: list[_Row], events: StepEvents) -> None:
-        """Prefill ``rows`` in one pass; if it raises, retry each row alone so that only
-        the culprit fails (a prefill touches no running row, so nothing else is lost)."""
+        """Prefill ``rows`` in one pass; if the pass raises, retry each row alone so
+        that only the culprit fails (the pass touches no state of the engine, so nothing
+        else is lost); then give them their first tokens and merge them into the batch
+        (or the staged rows)."""
         try:
-            self._prefill(rows, events)
+            prefilled, logits = self._prefill(rows)
         except Exception as exc:
             if len(rows) == 1:
                 events.failed[rows[0].job_id] = exc
                 return
             for row in rows:
                 self._prefill_isolated([row], events)
+            return
+        self._join_prefilled(prefilled, logits, events)
 
-    def _prefill(self, rows: list[_Row], events: StepEvents) -> None:
-        torch = self._torch
+    def _prefill(self, rows: list[_Row]) -> tuple[_Batch, Any]:
+        """One forward pass over ``rows`` alone: their batch (its last tokens not chosen
+        yet) and the logits of their next token."""
         inputs = self._backend.collate([row.inputs for row in rows])
         model = self._model
         positions, deltas = model.model.get_rope_index(
@@ -327,10 +347,15 @@ class TransformersEngine:
         )
         mask = inputs["attention_mask"]
         next_positions = mask.sum(-1) + deltas.view(-1).to(mask.device)
-        tokens = self._choose(rows, output.logits[:, -1, :])
-        events.prefilled += len(rows)
-        last = torch.tensor(tokens, device=mask.device)
-        joined = self._record(_Batch(list(rows), cache, mask, next_positions, last), tokens, events)
+        return _Batch(list(rows), cache, mask, next_positions, None), output.logits[:, -1, :]
+
+    def _join_prefilled(self, prefilled: _Batch, logits: Any, events: StepEvents) -> None:
+        """Choose the first tokens of freshly prefilled rows and merge those that go on
+        into the batch, or the staged rows for rows added ahead."""
+        tokens = self._choose(prefilled.rows, logits)
+        events.prefilled += len(prefilled)
+        prefilled.last = self._torch.tensor(tokens, device=prefilled.mask.device)
+        joined = self._record(prefilled, tokens, events)
         if joined is None:
             return
         now = [i for i, row in enumerate(joined.rows) if not row.ahead]
@@ -346,21 +371,15 @@ class TransformersEngine:
         assert batch is not None
         count = len(batch)
         mask = torch.cat([batch.mask, batch.mask.new_ones((count, 1))], dim=1)
-        try:
-            output = self._model(
-                input_ids=batch.last.view(count, 1),
-                attention_mask=mask,
-                position_ids=batch.positions.view(1, count, 1).expand(3, count, 1),
-                past_key_values=batch.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            tokens = self._choose(batch.rows, output.logits[:, -1, :])
-        except Exception as exc:
-            dropped = self.running
-            self._batch = self._staged = None
-            self._waiting = []
-            raise StepFailed(dropped, exc) from exc
+        output = self._model(
+            input_ids=batch.last.view(count, 1),
+            attention_mask=mask,
+            position_ids=batch.positions.view(1, count, 1).expand(3, count, 1),
+            past_key_values=batch.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        tokens = self._choose(batch.rows, output.logits[:, -1, :])
         batch.mask = mask
         batch.positions = batch.positions + 1
         batch.last = torch.tensor(tokens, device=mask.device)
