@@ -136,7 +136,6 @@ class _Run:
     interactive_idle_until: float = 0.0  # likewise for interactive-only claims
     waited: int = 0  # steps bulk joins were held for interactive rows (scheduling.bulk_joins)
     isolating: set[uuid.UUID] = field(default_factory=set)  # dropped by the last failed step
-    store_backoff_until: float = 0.0  # no claim before: the blob store just failed
 
 
 class BatchService:
@@ -182,6 +181,10 @@ class BatchService:
         self._stopping = stopping
         self._queued = queued
         self._clock = clock
+        # No claim before: the blob store just failed. Kept across runs: each wake-up
+        # is a run, and a run that claimed at once would spend the queue's wake-ups on
+        # the outage, a claim and a hand-back each, leaving the jobs to the sweeper.
+        self._store_backoff_until = 0.0
 
     def run(
         self,
@@ -200,6 +203,7 @@ class BatchService:
             # with it, and its lease, no longer renewed, frees the job for a retry.
             log.warning("dropping job %s left in the engine by a failed run", job_id)
             self._engine.abort(job_id)
+        self._wait_out_store_backoff()
         run = _Run(uuid.uuid4(), on_settled, on_step)
         with self._leases_renewed(run.token):
             self._admit(run, self._first_claim(run, prefer))
@@ -243,7 +247,7 @@ class BatchService:
         may be queued that the last claim did not see (:mod:`worker.queue_hint`), and a
         kind of claim that found nothing is not tried again sooner than
         :data:`IDLE_CLAIM_S` later."""
-        if run.alone is not None or run.suspects or self._clock() < run.store_backoff_until:
+        if run.alone is not None or run.suspects or self._clock() < self._store_backoff_until:
             return []
         settings = self._settings
         engine = self._engine
@@ -443,8 +447,14 @@ class BatchService:
         if not jobs:
             return
         self._release(run.token, jobs)
-        run.store_backoff_until = self._clock() + STORE_BACKOFF_S
+        self._store_backoff_until = self._clock() + STORE_BACKOFF_S
         log.warning("the blob store failed: %d jobs handed back to the queue", len(jobs))
+
+    def _wait_out_store_backoff(self) -> None:
+        """Before a run's first claim, wait until ``STORE_BACKOFF_S`` has passed since
+        the blob store last failed (or a shutdown is asked for)."""
+        while not self._stopping() and (left := self._store_backoff_until - self._clock()) > 0:
+            time.sleep(min(left, 0.1))
 
     def _start_alone(self, run: _Run) -> None:
         suspect = run.suspects.pop(0)

@@ -209,6 +209,36 @@ def test_an_image_the_store_fails_to_give_goes_back_to_the_queue_not_to_failed(
     assert done[later]["status"] == "succeeded"
 
 
+def test_a_failing_store_is_left_alone_for_its_backoff_by_the_wake_ups_that_follow(
+    pg_stack: Stack,
+) -> None:
+    # Four jobs, four wake-ups, every image unreadable: each wake-up is a run of its
+    # own, and each used to claim all four at once, fail to read them and hand them
+    # back, spending the queue's wake-ups on the outage within a second.
+    client = pg_stack.client()
+    ids = [client.submit(make_image(910 + i), "outage", max_new_tokens=2)["id"] for i in range(4)]
+    images = {}
+    for row in pg_stack.jobs(ids):
+        path = Path(pg_stack.settings.blob_url) / row.image_key
+        images[path] = path.read_bytes()
+        path.unlink()
+        path.mkdir()
+    pg_stack.start_worker()
+    handed_back = "the blob store failed: 4 jobs handed back"
+    wait_until(
+        lambda: handed_back in _worker_logs(pg_stack), timeout_s=60, what="the first hand-back"
+    )
+
+    time.sleep(3)  # within STORE_BACKOFF_S (5 s) of it
+
+    assert _worker_logs(pg_stack).count(handed_back) == 1
+    for path, image in images.items():
+        path.rmdir()
+        path.write_bytes(image)
+    done = pg_stack.wait_all(ids)
+    assert [(job["status"], job["attempts"]) for job in done] == [("succeeded", 1)] * 4
+
+
 def _worker_logs(stack: Stack) -> str:
     return "".join(path.read_text() for path in stack.workdir.glob("logs/worker-*.log"))
 
