@@ -530,9 +530,12 @@ class BatchService:
         metrics and published to watchers; returns its events and when it ended.
         :class:`StepFailed` is recorded, then raised. Any other error out of the engine
         is taken as one too: the engine's state is then unknown, so every row in it is
-        aborted, and ``rows`` (some may have ended inside the failed step) and those
-        rows are what the failure dropped."""
-        count = len(self._engine.running) - len(self._engine.ahead)
+        aborted, and the rows it held when the step began (some may have ended inside
+        the failed step) are what the failure dropped; not the rest of ``rows``, which
+        were not in the engine (rows added ahead that a drain aborted: counted as
+        suspects, they would come back with an attempt they never ran)."""
+        before = self._engine.running
+        count = len(before) - len(self._engine.ahead)
         started = self._clock()
         try:
             events = self._engine.step()
@@ -540,7 +543,7 @@ class BatchService:
             self._metrics.observe_step(count, self._clock() - started, None)
             if isinstance(exc, StepFailed):
                 raise
-            dropped = list(dict.fromkeys([*rows, *self._engine.running]))
+            dropped = list(dict.fromkeys([*before, *self._engine.running]))
             for job_id in self._engine.running:
                 self._engine.abort(job_id)
             raise StepFailed(dropped, exc) from exc

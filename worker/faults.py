@@ -3,8 +3,9 @@
 Wraps a real engine; markers in a prompt make every step that holds the request misbehave
 the way real ones do: ``[[oom]]`` raises like CUDA running out of memory (the engine
 drops its batch, as a real failed step does), ``[[oom-escapes]]`` raises the same error
-out of the step as it is, with the engine's rows left in place (as an out-of-memory error
-where the engine does not catch it would: while it seats or trims rows), ``[[crash]]``
+out of the step as it is, with the engine's rows left in place (as an engine that does
+not catch an error of its own would; the transformers engine turns every error of a
+step into a dropped batch), ``[[crash]]``
 kills the worker process outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the
 step take ``SLOW_STEP_S`` longer so a test can act while a job is running,
 ``[[prepare-fails]]`` makes :meth:`~worker.model.engine.Engine.add` raise (as a
