@@ -57,8 +57,10 @@ class BlobStore:
     again is never deleted from under its new job (see :mod:`shared.blob_release`).
 
     Construction does no I/O beyond creating a local directory; a wrong endpoint, bucket or
-    credentials surface at the first ``put``/``get`` as ``OSError`` (a missing bucket
-    reads as a missing blob: :class:`BlobMissing` from ``get``).
+    credentials surface at the first ``put``/``get`` as ``OSError``. ``get`` raises
+    :class:`BlobMissing` only for a blob absent from a store that is there: a missing
+    bucket, or a store directory gone (a volume not mounted), is an ``OSError``, an
+    outage, so that a worker hands its jobs back rather than fail them for good.
     """
 
     def __init__(self, url: str) -> None:
@@ -122,12 +124,14 @@ class BlobStore:
                 with open(self._path(key), "rb") as handle:
                     return handle.read()
             except FileNotFoundError as exc:
+                if not os.path.isdir(self._root):
+                    raise OSError(f"blob store: its directory {self._root} is gone") from exc
                 raise missing from exc
         try:
             answer = self._s3.get_object(Bucket=self._bucket, Key=self._object(key))
             data: bytes = answer["Body"].read()
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise missing from exc
             raise OSError(f"blob store: cannot get {key}: {exc}") from exc
         except BotoCoreError as exc:

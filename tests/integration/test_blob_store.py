@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -76,6 +77,25 @@ def test_get_of_an_absent_key_raises_blob_missing(store_url: str) -> None:
 
     assert raised.value.code == "image_missing"
     assert absent in str(raised.value)
+
+
+def test_a_store_gone_as_a_whole_is_an_outage_not_a_missing_image(
+    store_url: str, s3_blob_url: str
+) -> None:
+    # A volume not mounted, a bucket deleted or misnamed: every image would read as
+    # missing, and a worker fails a missing image's job for good (image_undecodable),
+    # where an outage's jobs go back to the queue.
+    store = BlobStore(store_url)
+    key, _ = store.put(b"an image")
+    if store_url.startswith("s3://"):
+        store = BlobStore(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/blobs")
+    else:
+        shutil.rmtree(store_url)
+
+    with pytest.raises(OSError) as raised:
+        store.get(key)
+
+    assert not isinstance(raised.value, BlobMissing)
 
 
 def test_s3_blobs_live_in_the_bucket_not_on_local_disk(
