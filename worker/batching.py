@@ -457,7 +457,16 @@ class BatchService:
             time.sleep(min(left, 0.1))
 
     def _start_alone(self, run: _Run) -> None:
+        """Run the oldest suspect alone, or expire it if its deadline passed while it
+        waited for the batch to empty (it was triaged when claimed, possibly minutes
+        before)."""
         suspect = run.suspects.pop(0)
+        run.after_suspect = True
+        if scheduling.triage([suspect], utcnow()).expired:
+            self._settle(
+                run, [suspect], [_failed(suspect, JobErrorCode.EXPIRED, lifecycle.EXPIRED_MESSAGE)]
+            )
+            return
         log.warning("job %s was claimed %d times; running it alone", suspect.id, suspect.attempts)
         try:
             failure = self._join(run, suspect)
@@ -468,7 +477,6 @@ class BatchService:
                 self._settle(run, [suspect], [failure])
             else:
                 run.alone = suspect.id
-        run.after_suspect = True
 
     def _from_cache(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Outcomes for jobs an identical earlier request already answered on this model

@@ -27,6 +27,7 @@ from shared.blobs import BlobStore
 from shared.db import transaction
 from shared.job_feed import JobFeed
 from shared.models import Job, JobStatus
+from shared.tasks import GPU_QUEUES
 from tests.stack import Stack, make_image
 from tests.waiting import wait_until
 from worker.sweeper import sweep
@@ -114,6 +115,49 @@ def test_a_dead_worker_s_jobs_run_one_after_another_before_queued_work(pg_stack:
         assert row.started_at is not None, f"succeeded job {row.id} has no started_at"
         started[str(row.id)] = row.started_at
     assert max(started[job_id] for job_id in dead) < max(started[job_id] for job_id in queued)
+
+
+def test_a_suspect_whose_deadline_passes_while_it_waits_for_the_batch_expires(
+    pg_stack: Stack,
+) -> None:
+    # A dead worker's job, claimed again with queued work: it waits, a suspect, for
+    # the batch to empty before it runs alone, and its deadline passes meanwhile.
+    pg_stack.start_worker(fault_injection="1")
+    replies = pg_stack.celery.control.ping(timeout=1)
+    assert replies is not None  # a broadcast with reply=True, as ping is: a list
+    [node] = [name for reply in replies for name in reply]
+    for queue in GPU_QUEUES:  # the worker takes no wake-up until everything is in place
+        pg_stack.celery.control.cancel_consumer(queue, destination=[node], reply=True)
+    client = pg_stack.client()
+    suspect = client.submit(make_image(930), "held by a dead worker", timeout_s=4)["id"]
+    with lifecycle.unit_of_work(pg_stack.sessions, lambda events: None, None) as changes:
+        settings = pg_stack.settings
+        [held] = lifecycle.claim(
+            changes,
+            worker="dead@test",
+            token=uuid.uuid4(),
+            limit=1,
+            lease_s=settings.job_lease_s,
+            max_attempts=settings.max_attempts,
+            fair_share_window_s=settings.fair_share_window_s,
+        )
+        assert str(held.id) == suspect
+    with transaction(pg_stack.sessions) as session:
+        lifecycle.expire_predecessor(lifecycle.JobChanges(session), worker="dead@test")
+    # Eight seconds of work ([[slow]]: 0.5 s a step) claimed with it.
+    batch = [
+        client.submit(make_image(931 + i), "[[slow]] queued", max_new_tokens=16)["id"]
+        for i in range(2)
+    ]
+    for queue in GPU_QUEUES:
+        pg_stack.celery.control.add_consumer(queue, destination=[node], reply=True)
+
+    done = {job["id"]: job for job in pg_stack.wait_all([suspect, *batch])}
+
+    [row] = pg_stack.jobs([suspect])
+    assert row.attempts == 2, "the worker claimed it again (before its deadline)"
+    assert (done[suspect]["status"], done[suspect]["error"]["code"]) == ("failed", "expired")
+    assert [done[job_id]["status"] for job_id in batch] == ["succeeded"] * 2
 
 
 def test_all_jobs_survive_a_broker_flush_before_the_worker_starts(pg_stack: Stack) -> None:
