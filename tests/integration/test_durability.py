@@ -9,13 +9,14 @@ clocks so recovery takes seconds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import fsspec
@@ -82,28 +83,34 @@ def test_sigkill_mid_batch_three_times_every_job_succeeds_once(pg_stack: Stack) 
     assert all(row.lease_expires_at is None for row in rows)
 
 
+def _held_by_a_dead_worker(stack: Stack, count: int) -> set[str]:
+    """Claim the ``count`` oldest queued jobs as a worker that then died, freed at once
+    as its launcher frees them (claimed again, they are suspects); their ids."""
+    settings = stack.settings
+    with lifecycle.unit_of_work(stack.sessions, lambda events: None, None) as changes:
+        held = lifecycle.claim(
+            changes,
+            worker="dead@test",
+            token=uuid.uuid4(),
+            limit=count,
+            lease_s=settings.job_lease_s,
+            max_attempts=settings.max_attempts,
+            fair_share_window_s=settings.fair_share_window_s,
+        )
+    with transaction(stack.sessions) as session:
+        freed = lifecycle.expire_predecessor(lifecycle.JobChanges(session), worker="dead@test")
+    assert len(freed) == len(held)
+    return {str(job.id) for job in held}
+
+
 def test_a_dead_worker_s_jobs_run_one_after_another_before_queued_work(pg_stack: Stack) -> None:
     """Three jobs a dead worker held (claimed, then freed by its launcher) and a full
     batch and more of queued work: the worker runs the first abandoned job alone once its
     first batch is done, then the other two, each alone, before the rest of the queue,
     instead of one abandoned job per batch of queued work."""
     dead = _submit(pg_stack, 3, "held by a dead worker")
-    settings = pg_stack.settings
-    with lifecycle.unit_of_work(pg_stack.sessions, lambda events: None, None) as changes:
-        held = lifecycle.claim(
-            changes,
-            worker="dead@test",
-            token=uuid.uuid4(),
-            limit=3,
-            lease_s=settings.job_lease_s,
-            max_attempts=settings.max_attempts,
-            fair_share_window_s=settings.fair_share_window_s,
-        )
-        assert len(held) == 3
-    with transaction(pg_stack.sessions) as session:
-        freed = lifecycle.expire_predecessor(lifecycle.JobChanges(session), worker="dead@test")
-    assert len(freed) == 3
-    queued = _submit(pg_stack, settings.max_batch_size + 4, "queued", first=3)
+    assert _held_by_a_dead_worker(pg_stack, 3) == set(dead)
+    queued = _submit(pg_stack, pg_stack.settings.max_batch_size + 4, "queued", first=3)
     pg_stack.start_worker()
 
     done = {job["id"]: job for job in pg_stack.wait_all(dead + queued)}
@@ -130,20 +137,7 @@ def test_a_suspect_whose_deadline_passes_while_it_waits_for_the_batch_expires(
         pg_stack.celery.control.cancel_consumer(queue, destination=[node], reply=True)
     client = pg_stack.client()
     suspect = client.submit(make_image(930), "held by a dead worker", timeout_s=4)["id"]
-    with lifecycle.unit_of_work(pg_stack.sessions, lambda events: None, None) as changes:
-        settings = pg_stack.settings
-        [held] = lifecycle.claim(
-            changes,
-            worker="dead@test",
-            token=uuid.uuid4(),
-            limit=1,
-            lease_s=settings.job_lease_s,
-            max_attempts=settings.max_attempts,
-            fair_share_window_s=settings.fair_share_window_s,
-        )
-        assert str(held.id) == suspect
-    with transaction(pg_stack.sessions) as session:
-        lifecycle.expire_predecessor(lifecycle.JobChanges(session), worker="dead@test")
+    assert _held_by_a_dead_worker(pg_stack, 1) == {suspect}
     # Eight seconds of work ([[slow]]: 0.5 s a step) claimed with it.
     batch = [
         client.submit(make_image(931 + i), "[[slow]] queued", max_new_tokens=16)["id"]
@@ -267,20 +261,27 @@ def test_a_failing_store_is_left_alone_for_its_backoff_by_the_wake_ups_that_foll
         images[path] = path.read_bytes()
         path.unlink()
         path.mkdir()
-    pg_stack.start_worker()
-    handed_back = "the blob store failed: 4 jobs handed back"
-    wait_until(
-        lambda: handed_back in _worker_logs(pg_stack), timeout_s=60, what="the first hand-back"
-    )
-
-    time.sleep(3)  # within STORE_BACKOFF_S (5 s) of it
-
-    assert _worker_logs(pg_stack).count(handed_back) == 1
-    for path, image in images.items():
-        path.rmdir()
-        path.write_bytes(image)
+    try:
+        pg_stack.start_worker()
+        wait_until(lambda: _store_failures(pg_stack, ids[0]), timeout_s=60, what="a failed read")
+        time.sleep(6)  # past STORE_BACKOFF_S (5 s): the next run's read too
+    finally:  # the blobs are content-addressed: later tests' images may be these
+        for path, image in images.items():
+            path.rmdir()
+            path.write_bytes(image)
     done = pg_stack.wait_all(ids)
+
     assert [(job["status"], job["attempts"]) for job in done] == [("succeeded", 1)] * 4
+    reads = _store_failures(pg_stack, ids[0])
+    assert len(reads) >= 2, "a run after the backoff read it again"
+    assert min(b - a for a, b in itertools.pairwise(reads)) > timedelta(seconds=4.5)
+
+
+def _store_failures(stack: Stack, job_id: str) -> list[datetime]:
+    """When the worker's runs failed to read ``job_id``'s image (its log lines' times)."""
+    lines = _worker_logs(stack).splitlines()
+    failed = [json.loads(line) for line in lines if f"job {job_id}: the blob store" in line]
+    return [datetime.fromisoformat(line["ts"]) for line in failed]
 
 
 def _worker_logs(stack: Stack) -> str:
