@@ -551,10 +551,9 @@ class BatchService:
             self._metrics.observe_step(count, self._clock() - started, None)
             if isinstance(exc, StepFailed):
                 raise
-            dropped = list(dict.fromkeys([*before, *self._engine.running]))
             for job_id in self._engine.running:
                 self._engine.abort(job_id)
-            raise StepFailed(dropped, exc) from exc
+            raise StepFailed(before, exc) from exc
         now = self._clock()
         self._metrics.observe_step(count, now - started, len(events.tokens), events.prefilled)
         for job_id in events.tokens:

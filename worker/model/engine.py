@@ -70,7 +70,7 @@ class StepFailed(Exception):
     caller decides how to isolate the culprit. ``__cause__`` is what was raised."""
 
     def __init__(self, dropped: list[uuid.UUID], cause: Exception) -> None:
-        super().__init__(f"a decoding step over {len(dropped)} requests failed: {cause!r}")
+        super().__init__(f"a step over {len(dropped)} requests failed: {cause!r}")
         self.dropped = dropped
 
 
