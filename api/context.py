@@ -27,6 +27,9 @@ from shared.presets import Preset, load_presets
 from shared.settings import Settings
 from shared.ssrf import OutboundPolicy
 
+# How often an open event stream asks again whether the key that opened it still holds.
+STREAM_KEY_CHECK_S = 1.0
+
 
 @dataclass(frozen=True)
 class Services:
@@ -42,6 +45,9 @@ class Services:
     counters: redis.Redis
     queued: QueuedMemo
     keys: KeyCache
+    # Keys of open event streams, asked again as they stream: kept at least
+    # STREAM_KEY_CHECK_S even where key_cache_s is 0 (see api.streams).
+    stream_keys: KeyCache
     feed: JobFeed
     listener: FeedListener
     reads: JobReads
@@ -68,6 +74,7 @@ class Services:
             counters=counters,
             queued=QueuedMemo(),
             keys=KeyCache(settings.key_cache_s),
+            stream_keys=KeyCache(max(settings.key_cache_s, STREAM_KEY_CHECK_S)),
             feed=JobFeed.from_url(settings.broker_url),
             # Its own connection: a subscribed connection can do nothing else.
             listener=FeedListener(

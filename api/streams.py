@@ -11,14 +11,23 @@ write fails, at most ``SIGHTLINE_STREAM_HEARTBEAT_S``): one more is
 refused with 429 ``too_many_streams``. If Redis cannot count, the stream goes ahead.
 A status event that does not end its job is spread over a moment that grows with the
 process's open streams (:func:`status_delay`).
+
+A stream lasts no longer than the key that opened it: before each event (heartbeats
+included, so at least every ``SIGHTLINE_STREAM_HEARTBEAT_S``) it asks, at most every
+``api.context.STREAM_KEY_CHECK_S``, whether that key still holds, and ends without
+``done`` once it is revoked or expired. A reader resuming it then gets the 401 any
+request with that key gets. So a revoked key reads nothing more after
+``max(SIGHTLINE_KEY_CACHE_S, STREAM_KEY_CHECK_S)`` plus a heartbeat, however long the
+job or batch it watched goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from functools import partial
 
@@ -26,9 +35,9 @@ import redis
 from flask import Blueprint, Response, current_app, request
 
 from api.access import load_job, load_owned
-from api.auth import authenticate, current_key
+from api.auth import active_key_by_digest, authenticate, current_key
 from api.batch_stream import BatchStream
-from api.context import Services, services
+from api.context import STREAM_KEY_CHECK_S, Services, services
 from api.feed_listener import FeedListener
 from api.job_stream import JobStream
 from api.metrics import ApiMetrics
@@ -36,7 +45,7 @@ from api.stream_upkeep import StreamUpkeep
 from shared.error_codes import ErrorCode
 from shared.errors import TooManyRequests
 from shared.fair_share import queued_ahead
-from shared.models import Batch, Job
+from shared.models import ApiKey, Batch, Job
 from shared.redis_slots import Hold
 
 log = logging.getLogger(__name__)
@@ -53,7 +62,7 @@ streams.before_request(authenticate)
 def job_events(job_id: str) -> Response:
     """The job's events (``text/event-stream``); ``Last-Event-ID`` resumes."""
     job = load_job(job_id)
-    return job_event_stream(services(), job, current_key().tenant_id)
+    return job_event_stream(services(), job, current_key())
 
 
 @streams.get("/batches/<batch_id>/events")
@@ -62,12 +71,12 @@ def batch_events(batch_id: str) -> Response:
     batch = load_owned(Batch, batch_id, "batch")
     svc = services()
     stream = BatchStream(batch.id, svc.sessions, svc.listener, svc.settings.stream_heartbeat_s)
-    return _respond(svc, batch.tenant_id, stream.events(request.headers.get("Last-Event-ID")))
+    return _respond(svc, current_key(), stream.events(request.headers.get("Last-Event-ID")))
 
 
-def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
-    """The event stream of ``job`` (already checked to be the caller's), for the API and
-    the console alike."""
+def job_event_stream(svc: Services, job: Job, key: ApiKey) -> Response:
+    """The event stream of ``job`` (already checked to belong to ``key``'s tenant), for
+    the API and the console alike."""
     metrics = stream_metrics()
 
     def ahead(queued: Job) -> int:
@@ -89,7 +98,7 @@ def job_event_stream(svc: Services, job: Job, tenant_id: uuid.UUID) -> Response:
         on_first_delta=first_delta,
         status_delay=partial(status_delay, svc.listener),
     )
-    return _respond(svc, tenant_id, stream.events(request.headers.get("Last-Event-ID")))
+    return _respond(svc, key, stream.events(request.headers.get("Last-Event-ID")))
 
 
 def status_delay(listener: FeedListener) -> float:
@@ -101,13 +110,15 @@ def status_delay(listener: FeedListener) -> float:
     return random.uniform(0.0, min(STATUS_SPREAD_MAX_S, listener.waiters * STATUS_SPREAD_S))
 
 
-def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Response:
-    """The streaming response, once the tenant has a stream slot (429 otherwise); the
-    slot is renewed while the stream lasts (:mod:`api.stream_upkeep`) and given back
+def _respond(svc: Services, key: ApiKey, events: Iterator[str]) -> Response:
+    """The streaming response, once ``key``'s tenant has a stream slot (429 otherwise);
+    the slot is renewed while the stream lasts (:mod:`api.stream_upkeep`) and given back
     when the response is closed, whether its body ever started or not (a ``HEAD``, a
-    client gone before the first byte: a generator never started runs no ``finally``)."""
+    client gone before the first byte: a generator never started runs no ``finally``).
+    The stream ends once ``key`` no longer holds (see the module docstring)."""
     upkeep = svc.upkeep
-    hold = _take_slot(upkeep, tenant_id, svc.settings.streams_per_tenant)
+    hold = _take_slot(upkeep, key.tenant_id, svc.settings.streams_per_tenant)
+    key_holds, prefix = _key_check(svc, key), key.prefix
     metrics = stream_metrics()
     held = [hold] if hold is not None else []
 
@@ -118,7 +129,11 @@ def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Resp
     def body() -> Iterator[str]:
         metrics.streams_open.inc()
         try:
-            yield from events
+            for event in events:
+                if not key_holds():
+                    log.info("event stream ended: API key %s revoked or expired", prefix)
+                    return
+                yield event
         finally:
             metrics.streams_open.dec()
             close = getattr(events, "close", None)
@@ -130,6 +145,24 @@ def _respond(svc: Services, tenant_id: uuid.UUID, events: Iterator[str]) -> Resp
     response = Response(body(), mimetype="text/event-stream", headers=headers)
     response.call_on_close(release)
     return response
+
+
+def _key_check(svc: Services, key: ApiKey) -> Callable[[], bool]:
+    """Whether ``key`` still holds, asked again at most every ``STREAM_KEY_CHECK_S``
+    (from the process's memory of stream keys: a thousand streams of one key cost a
+    query a second, not one each)."""
+    digest = key.key_sha256
+    next_check = time.monotonic() + STREAM_KEY_CHECK_S
+
+    def holds() -> bool:
+        nonlocal next_check
+        now = time.monotonic()
+        if now < next_check:
+            return True
+        next_check = now + STREAM_KEY_CHECK_S
+        return active_key_by_digest(svc, digest, svc.stream_keys) is not None
+
+    return holds
 
 
 def _take_slot(upkeep: StreamUpkeep, tenant_id: uuid.UUID, limit: int) -> Hold | None:

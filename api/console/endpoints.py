@@ -62,4 +62,4 @@ def events(job_id: str) -> Response:
     svc = services()
     with svc.sessions() as db:
         job = find_job(db, key, job_id)
-    return job_event_stream(svc, job, key.tenant_id)
+    return job_event_stream(svc, job, key)

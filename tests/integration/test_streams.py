@@ -309,3 +309,37 @@ def test_head_requests_on_event_routes_hold_no_stream_slot(pg_stack: Stack) -> N
         opened.append(response)
     for response in opened:
         response.close()
+
+
+def test_a_revoked_key_reads_nothing_more_of_the_streams_it_opened(pg_stack: Stack) -> None:
+    # A stream used to outlive the key that opened it: revoked, the key went on reading
+    # its job's and its batch's events for as long as they ran (hours, for a batch).
+    name = f"revoked-{uuid.uuid4().hex[:6]}"
+    key = json.loads(pg_stack.cli("keys", "create", name, "--json"))["key"]
+    client = pg_stack.client(key)
+    job_id = client.submit(make_image(12), "no worker: stays queued")["id"]
+    batch = client.batch([{"image": make_image(13), "prompt": "queued too"}])
+    paths = [f"/v1/jobs/{job_id}/events", f"/v1/batches/{batch['id']}/events"]
+    readers = []
+    for path in paths:
+        response = pg_stack.call("GET", path, key=key, stream=True, timeout=30)
+        assert response.status_code == 200, response.text
+        lines = response.iter_lines(decode_unicode=True)
+        assert next(line for line in lines if line.startswith("event:"))  # it is open
+        readers.append((response, lines))
+
+    pg_stack.cli("keys", "revoke", name)
+    revoked_at = time.monotonic()
+    # Bound: the key cache (1 s) and the stream's own check (1 s) lapse, then the next
+    # write (a heartbeat at the latest: 2 s on the test stack) finds the key gone.
+    for response, lines in readers:
+        after = []
+        for line in lines:  # heartbeats arrive every 2 s while the stream stays open
+            assert time.monotonic() - revoked_at < 15, f"still streaming: {after[-3:]}"
+            after.append(line)
+        assert not any(line == "event: done" for line in after), "it ended without done"
+        response.close()
+    print(f"\nstreams ended {time.monotonic() - revoked_at:.1f} s after the revocation")
+    for path in paths:
+        resumed = pg_stack.call("GET", path, key=key, timeout=30)
+        assert resumed.status_code == 401, "a resume gets what any request with the key gets"
