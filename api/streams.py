@@ -18,7 +18,8 @@ included, so at least every ``SIGHTLINE_STREAM_HEARTBEAT_S``) it asks, at most e
 ``done`` once it is revoked or expired. A reader resuming it then gets the 401 any
 request with that key gets. So a revoked key reads nothing more after
 ``max(SIGHTLINE_KEY_CACHE_S, STREAM_KEY_CHECK_S)`` plus a heartbeat, however long the
-job or batch it watched goes on.
+job or batch it watched goes on. A stream whose job or batch is purged ends the same
+way (a resume gets 404).
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def _respond(svc: Services, key: ApiKey, events: Iterator[str]) -> Response:
                     log.info("event stream ended: API key %s revoked or expired", prefix)
                     return
                 yield event
+        except LookupError as exc:  # purged under it: nothing more will come
+            log.info("event stream ended: %s", exc)
         finally:
             metrics.streams_open.dec()
             close = getattr(events, "close", None)

@@ -72,14 +72,15 @@ class Eraser:
 
 def purge_job(eraser: Eraser, tenant_id: uuid.UUID, job_id: uuid.UUID, who: Purger) -> bool:
     """Erase ``tenant_id``'s job ``job_id``; False if it has no such job (any more)."""
+    batches: list[uuid.UUID] = []
     with lifecycle.unit_of_work(eraser.sessions, eraser.wake, eraser.feed) as changes:
         found = changes.session.scalar(
             select(Job.id).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update()
         )
         if found is not None:
-            erase_jobs(changes, [job_id])
+            batches = erase_jobs(changes, [job_id])
             _record(changes.session, tenant_id, PurgeScope.JOB, job_id, who, 1)
-    eraser.feed.forget([job_id])
+    _erased(eraser.feed, [job_id], batches)
     return found is not None
 
 
@@ -142,29 +143,43 @@ def _purge(
                     .with_for_update()
                 )
             )
-            erase_jobs(changes, job_ids)
+            touched = erase_jobs(changes, job_ids)
             erased += len(job_ids)
             last = len(job_ids) < eraser.chunk
             found = True
             if last:
                 batches_gone = _erase_batches(session, batches)
-                found = scope is not PurgeScope.BATCH or erased > 0 or batches_gone > 0
+                touched = list({*touched, *batches_gone})
+                found = scope is not PurgeScope.BATCH or erased > 0 or bool(batches_gone)
                 if scope is PurgeScope.TENANT:
                     _erase_endpoints(session, tenant_id)
                 if found:
                     _record(session, tenant_id, scope, target_id, who, erased)
-        eraser.feed.forget(job_ids)
+        _erased(eraser.feed, job_ids, touched)
         if last:
             return erased if found else None
 
 
-def erase_jobs(changes: lifecycle.JobChanges, job_ids: Sequence[uuid.UUID]) -> None:
+def _erased(feed: JobFeed, job_ids: Sequence[uuid.UUID], batch_ids: Sequence[uuid.UUID]) -> None:
+    """After a purge's commit: drop the jobs' replay text, and tell the watchers of the
+    batches it changed or erased (their jobs' own notices go out with the cancels; a
+    batch's would not, its jobs being gone by the end of the transaction), so that an
+    open batch stream or long-poll learns of it now."""
+    feed.forget(job_ids)
+    feed.changed([], batch_ids)
+
+
+def erase_jobs(changes: lifecycle.JobChanges, job_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
     """Delete ``job_ids`` in ``changes``' transaction, canceling first those not final,
-    with their events and delivery attempts; release their images."""
+    with their events and delivery attempts; release their images. Returns the batches
+    that held them."""
     if not job_ids:
-        return
+        return []
     session = changes.session
     ids = list(job_ids)
+    batches = session.scalars(
+        select(Job.batch_id).where(Job.id.in_(ids), Job.batch_id.is_not(None)).distinct()
+    ).all()
     lifecycle.cancel_jobs(changes, ids)
     keys = session.scalars(select(Job.image_key).where(Job.id.in_(ids)).distinct()).all()
     events = _locked_events(session, WebhookEvent.job_id.in_(ids))
@@ -182,6 +197,7 @@ def erase_jobs(changes: lifecycle.JobChanges, job_ids: Sequence[uuid.UUID]) -> N
     # The cancels' events went with their jobs: nothing to wake the sender for.
     erased = set(events)
     changes.events = [event for event in changes.events if event not in erased]
+    return [batch_id for batch_id in batches if batch_id is not None]
 
 
 def _locked_events(session: Session, which: ColumnElement[bool]) -> list[str]:
@@ -190,16 +206,16 @@ def _locked_events(session: Session, which: ColumnElement[bool]) -> list[str]:
     return list(session.scalars(select(WebhookEvent.id).where(which).with_for_update()))
 
 
-def _erase_batches(session: Session, batches: ColumnElement[bool]) -> int:
+def _erase_batches(session: Session, batches: ColumnElement[bool]) -> list[uuid.UUID]:
     """Delete the batches matching ``batches`` that hold no job, with their events and
-    delivery attempts; returns how many."""
+    delivery attempts; returns their ids."""
     empty = select(Batch.id).where(
         batches,
         ~exists().where(Job.batch_id == Batch.id),
     )
     ids = list(session.scalars(empty))
     if not ids:
-        return 0
+        return []
     events = _locked_events(session, WebhookEvent.batch_id.in_(ids))
     session.execute(
         delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(events)),
@@ -214,7 +230,7 @@ def _erase_batches(session: Session, batches: ColumnElement[bool]) -> int:
         execution_options=_NO_SYNC,
     )
     session.execute(delete(Batch).where(Batch.id.in_(ids)), execution_options=_NO_SYNC)
-    return len(ids)
+    return ids
 
 
 def _erase_endpoints(session: Session, tenant_id: uuid.UUID) -> None:

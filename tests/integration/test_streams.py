@@ -320,26 +320,64 @@ def test_a_revoked_key_reads_nothing_more_of_the_streams_it_opened(pg_stack: Sta
     job_id = client.submit(make_image(12), "no worker: stays queued")["id"]
     batch = client.batch([{"image": make_image(13), "prompt": "queued too"}])
     paths = [f"/v1/jobs/{job_id}/events", f"/v1/batches/{batch['id']}/events"]
-    readers = []
-    for path in paths:
-        response = pg_stack.call("GET", path, key=key, stream=True, timeout=30)
-        assert response.status_code == 200, response.text
-        lines = response.iter_lines(decode_unicode=True)
-        assert next(line for line in lines if line.startswith("event:"))  # it is open
-        readers.append((response, lines))
+    readers = [_opened(pg_stack, path, key) for path in paths]
 
     pg_stack.cli("keys", "revoke", name)
     revoked_at = time.monotonic()
-    # Bound: the key cache (1 s) and the stream's own check (1 s) lapse, then the next
-    # write (a heartbeat at the latest: 2 s on the test stack) finds the key gone.
     for response, lines in readers:
-        after = []
-        for line in lines:  # heartbeats arrive every 2 s while the stream stays open
-            assert time.monotonic() - revoked_at < 15, f"still streaming: {after[-3:]}"
-            after.append(line)
-        assert not any(line == "event: done" for line in after), "it ended without done"
+        # The key cache (1 s) and the stream's own check (1 s) lapse, then the next
+        # write (a heartbeat at the latest: 2 s on the test stack) finds the key gone.
+        assert "event: done" not in _until_closed(lines, revoked_at, within_s=15)
         response.close()
     print(f"\nstreams ended {time.monotonic() - revoked_at:.1f} s after the revocation")
     for path in paths:
         resumed = pg_stack.call("GET", path, key=key, timeout=30)
         assert resumed.status_code == 401, "a resume gets what any request with the key gets"
+
+
+def test_a_purged_job_or_batch_ends_its_stream_at_once_and_quietly(pg_stack: Stack) -> None:
+    # A purge deletes what a stream follows: the job stream's next read found nothing and
+    # raised through the response (a server error in the API's log), and the batch
+    # stream, told nothing, waited for its 30 s recheck to find the same.
+    client = pg_stack.client()
+    job_id = client.submit(make_image(14), "no worker: stays queued")["id"]
+    batch = client.batch([{"image": make_image(15), "prompt": "queued too"}])
+    paths = [f"/v1/jobs/{job_id}/events", f"/v1/batches/{batch['id']}/events"]
+    log = pg_stack.workdir / "logs" / "api.log"
+    errors_before = log.read_text().count("LookupError")
+    readers = [_opened(pg_stack, path) for path in paths]
+
+    for path in (f"/v1/jobs/{job_id}", f"/v1/batches/{batch['id']}"):
+        assert pg_stack.call("DELETE", f"{path}?purge=true").status_code < 300
+    purged_at = time.monotonic()
+    for response, lines in readers:
+        assert "event: done" not in _until_closed(lines, purged_at, within_s=10)
+        response.close()
+    print(f"\nstreams ended {time.monotonic() - purged_at:.1f} s after the purges")
+    assert log.read_text().count("LookupError") == errors_before, "no server error"
+    for path in paths:
+        assert pg_stack.call("GET", path, timeout=30).status_code == 404
+
+
+def _opened(
+    stack: Stack, path: str, key: str | None = None
+) -> tuple[requests.Response, Iterator[str]]:
+    """A stream of ``path`` read up to its first event: its response and its lines."""
+    response = stack.call("GET", path, key=key, stream=True, timeout=30)
+    assert response.status_code == 200, response.text
+    lines = (
+        line if isinstance(line, str) else line.decode()
+        for line in response.iter_lines(decode_unicode=True)
+    )
+    assert next(line for line in lines if line.startswith("event:"))
+    return response, lines
+
+
+def _until_closed(lines: Iterator[str], since: float, *, within_s: float) -> list[str]:
+    """The lines of a stream until the server closes it, which must be less than
+    ``within_s`` after ``since`` (its heartbeats, every 2 s, keep coming until then)."""
+    after: list[str] = []
+    for line in lines:
+        assert time.monotonic() - since < within_s, f"still streaming: {after[-3:]}"
+        after.append(line)
+    return after
