@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask import g, request
 
 from api.context import Services, services
-from api.key_cache import KeyCache
+from api.key_cache import active_key_row
 from api.limits import enforce_rate
 from shared.errors import Unauthorized
-from shared.keys import find_key_by_hash, hash_key, is_active
+from shared.keys import hash_key
 from shared.models import ApiKey
 
 
@@ -30,21 +28,7 @@ def authenticate() -> None:
 def active_key(svc: Services, key: str) -> ApiKey | None:
     """The row of ``key`` if it is neither revoked nor expired, else ``None``; looked up
     in the process's :class:`api.key_cache.KeyCache` first, then the database."""
-    return active_key_by_digest(svc, hash_key(key), svc.keys)
-
-
-def active_key_by_digest(svc: Services, digest: str, keys: KeyCache) -> ApiKey | None:
-    """:func:`active_key` for the key whose SHA-256 is ``digest``, remembered in
-    ``keys``: an open event stream asks again, as it goes, whether the key that opened
-    it still holds (:mod:`api.streams`)."""
-    row = keys.get(digest)
-    if row is None:
-        with svc.sessions() as session:
-            row = find_key_by_hash(session, digest)
-        if row is None:
-            return None
-        keys.put(digest, row)
-    return row if is_active(row, datetime.now(UTC)) else None
+    return active_key_row(svc.sessions, svc.keys, hash_key(key))
 
 
 def current_key() -> ApiKey:

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.feed_listener import FeedListener
 from api.job_reads import JobReads
-from api.key_cache import KeyCache
+from api.key_cache import KeyCache, active_key_row
 from api.queued_memo import QueuedMemo
+from api.stream_keys import StreamKeys
 from api.stream_upkeep import StreamUpkeep
 from shared.blobs import BlobStore
 from shared.celery_app import create_celery
@@ -45,9 +46,7 @@ class Services:
     counters: redis.Redis
     queued: QueuedMemo
     keys: KeyCache
-    # Keys of open event streams, asked again as they stream: kept at least
-    # STREAM_KEY_CHECK_S even where key_cache_s is 0 (see api.streams).
-    stream_keys: KeyCache
+    stream_keys: StreamKeys
     feed: JobFeed
     listener: FeedListener
     reads: JobReads
@@ -59,6 +58,7 @@ class Services:
         # seconds (503; or 202 with the wake-up left to the sweeper) instead of hanging.
         engine = create_engine_for(settings, fail_fast=True)
         sessions = session_factory(engine)
+        keys = KeyCache(settings.key_cache_s)
         # Rate-limit counters live in the broker's Redis; connecting is lazy.
         counters = redis.Redis.from_url(
             settings.broker_url, socket_timeout=1, socket_connect_timeout=1
@@ -73,8 +73,11 @@ class Services:
             presets=load_presets(settings.presets_path),
             counters=counters,
             queued=QueuedMemo(),
-            keys=KeyCache(settings.key_cache_s),
-            stream_keys=KeyCache(max(settings.key_cache_s, STREAM_KEY_CHECK_S)),
+            keys=keys,
+            stream_keys=StreamKeys(
+                lambda digest: active_key_row(sessions, keys, digest) is not None,
+                STREAM_KEY_CHECK_S,
+            ),
             feed=JobFeed.from_url(settings.broker_url),
             # Its own connection: a subscribed connection can do nothing else.
             listener=FeedListener(

@@ -12,7 +12,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.keys import find_key_by_hash, is_active
 from shared.models import ApiKey
 
 MAX_ENTRIES = 10_000
@@ -43,3 +47,16 @@ class KeyCache:
             if len(self._rows) >= MAX_ENTRIES:
                 self._rows.clear()
             self._rows[digest] = (row, self._clock())
+
+
+def active_key_row(sessions: sessionmaker[Session], cache: KeyCache, digest: str) -> ApiKey | None:
+    """The row of the key whose SHA-256 is ``digest`` if it is neither revoked nor
+    expired, else ``None``; looked up in ``cache`` first, then the database."""
+    row = cache.get(digest)
+    if row is None:
+        with sessions() as session:
+            row = find_key_by_hash(session, digest)
+        if row is None:
+            return None
+        cache.put(digest, row)
+    return row if is_active(row, datetime.now(UTC)) else None

@@ -13,11 +13,12 @@ A status event that does not end its job is spread over a moment that grows with
 process's open streams (:func:`status_delay`).
 
 A stream lasts no longer than the key that opened it: before each event (heartbeats
-included, so at least every ``SIGHTLINE_STREAM_HEARTBEAT_S``) it asks, at most every
-``api.context.STREAM_KEY_CHECK_S``, whether that key still holds, and ends without
+included, so at least every ``SIGHTLINE_STREAM_HEARTBEAT_S``) it asks whether that key
+still holds (:mod:`api.stream_keys`: per key, one stream of the process asks at most
+every ``api.context.STREAM_KEY_CHECK_S``, the others take its answer), and ends without
 ``done`` once it is revoked or expired. A reader resuming it then gets the 401 any
 request with that key gets. So a revoked key reads nothing more after
-``max(SIGHTLINE_KEY_CACHE_S, STREAM_KEY_CHECK_S)`` plus a heartbeat, however long the
+``SIGHTLINE_KEY_CACHE_S`` plus ``STREAM_KEY_CHECK_S`` plus a heartbeat, however long the
 job or batch it watched goes on. A stream whose job or batch is purged ends the same
 way (a resume gets 404).
 """
@@ -26,9 +27,8 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC
 from functools import partial
 
@@ -36,9 +36,9 @@ import redis
 from flask import Blueprint, Response, current_app, request
 
 from api.access import load_job, load_owned
-from api.auth import active_key_by_digest, authenticate, current_key
+from api.auth import authenticate, current_key
 from api.batch_stream import BatchStream
-from api.context import STREAM_KEY_CHECK_S, Services, services
+from api.context import Services, services
 from api.feed_listener import FeedListener
 from api.job_stream import JobStream
 from api.metrics import ApiMetrics
@@ -119,7 +119,7 @@ def _respond(svc: Services, key: ApiKey, events: Iterator[str]) -> Response:
     The stream ends once ``key`` no longer holds (see the module docstring)."""
     upkeep = svc.upkeep
     hold = _take_slot(upkeep, key.tenant_id, svc.settings.streams_per_tenant)
-    key_holds, prefix = _key_check(svc, key), key.prefix
+    digest, prefix = key.key_sha256, key.prefix
     metrics = stream_metrics()
     held = [hold] if hold is not None else []
 
@@ -131,7 +131,7 @@ def _respond(svc: Services, key: ApiKey, events: Iterator[str]) -> Response:
         metrics.streams_open.inc()
         try:
             for event in events:
-                if not key_holds():
+                if not svc.stream_keys.holds(digest):
                     log.info("event stream ended: API key %s revoked or expired", prefix)
                     return
                 yield event
@@ -148,24 +148,6 @@ def _respond(svc: Services, key: ApiKey, events: Iterator[str]) -> Response:
     response = Response(body(), mimetype="text/event-stream", headers=headers)
     response.call_on_close(release)
     return response
-
-
-def _key_check(svc: Services, key: ApiKey) -> Callable[[], bool]:
-    """Whether ``key`` still holds, asked again at most every ``STREAM_KEY_CHECK_S``
-    (from the process's memory of stream keys: a thousand streams of one key cost a
-    query a second, not one each)."""
-    digest = key.key_sha256
-    next_check = time.monotonic() + STREAM_KEY_CHECK_S
-
-    def holds() -> bool:
-        nonlocal next_check
-        now = time.monotonic()
-        if now < next_check:
-            return True
-        next_check = now + STREAM_KEY_CHECK_S
-        return active_key_by_digest(svc, digest, svc.stream_keys) is not None
-
-    return holds
 
 
 def _take_slot(upkeep: StreamUpkeep, tenant_id: uuid.UUID, limit: int) -> Hold | None:
