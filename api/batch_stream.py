@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.feed_listener import FeedListener
+from api.job_reads import Gone
 from api.job_stream import sse
 from shared.batches import batch_summary
 from shared.job_feed import batch_channel
@@ -89,7 +90,7 @@ class BatchStream:
         with self.sessions() as session:
             batch = session.get(Batch, self.batch_id)
             if batch is None:  # deleted under us: nothing more will come
-                raise LookupError(f"batch {self.batch_id} is gone")
+                raise Gone(f"batch {self.batch_id} is gone")
             query = select(Job).where(Job.batch_id == self.batch_id, Job.status.in_(_FINAL))
             if self.cursor is not None:
                 since = _moment(self.cursor[0]) - timedelta(seconds=REORDER_S)

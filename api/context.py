@@ -28,8 +28,10 @@ from shared.presets import Preset, load_presets
 from shared.settings import Settings
 from shared.ssrf import OutboundPolicy
 
-# How often an open event stream asks again whether the key that opened it still holds.
+# How often an open event stream asks again whether the key that opened it still holds,
+# and for how long it goes on without an answer (the database away) before it ends.
 STREAM_KEY_CHECK_S = 1.0
+STREAM_KEY_STALE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,9 @@ class Services:
             queued=QueuedMemo(),
             keys=keys,
             stream_keys=StreamKeys(
-                lambda digest: active_key_row(sessions, keys, digest) is not None,
-                STREAM_KEY_CHECK_S,
+                partial(active_key_row, sessions, keys),
+                check_s=STREAM_KEY_CHECK_S,
+                stale_s=STREAM_KEY_STALE_S,
             ),
             feed=JobFeed.from_url(settings.broker_url),
             # Its own connection: a subscribed connection can do nothing else.

@@ -31,6 +31,10 @@ from shared.models import Job
 KEEP_S = 60.0
 
 
+class Gone(LookupError):
+    """What a watcher read is no longer there: its job or batch was purged."""
+
+
 @dataclass(eq=False)
 class _Read:
     """One read of a job: when its query started (``None`` while it waits for one), and
@@ -65,7 +69,7 @@ class JobReads:
     def read(self, job_id: uuid.UUID, since: float) -> Job:
         """The job as a read that started at or after ``since`` (``time.monotonic()``)
         found it; this call asks for that read unless one is already made or asked for.
-        A read that failed (``LookupError`` for a job that is gone) raises its error in
+        A read that failed (:class:`Gone` for a job that is gone) raises its error in
         every waiter that shared it, and is not kept: the next waiter asks again."""
         with self._lock:
             found = self._reads.get(job_id)
@@ -109,7 +113,7 @@ class JobReads:
                 for job_id, read in batch.items():
                     read.job = jobs.get(job_id)
                     if read.job is None:
-                        read.error = error or LookupError(f"job {job_id} is gone")
+                        read.error = error or Gone(f"job {job_id} is gone")
                         if self._reads.get(job_id) is read:  # the next waiter asks again
                             del self._reads[job_id]
                     read.done = True

@@ -19,7 +19,8 @@ every ``api.context.STREAM_KEY_CHECK_S``, the others take its answer), and ends 
 ``done`` once it is revoked or expired. A reader resuming it then gets the 401 any
 request with that key gets. So a revoked key reads nothing more after
 ``SIGHTLINE_KEY_CACHE_S`` plus ``STREAM_KEY_CHECK_S`` plus a heartbeat, however long the
-job or batch it watched goes on. A stream whose job or batch is purged ends the same
+job or batch it watched goes on (``STREAM_KEY_STALE_S`` plus a heartbeat while the
+database cannot be asked). A stream whose job or batch is purged ends the same
 way (a resume gets 404).
 """
 
@@ -40,6 +41,7 @@ from api.auth import authenticate, current_key
 from api.batch_stream import BatchStream
 from api.context import Services, services
 from api.feed_listener import FeedListener
+from api.job_reads import Gone
 from api.job_stream import JobStream
 from api.metrics import ApiMetrics
 from api.stream_upkeep import StreamUpkeep
@@ -120,6 +122,7 @@ def _respond(svc: Services, key: ApiKey, events: Iterator[str]) -> Response:
     upkeep = svc.upkeep
     hold = _take_slot(upkeep, key.tenant_id, svc.settings.streams_per_tenant)
     digest, prefix = key.key_sha256, key.prefix
+    svc.stream_keys.opened(key)
     metrics = stream_metrics()
     held = [hold] if hold is not None else []
 
@@ -135,7 +138,7 @@ def _respond(svc: Services, key: ApiKey, events: Iterator[str]) -> Response:
                     log.info("event stream ended: API key %s revoked or expired", prefix)
                     return
                 yield event
-        except LookupError as exc:  # purged under it: nothing more will come
+        except Gone as exc:  # purged under it: nothing more will come
             log.info("event stream ended: %s", exc)
         finally:
             metrics.streams_open.dec()
