@@ -11,10 +11,11 @@ expiry is checked at every answer.
 
 A stream starts from the row its request was authenticated with (:meth:`opened`). A
 lookup that fails (the database cannot be reached) keeps the row it had, for at most
-``stale_s`` since the last one that worked: then the key no longer holds, as no new
+``stale_s`` of lookups failing in a row: then the key no longer holds, as no new
 request with it does while the database is away. A stream gets its text from Redis,
 so without that limit a key revoked just before an outage would read on for as long
-as the outage lasted.
+as the outage lasted. Time without lookups (no stream wrote) is not an outage: the row
+is then as good as it was, and asked for again at the next write.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ MAX_KEYS = 10_000
 class _Known:
     row: ApiKey | None  # None: the key is no longer there
     asked_at: float
-    answered_at: float  # when a lookup last worked
+    failing_since: float | None = None  # the first of the lookups failing since
 
 
 class StreamKeys:
@@ -70,7 +71,7 @@ class StreamKeys:
         with self._lock:
             if len(self._known) >= MAX_KEYS:
                 self._known.clear()
-            self._known.setdefault(row.key_sha256, _Known(row, now, now))
+            self._known.setdefault(row.key_sha256, _Known(row, now))
 
     def holds(self, digest: str) -> bool:
         """Whether the key still holds: its row as last looked up, asked for again if
@@ -88,9 +89,9 @@ class StreamKeys:
             log.warning("stream key not checked: %s", type(exc).__name__)
             if known is None:
                 return False  # never seen (the memory was cleared): ask it to reconnect
-            known = _Known(known.row, now, known.answered_at)
+            known = _Known(known.row, now, known.failing_since or now)
         else:
-            known = _Known(row, now, self._clock())
+            known = _Known(row, now)
         finally:
             with self._lock:
                 self._asking.discard(digest)
@@ -101,6 +102,6 @@ class StreamKeys:
     def _answer(self, known: _Known | None, now: float) -> bool:
         if known is None:  # being asked for the first time (the memory was cleared)
             return True
-        if now - known.answered_at >= self._stale_s:
+        if known.failing_since is not None and now - known.failing_since >= self._stale_s:
             return False
         return known.row is not None and is_active(known.row, datetime.now(UTC))

@@ -87,7 +87,26 @@ def test_a_failed_lookup_keeps_the_last_answer_for_stale_s_at_most() -> None:
 
     keys = StreamKeys(_down, check_s=1.0, stale_s=10.0, clock=clock)
     keys.opened(ROW)
-    clock.now += 5.0
+    clock.now += 1.0
+    assert keys.holds("a"), "the first lookup failed: the row it had"
+    clock.now += 8.0
     assert keys.holds("a"), "a short outage: the row it had"
-    clock.now += 5.0
-    assert not keys.holds("a"), "no answer for stale_s: it ends, as new requests fail"
+    clock.now += 2.0
+    assert not keys.holds("a"), "lookups failing for stale_s: it ends, as new requests fail"
+
+
+def test_a_key_no_stream_asked_about_for_long_still_holds_while_it_is_looked_up() -> None:
+    # Between two batches no stream writes. The time since the last lookup was once
+    # taken for an outage: while the first stream of the next batch asked again, every
+    # other one was told the key no longer held, and a thousand streams ended.
+    clock, meanwhile = ManualClock(), []
+
+    def lookup(digest: str) -> ApiKey | None:
+        meanwhile.append(keys.holds(digest))  # another stream, while this one asks
+        return ROW
+
+    keys = StreamKeys(lookup, check_s=1.0, stale_s=10.0, clock=clock)
+    keys.opened(ROW)
+    clock.now += 60.0
+    keys.opened(ROW)
+    assert keys.holds("a") and meanwhile == [True]
