@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import torch
 from PIL import Image
 
 from tests.unit.test_structured import TAGS
@@ -154,7 +155,10 @@ def test_the_token_budget_holds_rows_back_until_others_leave(
     backend: TransformersBackend, alone: list[GenerationResult]
 ) -> None:
     # Each row counts at its full length: prompt plus max_new_tokens.
-    lengths = [backend.encode(_request(i))["input_ids"].shape[1] + CASES[i][3] for i in (0, 3, 5)]
+    encoded = backend.encode([_request(i) for i in (0, 3, 5)])
+    lengths = [
+        item["input_ids"].shape[1] + CASES[i][3] for item, i in zip(encoded, (0, 3, 5), strict=True)
+    ]
     budget = 2 * max(lengths[:2])  # room for cases 0 and 3 together, not for a third
     assert 3 * max(lengths) > budget
     engine = backend.start_engine(EngineLimits(max_rows=8, max_tokens=budget))
@@ -177,6 +181,43 @@ def test_a_request_bigger_than_the_whole_budget_fails_alone(backend: Transformer
     assert isinstance(events.failed[huge], BudgetExceeded)
     assert "more than the worker's budget of 64" in str(events.failed[huge])
     assert small in events.tokens
+
+
+def test_requests_encoded_together_get_exactly_their_inputs_alone(
+    backend: TransformersBackend,
+) -> None:
+    """The engine encodes the requests added between two steps in one processor call:
+    cut apart, each must be what encoding it alone gives (no padding, its own patches)."""
+    together = backend.encode([_request(i) for i in range(len(CASES))])
+
+    for index, inputs in enumerate(together):
+        (single,) = backend.encode([_request(index)])
+        assert inputs.keys() == single.keys()
+        for key, value in single.items():
+            assert torch.equal(inputs[key], value), f"case {index}: {key} differs"
+    assert len({item["input_ids"].shape[1] for item in together}) > 1, "lengths really differ"
+
+
+def test_a_request_the_processor_refuses_fails_alone_and_the_others_run(
+    backend: TransformersBackend, alone: list[GenerationResult]
+) -> None:
+    # GLM-4V's image processor refuses an aspect ratio over 200; here it arrives with
+    # two good requests.
+    engine = backend.start_engine(EngineLimits(max_rows=8, max_tokens=1 << 20))
+    strip, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    engine.add(first, _request(0))
+    engine.add(strip, GenerationRequest(Image.new("RGB", (1000, 2)), "x", GenerationOptions(4)))
+    engine.add(second, _request(5))
+
+    events = engine.step()
+
+    assert set(events.failed) == {strip}
+    assert "aspect ratio" in str(events.failed[strip])
+    assert strip not in engine.running and engine.free_rows == 6
+    results = dict(events.finished)
+    while engine.running:
+        results.update(engine.step().finished)
+    assert results == {first: alone[0], second: alone[5]}
 
 
 def test_rows_sample_at_their_own_temperature_beside_greedy_rows(

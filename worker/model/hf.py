@@ -190,16 +190,30 @@ class TransformersBackend:
         """The token ids that end a sequence."""
         return self._stop_ids
 
-    def encode(self, request: GenerationRequest) -> dict[str, Any]:
-        """One request's model inputs (prompt ids, mask, image patches), unpadded, on
-        the CPU: :meth:`collate` pads several and moves them to the device."""
+    def encode(self, requests: Sequence[GenerationRequest]) -> list[dict[str, Any]]:
+        """Each request's model inputs (prompt ids, mask, image patches), unpadded, on
+        the CPU: :meth:`collate` pads several and moves them to the device. One
+        processor call for all of them (about half the time of one call each), cut
+        into one item per request."""
         inputs = self._processor(
-            text=[self._prompt(request)],
-            images=[[request.image]],
+            text=[self._prompt(request) for request in requests],
+            images=[[request.image] for request in requests],
+            padding=True,
             add_special_tokens=False,
             return_tensors="pt",
         )
-        return dict(inputs)
+        real = inputs["attention_mask"].bool()
+        patches = inputs["pixel_values"].split(inputs["image_grid_thw"].prod(-1).tolist())
+        return [
+            {
+                "input_ids": inputs["input_ids"][i][real[i]].unsqueeze(0),
+                "attention_mask": inputs["attention_mask"][i][real[i]].unsqueeze(0),
+                "mm_token_type_ids": inputs["mm_token_type_ids"][i][real[i]].unsqueeze(0),
+                "pixel_values": patches[i],
+                "image_grid_thw": inputs["image_grid_thw"][i : i + 1],
+            }
+            for i in range(len(requests))
+        ]
 
     def collate(self, encoded: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Left-pad :meth:`encode` outputs into one batch on the model's device, as the

@@ -54,8 +54,8 @@ if TYPE_CHECKING:
 class _Row:
     job_id: uuid.UUID
     request: GenerationRequest
-    inputs: dict[str, Any]
     constraint: RowConstraint | None
+    inputs: dict[str, Any] = field(default_factory=dict)  # encoded at its first step
     ahead: bool = False
     generated: list[int] = field(default_factory=list)
 
@@ -198,8 +198,9 @@ class TransformersEngine:
 
     def add(self, job_id: uuid.UUID, request: GenerationRequest, *, ahead: bool = False) -> None:
         """Queue ``request`` for the next step's prefill; with ``ahead``, to wait
-        prefilled for a row. Tokenises the prompt and prepares the image here (CPU
-        work); raises ``ValueError`` for a duplicate id or a full engine,
+        prefilled for a row. Its prompt and image are encoded in that step, with the
+        other requests added since the last one (one processor call for all); raises
+        ``ValueError`` for a duplicate id or a full engine,
         :class:`~worker.model.structured.SchemaError` for a schema outside the subset or
         too big for the request's ``max_new_tokens``."""
         if job_id in self.running:
@@ -207,8 +208,7 @@ class TransformersEngine:
         if (self.free_ahead if ahead else self.free_rows) <= 0:
             raise ValueError("the engine has no free row" + (" ahead" if ahead else ""))
         constraint = self._backend.constraint(request)
-        inputs = self._backend.encode(request)
-        self._waiting.append(_Row(job_id, request, inputs, constraint, ahead))
+        self._waiting.append(_Row(job_id, request, constraint, ahead=ahead))
 
     def abort(self, job_id: uuid.UUID) -> None:
         self._waiting = [row for row in self._waiting if row.job_id != job_id]
@@ -236,6 +236,7 @@ class TransformersEngine:
                 if self._batch:
                     self._decode(events)
                 self._seat_staged()
+                self._encode_waiting(events)
                 admitted = self._admit(events)
                 if admitted:
                     self._prefill_isolated(admitted, events)
@@ -267,6 +268,26 @@ class TransformersEngine:
         return _kept(batch, [i for i, row in enumerate(batch.rows) if row.job_id != job_id])
 
     # -- admission -------------------------------------------------------------------
+
+    def _encode_waiting(self, events: StepEvents) -> None:
+        """Encode the waiting rows added since the last step, in one call; if it raises,
+        each alone, and a row that fails alone fails (a prompt or image the processor
+        refuses touches no other row)."""
+        fresh = [row for row in self._waiting if not row.inputs]
+        if not fresh:
+            return
+        try:
+            encoded = self._backend.encode([row.request for row in fresh])
+        except Exception:
+            for row in fresh:
+                try:
+                    row.inputs = self._backend.encode([row.request])[0]
+                except Exception as exc:
+                    self._waiting.remove(row)
+                    events.failed[row.job_id] = exc
+            return
+        for row, inputs in zip(fresh, encoded, strict=True):
+            row.inputs = inputs
 
     def _admit(self, events: StepEvents) -> list[_Row]:
         """The waiting rows that fit now, oldest first and rows added ahead last; fail
