@@ -86,6 +86,7 @@ class ErrorCode(enum.StrEnum):
     IMAGE_UNDECODABLE = "image_undecodable"
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
     IMAGE_TOO_MANY_FRAMES = "image_too_many_frames"
+    IMAGE_ASPECT_RATIO = "image_aspect_ratio"
     INVALID_QUERY = "invalid_query"
     INVALID_TIME_RANGE = "invalid_time_range"
     EMPTY_BATCH = "empty_batch"
@@ -219,6 +220,9 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
         "decoding)",
     ),
     E.IMAGE_TOO_MANY_FRAMES: ErrorInfo(422, "more frames than `SIGHTLINE_MAX_IMAGE_FRAMES`"),
+    E.IMAGE_ASPECT_RATIO: ErrorInfo(
+        422, "image's longer side over 200 times its shorter one (the model cannot take it)"
+    ),
     E.INVALID_QUERY: ErrorInfo(
         422,
         "a bad query parameter: a list's filter, limit or cursor (`GET /v1/jobs`, "

@@ -29,6 +29,10 @@ from shared.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFaile
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _ACCEPTED_TEXT = "JPEG, PNG, WebP, GIF, BMP"
 DEFAULT_MAX_FRAMES = 1000
+# The most a stored image's longer side may be of its shorter one: GLM-4V's image
+# processor (transformers' ``smart_resize``) refuses more, so such a job could only fail
+# (tests/unit/test_engine.py checks that the processor takes every ratio up to it).
+MAX_ASPECT_RATIO = 200
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BARE_PNG_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
@@ -99,7 +103,10 @@ def normalise_image(
       WebP or PNG has more than ``max_frames`` frames (GIF frames are counted by walking
       the block headers, at most ``max_frames + 1`` of them, without decoding any);
     - :class:`ValidationFailed` ``image_undecodable`` (422) for a corrupt, truncated or
-      otherwise undecodable image in an accepted format.
+      otherwise undecodable image in an accepted format;
+    - :class:`ValidationFailed` ``image_aspect_ratio`` (422) when the normalised image's
+      longer side is over :data:`MAX_ASPECT_RATIO` times its shorter one (the model's
+      image processor would refuse it: the job could only fail).
 
     Only the first frame of an animation is decoded, once, so decoding costs at most
     ``max_pixels`` pixels whatever the frame count. Large JPEGs are decoded directly at a
@@ -115,6 +122,7 @@ def normalise_image(
     image = _open(data)
     with image:
         source_format = str(image.format)
+        sent = image.size
         _check_declared_size(image, max_pixels)
         _check_frames(image, data, max_frames)
         try:
@@ -127,9 +135,11 @@ def normalise_image(
     if source_format == "PNG" and max(rgb.size) <= max_side and _bare_rgb_png(data):
         # Already what re-encoding would produce (8-bit RGB pixels and nothing else):
         # keep the caller's bytes and skip the encoder, the costliest step at the door.
+        _check_aspect_ratio(sent, rgb.size)
         return NormalisedImage(data, rgb.width, rgb.height, source_format)
     if max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    _check_aspect_ratio(sent, rgb.size)  # of what is stored: scaling down rounds a side
     # The PNG encoder writes parts of ``info`` back (ICC profile, transparency): keep
     # nothing but the pixels.
     rgb.info.clear()
@@ -212,6 +222,19 @@ def _check_declared_size(image: Image.Image, max_pixels: int) -> None:
             f"the limit is {max_pixels}",
             code=ErrorCode.IMAGE_TOO_MANY_PIXELS,
         )
+
+
+def _check_aspect_ratio(sent: tuple[int, int], stored: tuple[int, int]) -> None:
+    """Refuse an image whose ``stored`` size (``sent``, scaled down to the longest side
+    allowed) is over :data:`MAX_ASPECT_RATIO` to one."""
+    if max(stored) <= MAX_ASPECT_RATIO * min(stored):
+        return
+    scaled = f" ({stored[0]}x{stored[1]} once scaled down)" if stored != sent else ""
+    raise ValidationFailed(
+        f"the image is {sent[0]}x{sent[1]}{scaled}: its longer side is over "
+        f"{MAX_ASPECT_RATIO} times its shorter one, which the model cannot take; crop or pad it",
+        code=ErrorCode.IMAGE_ASPECT_RATIO,
+    )
 
 
 def _check_frames(image: Image.Image, data: bytes, max_frames: int) -> None:

@@ -3,7 +3,8 @@
 Each input gets the 4xx problem document its case names (status, stable code, a detail
 that says what is wrong), or is accepted (202) as a valid image; never a 5xx. Then a
 worker runs every accepted input of the corpus: each job ends (succeeded, or failed with
-an error code) on its first claim, and the worker never dies.
+an error code) on its first claim, and the worker never dies; none fails in the model
+(an image the model cannot take, such as a 1000x2 strip, is refused at the door).
 """
 
 from __future__ import annotations
@@ -305,6 +306,12 @@ CORPUS = [
     case("APNG declaring 2**31 frames", image(lambda: apng_declaring(2**31)),
          (422, "image_too_many_frames")),
     case("GIF 4 frames of 3000x3000", image(lambda: gif_frames(4, (3000, 3000))), ACCEPTED),
+    case("PNG strip 1000x2", image(lambda: encode(picture((1000, 2)), "PNG")),
+         (422, "image_aspect_ratio"), detail="1000x2"),
+    case("JPEG strip 3x700", image(lambda: encode(picture((3, 700)), "JPEG")),
+         (422, "image_aspect_ratio"), detail="3x700"),
+    case("PNG strip 200x1, the most the model takes", image(
+        lambda: encode(picture((200, 1)), "PNG")), ACCEPTED),
     case("PNG + ZIP polyglot", image(lambda: seed("PNG") + zip_archive()), ACCEPTED),
     case("GIF + JavaScript polyglot", image(lambda: GIF_JS_POLYGLOT), *DAMAGED),
     case("JPEG + trailing HTML", image(lambda: seed("JPEG") + HTML), ACCEPTED),
@@ -427,5 +434,6 @@ def test_every_accepted_input_runs_on_a_worker_that_survives(pg_stack: Stack) ->
     for job in jobs:
         assert job["status"] in ("succeeded", "failed"), job
         assert job["status"] == "succeeded" or job["error"]["code"], job
+        assert job["status"] == "succeeded" or job["error"]["code"] != "inference_error", job
         assert job["attempts"] == 1, f"claimed again: a worker died under {job['id']}"
     assert worker.poll() is None, "the worker is still running"

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.images import MAX_ASPECT_RATIO
 from tests.unit.test_structured import TAGS
 from worker.model import hf_engine
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
@@ -201,8 +202,8 @@ def test_requests_encoded_together_get_exactly_their_inputs_alone(
 def test_a_request_the_processor_refuses_fails_alone_and_the_others_run(
     backend: TransformersBackend, alone: list[GenerationResult]
 ) -> None:
-    # GLM-4V's image processor refuses an aspect ratio over 200; here it arrives with
-    # two good requests.
+    # GLM-4V's image processor refuses an aspect ratio over 200 (the API never lets one
+    # through: tests/unit/test_images.py); here it arrives with two good requests.
     engine = backend.start_engine(EngineLimits(max_rows=8, max_tokens=1 << 20))
     strip, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     engine.add(first, _request(0))
@@ -218,6 +219,25 @@ def test_a_request_the_processor_refuses_fails_alone_and_the_others_run(
     while engine.running:
         results.update(engine.step().finished)
     assert results == {first: alone[0], second: alone[5]}
+
+
+def test_the_processor_takes_every_strip_the_api_accepts(backend: TransformersBackend) -> None:
+    """The API refuses images over ``MAX_ASPECT_RATIO`` to one (``image_aspect_ratio``)
+    because the processor refuses them; everything up to it must encode, in either
+    orientation, whatever the processor does to short sides (it scales a side under 28
+    pixels up); one pixel more is refused."""
+    strips = [(MAX_ASPECT_RATIO * side, side) for side in range(1, 30)]
+    strips += [(long, short) for short, long in strips]
+    requests = [
+        GenerationRequest(Image.new("RGB", size), "x", GenerationOptions(1)) for size in strips
+    ]
+
+    assert len(backend.encode(requests)) == len(strips)
+    beyond = GenerationRequest(
+        Image.new("RGB", (MAX_ASPECT_RATIO * 3 + 1, 3)), "x", GenerationOptions(1)
+    )
+    with pytest.raises(ValueError, match="aspect ratio"):
+        backend.encode([beyond])
 
 
 def test_rows_sample_at_their_own_temperature_beside_greedy_rows(

@@ -80,6 +80,28 @@ def test_refusals(data: bytes, error: type[Exception], code: str) -> None:
     assert getattr(raised.value, "code") == code  # noqa: B009
 
 
+@pytest.mark.parametrize(
+    ("size", "fmt"),
+    [((201, 1), "PNG"), ((1, 201), "JPEG"), ((1000, 2), "GIF"), ((256, 1), "PNG")],
+)
+def test_a_strip_the_model_cannot_take_is_refused(size: tuple[int, int], fmt: str) -> None:
+    with pytest.raises(ValidationFailed) as raised:
+        normalise_image(encode(Image.new("RGB", size, "red"), fmt), **LIMITS)
+    assert raised.value.code == "image_aspect_ratio"
+    assert f"{size[0]}x{size[1]}" in raised.value.detail
+
+
+def test_the_aspect_ratio_is_checked_on_the_stored_image() -> None:
+    """A strip within the ratio that scaling down to the longest side pushes past it
+    (its short side rounds down) is refused; one at the limit exactly is kept."""
+    assert normalise_image(encode(Image.new("RGB", (200, 1)), "PNG"), **LIMITS).width == 200
+    # 2151x11 is 195.5:1; scaled to 2048 wide it is 2048x10.47, stored as 2048x10.
+    with pytest.raises(ValidationFailed) as raised:
+        normalise_image(encode(Image.new("RGB", (2151, 11)), "PNG"), **{**LIMITS, "max_side": 2048})
+    assert raised.value.code == "image_aspect_ratio"
+    assert "2151x11 (2048x10 once scaled down)" in raised.value.detail
+
+
 def test_truncated_image_is_undecodable() -> None:
     full = encode(Image.effect_noise((300, 300), 60).convert("RGB"), "JPEG")
     with pytest.raises(ValidationFailed) as raised:
