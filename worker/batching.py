@@ -16,7 +16,8 @@ rows only interactive jobs may take), then steps the engine
 - aborts the rows of jobs that are no longer running under its claim (canceled,
   purged, or taken over after a lost lease), so their slot is free at the next step;
 - commits the jobs whose rows finished in the step, all in one transaction, and wakes
-  the webhook sender after it.
+  the webhook sender after it; the commit is made on a thread of its own while the next
+  step runs (:mod:`worker.committer`), and a run returns only once all are made.
 
 An idle worker that claimed less than a full batch waits for company while jobs keep
 arriving, never longer than ``max_batch_wait_ms``, before its first step. A run returns
@@ -53,6 +54,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from PIL import Image
 from sqlalchemy import select
@@ -69,6 +71,7 @@ from shared.models import Job, JobStatus, Priority, utcnow
 from shared.presets import Policy
 from shared.settings import Settings
 from worker import scheduling
+from worker.committer import Committed, Committer
 from worker.job_notices import JobNotices
 from worker.metrics import WorkerMetrics
 from worker.model.base import GenerationOptions, GenerationRequest, GenerationResult
@@ -127,6 +130,7 @@ class _Run:
     token: uuid.UUID
     on_settled: Callable[[Sequence[Outcome]], None]
     on_step: Callable[[], None]
+    committer: Committer
     rows: dict[uuid.UUID, _Row] = field(default_factory=dict)
     suspects: list[Job] = field(default_factory=list)
     alone: uuid.UUID | None = None
@@ -204,12 +208,16 @@ class BatchService:
             log.warning("dropping job %s left in the engine by a failed run", job_id)
             self._engine.abort(job_id)
         self._wait_out_store_backoff()
-        run = _Run(uuid.uuid4(), on_settled, on_step)
-        with self._leases_renewed(run.token):
+        token = uuid.uuid4()
+        committer = Committer(partial(self._write_apart, token))
+        run = _Run(token, on_settled, on_step, committer)
+        # The committer stops first: its last commits are made under a renewed lease.
+        with self._leases_renewed(token), committer.running():
             self._admit(run, self._first_claim(run, prefer))
             while True:
                 if self._stopping():
                     self._drain(run)
+                    self._report(run, committer.flush())
                     return BatchReport(run.outcomes, cut_short=True)
                 claimed = self._claim_between_steps(run)
                 if not self._engine.running:
@@ -221,6 +229,7 @@ class BatchService:
                 self._abort_gone(run)
                 on_step()
                 self._step(run)
+            self._report(run, committer.flush())
         return BatchReport(run.outcomes)
 
     # -- claiming --------------------------------------------------------------------
@@ -530,6 +539,7 @@ class BatchService:
         ended = [run.rows.pop(job_id) for job_id in (*events.finished, *events.failed)]
         outcomes = [self._outcome(row, events, now) for row in ended]
         self._settle(run, [row.job for row in ended], outcomes)
+        self._report(run, run.committer.take())
 
     def _timed_step(
         self, rows: dict[uuid.UUID, _Row], token: uuid.UUID
@@ -678,35 +688,38 @@ class BatchService:
                 run.alone = None
 
     def _settle(self, run: _Run, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:
-        """Commit ``outcomes`` (one transaction), then wake the sender and report them.
-
-        If the database refuses a value of one of them (:func:`_refused_value`), each is
-        committed in a transaction of its own, and one refused alone is stored as failed
-        (``result_unstorable``): the others keep their results, none goes back to the
-        queue to be refused again."""
+        """Hand ``outcomes`` to the committer (one transaction, then the sender is woken:
+        :meth:`_write_apart`); they are reported once it has made it (:meth:`_report`)."""
         if not outcomes:
             return
-        written = self._write_apart(run.token, jobs, outcomes)
-        settled = {outcome.job_id for outcome in written}
-        gone = [outcome.job_id for outcome in outcomes if outcome.job_id not in settled]
-        if gone:
-            log.warning(
-                "results of %d jobs not written: no longer running under this claim "
-                "(canceled, or taken over after the lease ran out): %s",
-                len(gone),
-                ", ".join(map(str, gone)),
-            )
-        run.outcomes += written
         if run.alone in {outcome.job_id for outcome in outcomes}:
             run.alone = None
-        self._metrics.observe_outcomes(written)
-        run.on_settled(written)
+        run.committer.submit(jobs, outcomes)
+
+    def _report(self, run: _Run, made: Sequence[Committed]) -> None:
+        """Report the commits the committer made: add them to the run's outcomes, the
+        metrics and the task's events (``run.on_settled``)."""
+        for commit in made:
+            settled = {outcome.job_id for outcome in commit.written}
+            gone = [o.job_id for o in commit.outcomes if o.job_id not in settled]
+            if gone:
+                log.warning(
+                    "results of %d jobs not written: no longer running under this claim "
+                    "(canceled, or taken over after the lease ran out): %s",
+                    len(gone),
+                    ", ".join(map(str, gone)),
+                )
+            run.outcomes += commit.written
+            self._metrics.observe_outcomes(commit.written)
+            run.on_settled(commit.written)
 
     def _write_apart(
         self, token: uuid.UUID, jobs: Sequence[Job], outcomes: Sequence[Outcome]
     ) -> list[Outcome]:
-        """:meth:`_write` ``outcomes``; if the database refuses a value, each again in a
-        transaction of its own, and one refused alone :meth:`_write_unstorable`."""
+        """:meth:`_write` ``outcomes``; if the database refuses a value
+        (:func:`_refused_value`), each again in a transaction of its own, and one refused
+        alone :meth:`_write_unstorable` (``result_unstorable``): the others keep their
+        results, none goes back to the queue to be refused again."""
         try:
             return self._write(token, jobs, outcomes)
         except SQLAlchemyError as exc:
