@@ -3,20 +3,22 @@
 A commit of the rows that ended in a step is a transaction with PostgreSQL (the jobs'
 rows, their webhook events, the batches they complete) followed by the wake-ups: a few
 milliseconds in which, on the stepping thread, the model would wait. The batch service
-hands each commit to a :class:`Committer` instead and goes on with its next step; the
+hands each commit to a :class:`Committer` instead and goes on with its next step. The
 committer's thread makes the commits one after another, in the order they were handed
-over, and the stepping thread takes what was written between its steps
-(:meth:`Committer.take`) to report it (to the task's events, the metrics, the run's
-report), where the code that reports is not shared with another thread.
+over; those handed over while it was making one go together in the next, so a commit
+slower than a step leaves no growing queue behind. The stepping thread takes what was
+written between its steps (:meth:`Committer.take`) and reports it itself (to the
+task's events, the metrics, the run's report): that code is not shared with another
+thread.
 
-Nothing about what a commit writes changes: each is still one transaction for the rows
-that ended in one step, conditional on the claim (a job canceled or taken over
-meanwhile keeps its state), and a job's webhooks are woken only after its commit. A
-commit that raises (PostgreSQL unreachable) is raised again by the next :meth:`take`,
-and nothing handed over after it is committed: the run ends as it did when the commit
-was its own, and the jobs whose results were not written are taken up again once their
-lease lapses. :meth:`flush` waits for everything handed over, so that a run still
-returns only once every outcome it reports is committed.
+What a commit writes does not change: one transaction for the rows that ended in one
+step (or in a few, when the committer fell behind), conditional on the claim (a job
+canceled or taken over meanwhile keeps its state), the job's webhooks woken only after
+it. A commit that raises (PostgreSQL unreachable) is raised again by the next
+:meth:`take`, and nothing handed over after it is committed: the run ends as it did
+when the commit was its own, and the jobs whose results were not written are taken up
+again once their lease lapses. :meth:`flush` waits for everything handed over, so that
+a run still returns only once every outcome it reports is committed.
 """
 
 from __future__ import annotations
@@ -93,14 +95,26 @@ class Committer:
             thread.join()
 
     def _run(self) -> None:
-        while (item := self._todo.get()) is not None:
+        stopping = False
+        while not stopping and (item := self._todo.get()) is not None:
+            items = [item]
+            while True:  # what was handed over meanwhile goes in the same commit
+                try:
+                    more = self._todo.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                items.append(more)
             if self._error is None:
-                jobs, outcomes = item
+                jobs = [job for each, _ in items for job in each]
+                outcomes = [outcome for _, each in items for outcome in each]
                 try:
                     self._done.put(Committed(outcomes, self._write(jobs, outcomes)))
                 except BaseException as exc:
                     log.warning("a commit of %d results failed: %r", len(outcomes), exc)
                     self._error = exc
             with self._idle:
-                self._pending -= 1
+                self._pending -= len(items)
                 self._idle.notify_all()

@@ -9,9 +9,10 @@ step into a dropped batch), ``[[crash]]``
 kills the worker process outright (SIGKILL: no cleanup, no ack), ``[[slow]]`` makes the
 step take ``SLOW_STEP_S`` longer so a test can act while a job is running,
 ``[[prepare-fails]]`` makes :meth:`~worker.model.engine.Engine.add` raise (as an
-engine that refuses a request would: a schema outside the subset), ``[[unstorable]]`` puts a NUL in the
-request's finished text, a value PostgreSQL refuses, so committing its result fails
-(the backend keeps NUL out of real text: ``worker.model.hf.NUL_STANDIN``), and
+engine that refuses a request would: a schema outside the subset), ``[[unstorable]]``
+puts a NUL in the request's finished text, a value PostgreSQL refuses, so committing
+its result fails (the backend keeps NUL out of real text:
+``worker.model.hf.NUL_STANDIN``), and
 ``[[crash-after-commit]]`` kills it right after its results were committed, before the
 webhook sender was woken (see :func:`crash_after_commit`).
 """
