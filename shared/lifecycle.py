@@ -356,10 +356,11 @@ def expire_predecessor(changes: JobChanges, *, worker: str) -> list[uuid.UUID]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one claimed job ended. ``batch_size`` is the forward pass it ran in (0 when it
-    failed before reaching the model), ``inference_ms`` that pass's duration and
-    ``queue_ms`` the time from submission to claim; ``policy_version`` is the version of
-    the policy that decided ``action``."""
+    """How one claimed job ended. ``batch_size`` is the number of rows that ran in the
+    step in which it finished (0 when it failed before reaching the model),
+    ``inference_ms`` the time from joining the batch to finishing and ``queue_ms`` the
+    time from submission to claim; ``policy_version`` is the version of the policy that
+    decided ``action``."""
 
     job_id: uuid.UUID
     status: JobStatus
