@@ -102,6 +102,14 @@ class WorkerMetrics:
             multiprocess_mode="livemostrecent",
             registry=registry,
         )
+        self.heap_frozen = Gauge(
+            "sightline_worker_heap_frozen_objects",
+            "Objects put out of the garbage collector's reach once the worker was ready "
+            "(worker.process.freeze_heap): full collections no longer walk them.",
+            ["worker", "device"],
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
         self.gpu_memory = Gauge(
             "sightline_worker_gpu_memory_bytes",
             "CUDA memory held by the worker after its last forward pass (kind: "
@@ -137,6 +145,9 @@ class WorkerMetrics:
 
     def observe_load(self, seconds: float) -> None:
         self.model_load.labels(self.worker, self.device).set(seconds)
+
+    def observe_heap_frozen(self, objects: int) -> None:
+        self.heap_frozen.labels(self.worker, self.device).set(objects)
 
     def sample_gpu_memory(self) -> None:
         """Read torch's CUDA memory counters for this process's card; nothing on CPU."""

@@ -67,6 +67,9 @@ def test_metrics_agree_with_the_database(pg_stack: Stack) -> None:
     for node in ("cpu0", "cpu1"):
         [load_s] = _of_node(worker, "sightline_worker_model_load_seconds", node)
         assert load_s > 0, node
+        # The model, the libraries and the rest: hundreds of thousands of objects.
+        [frozen] = _of_node(worker, "sightline_worker_heap_frozen_objects", node)
+        assert frozen > 100_000, node
 
     # sightline_queue_depth counts broker messages, which are wake-up calls, not jobs: a
     # worker that claimed more jobs than its own message named leaves the others' messages
