@@ -16,9 +16,12 @@ CPU stand-in for a real model):
 Throughput is jobs per second; system time runs from the first submission to the last
 ``finished_at``. A shared machine's speed drifts by more than the gap measured here, so
 the batch-8 pair runs in ``--rounds`` rounds, bare and system taking turns to go first,
-and each side's throughput is over all its rounds. For each system run the share of its
-time the model was busy (forward passes) is printed too: what the system costs apart
-from how fast the model ran. Prints the ratios the issue sets targets for:
+and each side's throughput is over all its rounds. For each system run two shares of its
+time are printed too: the engine's steps (the worker's ``sightline_worker_step_seconds``:
+the forward passes, and preparing the joiners' inputs) and the jobs' time in the engine
+(each job's ``inference_ms`` over the rows it shared its steps with: the steps plus the
+worker's work between them). What the system costs apart from how fast the model ran
+is the rest. Prints the ratios the issue sets targets for:
 system@8 / bare@8 (≥ 0.9) and system@8 / system@1 (≥ 3).
 
     python bench/batching.py [--jobs 192] [--tokens 16] [--rounds 4]
@@ -39,6 +42,7 @@ from harness import checkpoint, running_stack
 from PIL import Image
 
 from shared.settings import Settings
+from tests.prometheus import scrape_until, total
 from tests.stack import Stack, make_image
 from worker.model.base import GenerationOptions, GenerationRequest
 from worker.process import load_backend
@@ -53,13 +57,15 @@ class Tally:
 
     jobs: int = 0
     seconds: float = 0.0
-    model_seconds: float = 0.0
+    step_seconds: float = 0.0
+    engine_seconds: float = 0.0
     rates: list[float] = field(default_factory=list)
 
-    def add(self, jobs: int, seconds: float, model_seconds: float) -> None:
+    def add(self, jobs: int, seconds: float, step_seconds: float, engine_seconds: float) -> None:
         self.jobs += jobs
         self.seconds += seconds
-        self.model_seconds += model_seconds
+        self.step_seconds += step_seconds
+        self.engine_seconds += engine_seconds
         self.rates.append(jobs / seconds)
 
     @property
@@ -76,7 +82,7 @@ def bare_model(jobs: int, tokens: int, batch: int, tally: Tally) -> None:
         [*command, "--bare-batch", str(batch)], check=True, stdout=subprocess.PIPE, text=True
     )
     elapsed = float(answer.stdout.split()[-1])
-    tally.add(jobs, elapsed, elapsed)
+    tally.add(jobs, elapsed, elapsed, elapsed)
     print(f"  bare   batch {batch}: {jobs / elapsed:6.2f} jobs/s")
 
 
@@ -119,6 +125,8 @@ def system(
     (each then long-polled)."""
     stack.reset()
     stack.start_worker(max_batch_size=str(batch))
+    metrics = f"http://127.0.0.1:{stack.env['SIGHTLINE_WORKER_METRICS_PORT']}/metrics"
+    steps_before = _step_seconds(metrics)
     client = stack.client()
     images = [make_image(i, size=SIZE) for i in range(jobs)]
     fields: list[JobFields] = [
@@ -132,21 +140,29 @@ def system(
     else:
         ids = [client.submit(images[i], **fields[i])["id"] for i in range(jobs)]
         done = [client.wait(job_id, timeout_s=600, poll_s=0.5) for job_id in ids]
+    step_seconds = _step_seconds(metrics) - steps_before
     stack.stop_workers()
     assert all(job["status"] == "succeeded" for job in done), "every job must succeed"
     seconds = (max(_finished(job) for job in done) - first).total_seconds()
-    # Each job carries its pass's duration: a pass of n jobs is counted n times.
-    model_seconds = sum(job["inference_ms"] / job["batch_size"] for job in done) / 1000
-    tally.add(jobs, seconds, model_seconds)
+    # Each job's time in the engine, shared with the rows of its steps.
+    engine_seconds = sum(job["inference_ms"] / job["batch_size"] for job in done) / 1000
+    tally.add(jobs, seconds, step_seconds, engine_seconds)
     sizes: dict[int, int] = {}
     for job in done:
         sizes[job["batch_size"]] = sizes.get(job["batch_size"], 0) + 1
     how = "one POST /v1/batches" if one_request else "one POST /v1/jobs per job"
     print(
-        f"  system batch {batch}: {jobs / seconds:6.2f} jobs/s, model busy"
-        f" {model_seconds / seconds:4.0%} of the time ({how})"
+        f"  system batch {batch}: {jobs / seconds:6.2f} jobs/s, engine steps"
+        f" {step_seconds / seconds:4.0%} of the time, jobs in the engine"
+        f" {engine_seconds / seconds:4.0%} ({how})"
     )
     return dict(sorted(sizes.items()))
+
+
+def _step_seconds(metrics: str) -> float:
+    """The time the worker serving ``metrics`` has spent in engine steps so far."""
+    samples = scrape_until(metrics, lambda found: True, timeout_s=30, what="the worker's metrics")
+    return total(samples, "sightline_worker_step_seconds_sum")
 
 
 def _finished(job: dict[str, Any]) -> datetime:
@@ -196,8 +212,9 @@ def main() -> int:
     print(f"  system       batch 8: {system_8.rate:6.2f} jobs/s   batch sizes {sizes_8}")
     print(f"  system       batch 8: {singly_8.rate:6.2f} jobs/s   (one POST /v1/jobs per job)")
     print(
-        f"  model busy in the system at batch 8: {system_8.model_seconds / system_8.seconds:.0%}"
-        " of its time (the rest is intake, claims, commits, polling)"
+        f"  engine steps in the system at batch 8: {system_8.step_seconds / system_8.seconds:.0%}"
+        f" of its time; jobs in the engine {system_8.engine_seconds / system_8.seconds:.0%}"
+        " (the rest is intake, claims, commits, polling)"
     )
     print(f"  system@8 / bare@8   = {system_8.rate / bare_8.rate:.2f}   (target >= 0.9)")
     rounds = ", ".join(f"{s / b:.2f}" for b, s in zip(bare_8.rates, system_8.rates, strict=True))
