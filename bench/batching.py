@@ -42,7 +42,7 @@ from harness import checkpoint, running_stack
 from PIL import Image
 
 from shared.settings import Settings
-from tests.prometheus import scrape_until, total
+from tests.prometheus import scrape, total
 from tests.stack import Stack, make_image
 from worker.model.base import GenerationOptions, GenerationRequest
 from worker.process import load_backend
@@ -161,8 +161,7 @@ def system(
 
 def _step_seconds(metrics: str) -> float:
     """The time the worker serving ``metrics`` has spent in engine steps so far."""
-    samples = scrape_until(metrics, lambda found: True, timeout_s=30, what="the worker's metrics")
-    return total(samples, "sightline_worker_step_seconds_sum")
+    return total(scrape(metrics), "sightline_worker_step_seconds_sum")
 
 
 def _finished(job: dict[str, Any]) -> datetime:
