@@ -42,7 +42,9 @@ def _run(settings: Settings, action: Callable[[Config, str], None], revision: st
                 # enforced, dropping a referenced table fails. The pragma only works
                 # outside a transaction, so it goes straight to the driver (the engine,
                 # foreign keys off, is disposed of below).
-                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+                driver = connection.connection.driver_connection
+                assert driver is not None, "a checked-out connection holds its driver's"
+                driver.execute("PRAGMA foreign_keys=OFF")
             with connection.begin():
                 config = alembic_config(settings)
                 config.attributes["connection"] = connection
