@@ -21,6 +21,12 @@ Beside the channel, the worker keeps the latest parts of each watched job in a R
 resuming reader starts from. A batch's channel
 (:func:`batch_channel`) gets ``{"kind": "changed"}`` whenever some of its jobs became final.
 
+Whoever sends a job's wake-up message (``shared.enqueue``) then publishes its priority
+(``interactive`` or ``bulk``) on :func:`queued_channel`, so that a running worker learns
+that a job may be waiting without asking the broker before every step
+(``worker.queue_hint``). Pub/sub channels are the Redis server's, not a database's, so
+that channel is named after the broker's database.
+
 A reader sets :func:`watch_key` (any fresh value, ``WATCH_TTL_S``) and refreshes it while
 it reads; workers publish text only for watched jobs, so an unwatched job costs nothing.
 Publishing is best effort: readers re-read the database every so often anyway, so a lost
@@ -52,6 +58,11 @@ def job_channel(job_id: uuid.UUID | str) -> str:
 def batch_channel(batch_id: uuid.UUID | str) -> str:
     """The pub/sub channel of batch ``batch_id``."""
     return f"sightline:batch:{batch_id}"
+
+
+def queued_channel(client: redis.Redis) -> str:
+    """The pub/sub channel announcing wake-ups sent to the queues of ``client``'s database."""
+    return f"sightline:queued:{client.connection_pool.connection_kwargs.get('db', 0)}"
 
 
 def watch_key(job_id: uuid.UUID | str) -> str:

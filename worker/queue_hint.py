@@ -1,4 +1,4 @@
-"""Whether a job may be queued that a running batch has not claimed: read from the broker.
+"""Whether a job may be queued that a running batch has not claimed: announced by the broker.
 
 Between steps a running batch with room claims more jobs, and a claim that finds nothing
 is a wasted database round trip on the stepping thread. A worker in a run does not
@@ -8,21 +8,23 @@ queued: a worker with free rows and an empty queue ran a bulk claim and an inter
 claim that found nothing every ``IDLE_CLAIM_S`` (``docs/scheduling.md`` has what that
 cost).
 
-Kombu pushes each message on its list's left, so a list's first element is its newest
-message, and the API commits a job before it sends the job's message.
-:meth:`QueueHint.read` reads the newest message of each list (one round trip);
-:meth:`QueueHint.drained`, called after a claim came back with fewer jobs than it asked
-for, remembers the ones read before that claim. Until a newer message arrives, every
-job queued by then has been claimed, and :meth:`QueueHint.waiting` says no. A message
-is never pushed twice with the same bytes (each carries its own delivery tag) except
-when the broker restores one a dead consumer held, whose job was queued long before.
+Whoever sends a job's wake-up message then announces its priority on the broker's
+``queued`` channel (``shared.job_feed.queued_channel``), after the job's row was
+committed. The hint subscribes to that channel: :meth:`QueueHint.read` takes the
+announcements received since it last looked, without waiting (no round trip: the
+stepping thread asks before every step); :meth:`QueueHint.drained`, called after a claim
+came back with fewer jobs than it asked for, remembers how many had been read before that
+claim. Until a newer one arrives, every job announced by then has been claimed, and
+:meth:`QueueHint.waiting` says no.
 
-Some claimable work comes without a new message: a job abandoned by a dead worker (its
-wake-up comes from the sweeper, later), and everything after Redis lost its lists. So
+Some claimable work comes without an announcement: a job abandoned by a dead worker (its
+wake-up comes from the sweeper, later), one whose announcement was lost (pub/sub keeps
+nothing for a subscriber that was away), and everything after Redis lost its lists. So
 :meth:`waiting` also says yes once ``recheck_s`` has passed since the last drained
 claim: an empty queue costs one claim of each kind per ``recheck_s``, not twenty a
-second. While the broker cannot be read, every answer is yes: the claim finds out.
-Before the first read, too.
+second. Every answer is yes until the subscription is confirmed, again whenever it is
+made again (the connection was lost: so may announcements have been), and while the
+broker cannot be read: the claim finds out.
 """
 
 from __future__ import annotations
@@ -32,12 +34,10 @@ from collections.abc import Callable
 
 import redis
 
+from shared.job_feed import queued_channel
 from shared.models import Priority
-from shared.tasks import queue_for
 
 RECHECK_S = 1.0
-
-_UNREAD = object()
 
 
 class QueueHint:
@@ -53,39 +53,47 @@ class QueueHint:
         self._client = client
         self._recheck_s = recheck_s
         self._clock = clock
-        self._newest: dict[Priority, object] = dict.fromkeys(Priority, _UNREAD)  # as read
-        self._seen: dict[Priority, object] = dict.fromkeys(Priority)  # when drained
-        self._recheck_at: dict[Priority, float] = dict.fromkeys(Priority, 0.0)
+        self._pubsub: redis.client.PubSub | None = None
+        self._listening = False  # the subscription is confirmed
+        self._heard = dict.fromkeys(Priority, 0)  # announcements read (and misses)
+        self._seen = dict.fromkeys(Priority, 0)  # as heard before the last drained claim
+        self._recheck_at = dict.fromkeys(Priority, 0.0)
 
     def read(self) -> None:
-        """Read the newest message of each queue (one round trip)."""
+        """Take the announcements received since the last read, without waiting."""
         try:
-            with self._client.pipeline(transaction=False) as pipe:
-                for kind in Priority:
-                    pipe.lindex(queue_for(kind), 0)
-                self._newest = dict(zip(Priority, pipe.execute(), strict=True))
-        except redis.RedisError:
-            self._newest = dict.fromkeys(Priority, _UNREAD)
+            if self._pubsub is None:
+                self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+                self._pubsub.subscribe(queued_channel(self._client))
+            while (message := self._pubsub.get_message(timeout=0.0)) is not None:
+                if message["type"] == "subscribe":  # first, or again after a lost connection
+                    self._listening = True
+                    for kind in Priority:
+                        self._heard[kind] += 1  # what was announced meanwhile is unknown
+                elif message["type"] == "message":
+                    self._heard[Priority(message["data"].decode())] += 1
+        except (redis.RedisError, OSError, ValueError):
+            if self._pubsub is not None:
+                self._pubsub.close()
+            self._pubsub, self._listening = None, False
 
     def waiting(self, priority: Priority | None = None) -> bool:
         """Whether, as last :meth:`read`, a job of ``priority`` (``None``: of either) may
-        be queued that the last drained claim of it did not see; yes if the read
-        failed."""
+        be queued that the last drained claim of it did not see; yes while not
+        listening."""
         kinds = list(Priority) if priority is None else [priority]
         now = self._clock()
-        return any(
-            self._newest[kind] is _UNREAD
-            or now >= self._recheck_at[kind]
-            or (self._newest[kind] is not None and self._newest[kind] != self._seen[kind])
-            for kind in kinds
+        return not self._listening or any(
+            now >= self._recheck_at[kind] or self._heard[kind] != self._seen[kind] for kind in kinds
         )
 
     def drained(self, priority: Priority | None = None) -> None:
         """A claim of ``priority`` (``None``: of either) made after the last
-        :meth:`read` came back short: every such job queued by then is claimed."""
+        :meth:`read` came back short: every such job announced by then is claimed."""
+        if not self._listening:
+            return
         kinds = list(Priority) if priority is None else [priority]
         recheck_at = self._clock() + self._recheck_s
         for kind in kinds:
-            if self._newest[kind] is not _UNREAD:
-                self._seen[kind] = self._newest[kind]
-                self._recheck_at[kind] = recheck_at
+            self._seen[kind] = self._heard[kind]
+            self._recheck_at[kind] = recheck_at

@@ -144,7 +144,7 @@ def _commits(stack: Stack) -> int:
 def test_a_batch_with_free_rows_and_an_empty_queue_does_not_keep_claiming(
     pg_stack: Stack, medium_checkpoint: Path
 ) -> None:
-    """Between steps the worker claims only when the broker shows work its last claim did
+    """Between steps the worker claims only when a job was announced that its last claim did
     not see, and tries an empty queue once a second (``worker/queue_hint.py``); it used to
     run an empty claim every 50 ms."""
     # The medium checkpoint: steps of some 10 ms, so a long answer lasts seconds.
