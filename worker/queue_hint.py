@@ -10,7 +10,9 @@ cost).
 
 Whoever sends a job's wake-up message then announces its priority on the broker's
 ``queued`` channel (``shared.job_feed.queued_channel``), after the job's row was
-committed. The hint subscribes to that channel: :meth:`QueueHint.read` takes the
+committed. The hint subscribes to that channel for the length of a run
+(:meth:`QueueHint.listening`: between runs nothing is held for the worker, however busy
+the others are), and :meth:`QueueHint.read` takes the
 announcements received since it last looked, without waiting (no round trip: the
 stepping thread asks before every step); :meth:`QueueHint.drained`, called after a claim
 came back with fewer jobs than it asked for, remembers how many had been read before that
@@ -30,7 +32,8 @@ broker cannot be read: the claim finds out.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -59,6 +62,17 @@ class QueueHint:
         self._seen = dict.fromkeys(Priority, 0)  # as heard before the last drained claim
         self._recheck_at = dict.fromkeys(Priority, 0.0)
 
+    @contextmanager
+    def listening(self) -> Iterator[None]:
+        """Subscribe for the block (a worker's run) and leave after it: between runs
+        nothing is held for this worker, in Redis or in its socket, however many jobs
+        other workers are told of."""
+        try:
+            self.read()
+            yield
+        finally:
+            self._close()
+
     def read(self) -> None:
         """Take the announcements received since the last read, without waiting."""
         try:
@@ -73,9 +87,7 @@ class QueueHint:
                 elif message["type"] == "message":
                     self._heard[Priority(message["data"].decode())] += 1
         except (redis.RedisError, OSError, ValueError):
-            if self._pubsub is not None:
-                self._pubsub.close()
-            self._pubsub, self._listening = None, False
+            self._close()
 
     def waiting(self, priority: Priority | None = None) -> bool:
         """Whether, as last :meth:`read`, a job of ``priority`` (``None``: of either) may
@@ -97,3 +109,8 @@ class QueueHint:
         for kind in kinds:
             self._seen[kind] = self._heard[kind]
             self._recheck_at[kind] = recheck_at
+
+    def _close(self) -> None:
+        if self._pubsub is not None:
+            self._pubsub.close()
+        self._pubsub, self._listening = None, False

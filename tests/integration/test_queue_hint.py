@@ -15,6 +15,7 @@ from celery import Celery
 from cli.redis_server import RedisServer, free_port
 from shared.celery_app import create_celery
 from shared.enqueue import enqueue_job, enqueue_wakeups
+from shared.job_feed import queued_channel
 from shared.models import Priority
 from shared.settings import Settings
 from shared.tasks import QUEUE_INTERACTIVE
@@ -141,6 +142,25 @@ def test_a_lost_connection_says_anything_may_be_waiting(redis_server: RedisServe
     enqueue_job(app, uuid.uuid4(), BULK)  # announced to no one
     assert _heard(hint, INTERACTIVE) and hint.waiting(BULK)
     _quiet(hint)  # listening again: claims stop once they come back short
+
+
+def test_nothing_is_held_for_a_worker_between_runs(redis_server: RedisServer) -> None:
+    """A worker listens only while it runs a batch: an idle one would have Redis buffer
+    every announcement of a busy fleet for it."""
+    client, app = _broker(redis_server, 13)
+    channel = queued_channel(client)
+    hint = QueueHint(client, clock=Clock())
+    with hint.listening():
+        _quiet(hint)  # subscribed
+        assert client.pubsub_numsub(channel) == [(channel.encode(), 1)]
+    wait_until(
+        lambda: client.pubsub_numsub(channel) == [(channel.encode(), 0)],
+        timeout_s=5,
+        what="the subscription to be left",
+    )
+    enqueue_job(app, uuid.uuid4(), BULK)  # between runs
+    with hint.listening():
+        assert _heard(hint, BULK), "what was announced between runs may be waiting"
 
 
 def test_an_unreachable_broker_says_waiting() -> None:
