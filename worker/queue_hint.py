@@ -32,13 +32,14 @@ broker cannot be read: the claim finds out.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import redis
 
 from shared.job_feed import queued_channel
 from shared.models import Priority
+from worker.announcements import Announcements
 
 RECHECK_S = 1.0
 
@@ -53,41 +54,28 @@ class QueueHint:
         recheck_s: float = RECHECK_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = client
+        self._announcements = Announcements(client, queued_channel(client))
         self._recheck_s = recheck_s
         self._clock = clock
-        self._pubsub: redis.client.PubSub | None = None
-        self._listening = False  # the subscription is confirmed
         self._heard = dict.fromkeys(Priority, 0)  # announcements read (and misses)
         self._seen = dict.fromkeys(Priority, 0)  # as heard before the last drained claim
         self._recheck_at = dict.fromkeys(Priority, 0.0)
 
-    @contextmanager
-    def listening(self) -> Iterator[None]:
-        """Subscribe for the block (a worker's run) and leave after it: between runs
-        nothing is held for this worker, in Redis or in its socket, however many jobs
-        other workers are told of."""
-        try:
-            self.read()
-            yield
-        finally:
-            self._close()
+    def listening(self) -> AbstractContextManager[None]:
+        """Subscribed for the block (a worker's run): see
+        :meth:`worker.announcements.Announcements.held`."""
+        return self._announcements.held()
 
     def read(self) -> None:
         """Take the announcements received since the last read, without waiting."""
-        try:
-            if self._pubsub is None:
-                self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-                self._pubsub.subscribe(queued_channel(self._client))
-            while (message := self._pubsub.get_message(timeout=0.0)) is not None:
-                if message["type"] == "subscribe":  # first, or again after a lost connection
-                    self._listening = True
-                    for kind in Priority:
-                        self._heard[kind] += 1  # what was announced meanwhile is unknown
-                elif message["type"] == "message":
-                    self._heard[Priority(message["data"].decode())] += 1
-        except (redis.RedisError, OSError, ValueError):
-            self._close()
+        heard = self._announcements.read()
+        for kind in Priority if heard.missed else ():
+            self._heard[kind] += 1  # what was announced meanwhile is unknown
+        for data in heard.messages:
+            try:
+                self._heard[Priority(data.decode())] += 1
+            except ValueError:
+                continue  # not ours
 
     def waiting(self, priority: Priority | None = None) -> bool:
         """Whether, as last :meth:`read`, a job of ``priority`` (``None``: of either) may
@@ -95,22 +83,17 @@ class QueueHint:
         listening."""
         kinds = list(Priority) if priority is None else [priority]
         now = self._clock()
-        return not self._listening or any(
+        return not self._announcements.listening or any(
             now >= self._recheck_at[kind] or self._heard[kind] != self._seen[kind] for kind in kinds
         )
 
     def drained(self, priority: Priority | None = None) -> None:
         """A claim of ``priority`` (``None``: of either) made after the last
         :meth:`read` came back short: every such job announced by then is claimed."""
-        if not self._listening:
+        if not self._announcements.listening:
             return
         kinds = list(Priority) if priority is None else [priority]
         recheck_at = self._clock() + self._recheck_s
         for kind in kinds:
             self._seen[kind] = self._heard[kind]
             self._recheck_at[kind] = recheck_at
-
-    def _close(self) -> None:
-        if self._pubsub is not None:
-            self._pubsub.close()
-        self._pubsub, self._listening = None, False
