@@ -38,7 +38,14 @@ import redis
 
 from api.feed_listener import FeedListener, Inbox, Message
 from api.stream_upkeep import StreamUpkeep
-from shared.job_feed import WATCH_TTL_S, claim_label, job_channel, text_key, watch_key
+from shared.job_feed import (
+    WATCH_TTL_S,
+    announce_watching,
+    claim_label,
+    job_channel,
+    text_key,
+    watch_key,
+)
 from shared.models import Job, JobStatus
 from shared.schemas import JobOut
 
@@ -300,6 +307,7 @@ class JobStream:
                 self.redis.set(key, uuid.uuid4().hex, ex=WATCH_TTL_S)
             elif not self.redis.expire(key, WATCH_TTL_S):
                 self.redis.set(key, uuid.uuid4().hex, ex=WATCH_TTL_S, nx=True)
+            announce_watching(self.redis, self.job_id)  # a running job's worker reads it now
         except redis.RedisError:
             pass
 

@@ -29,6 +29,9 @@ that channel is named after the broker's database.
 
 A reader sets :func:`watch_key` (any fresh value, ``WATCH_TTL_S``) and refreshes it while
 it reads; workers publish text only for watched jobs, so an unwatched job costs nothing.
+When it sets the key it also names the job on :func:`watching_channel`
+(:func:`announce_watching`), so a worker reads the watch keys of its running jobs when a
+job joins, when a reader announces itself and every few seconds, not at every round.
 Publishing is best effort: readers re-read the database every so often anyway, so a lost
 message delays an answer, never loses it.
 """
@@ -62,7 +65,17 @@ def batch_channel(batch_id: uuid.UUID | str) -> str:
 
 def queued_channel(client: redis.Redis) -> str:
     """The pub/sub channel announcing wake-ups sent to the queues of ``client``'s database."""
-    return f"sightline:queued:{client.connection_pool.connection_kwargs.get('db', 0)}"
+    return f"sightline:queued:{_database(client)}"
+
+
+def watching_channel(client: redis.Redis) -> str:
+    """The pub/sub channel on which readers name the jobs they start to watch, for the
+    workers of ``client``'s database."""
+    return f"sightline:watching:{_database(client)}"
+
+
+def _database(client: redis.Redis) -> int:
+    return int(client.connection_pool.connection_kwargs.get("db", 0))
 
 
 def watch_key(job_id: uuid.UUID | str) -> str:
@@ -117,6 +130,12 @@ class JobFeed:
             self._client.delete(*keys)
         except redis.RedisError as exc:
             log.warning("job feed: %d texts not dropped (%s)", len(keys), type(exc).__name__)
+
+
+def announce_watching(client: redis.Redis, job_id: uuid.UUID) -> None:
+    """Tell the workers that ``job_id``'s watch key was just set (see the module
+    docstring). Raises Redis's errors."""
+    client.publish(watching_channel(client), str(job_id))
 
 
 def text_message(claim: str, seq: int, parts: dict[str, tuple[int, str]]) -> str:

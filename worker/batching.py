@@ -212,7 +212,12 @@ class BatchService:
         committer = Committer(partial(self._write_apart, token))
         run = _Run(token, on_settled, on_step, committer)
         # The committer stops first: its last commits are made under a renewed lease.
-        with self._leases_renewed(token), committer.running(), self._queued.listening():
+        with (
+            self._leases_renewed(token),
+            committer.running(),
+            self._queued.listening(),
+            self._publisher.listening(),
+        ):
             self._admit(run, self._first_claim(run, prefer))
             while True:
                 if self._stopping():

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import text
 
 from cli.redis_server import free_port
-from shared.job_feed import job_channel, text_key, watch_key
+from shared.job_feed import announce_watching, job_channel, text_key, watch_key
 from shared.models import JobStatus
 from tests.prometheus import scrape_until, total
 from tests.stack import Stack, make_image
@@ -224,6 +224,7 @@ def test_the_feed_carries_a_watched_jobs_text_and_only_moves_of_others(pg_stack:
     watched = client.submit(make_image(3), "[[slow]] stream me", max_new_tokens=8)["id"]
     quiet = client.submit(make_image(4), "[[slow]] nobody listens", max_new_tokens=8)["id"]
     pg_stack.redis.set(watch_key(watched), uuid.uuid4().hex, ex=60)
+    announce_watching(pg_stack.redis, uuid.UUID(watched))  # as a reader does
 
     messages: list[tuple[str, dict[str, Any]]] = []
     ours = {job_channel(watched), job_channel(quiet)}

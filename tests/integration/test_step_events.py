@@ -1,5 +1,6 @@
 """The worker's step publisher (``worker.step_events``) against a real Redis: what it
-publishes for watched jobs, and how it spreads their turns out when many are watched.
+publishes for watched jobs, how it spreads their turns out when many are watched, and
+when it reads the watch keys.
 
 The engine is a stand-in holding each job's text (the publisher reads only ``running``
 and ``text``); the clock is a counter the test moves.
@@ -12,12 +13,14 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from itertools import pairwise
+from typing import Any
 
 import pytest
 import redis
 
 from cli.redis_server import RedisServer
-from shared.job_feed import job_channel, text_key, watch_key
+from shared.job_feed import announce_watching, job_channel, text_key, watch_key
+from tests.waiting import wait_until
 from worker.model.engine import StepEvents
 from worker.step_events import StepPublisher
 
@@ -130,3 +133,65 @@ def test_a_few_watched_jobs_are_published_every_interval(client: redis.Redis) ->
             texts.append(json.loads(message["data"])["answer"][1])
     assert "".join(texts) == engine.text(watched)
     assert len(texts) == 10
+
+
+class CountingRedis(redis.Redis):
+    """A client of the real Redis that counts its ``MGET`` calls (the publisher's reads of
+    the watch keys)."""
+
+    mgets = 0
+
+    def mget(self, *args: Any, **kwargs: Any) -> Any:
+        self.mgets += 1
+        return super().mget(*args, **kwargs)
+
+
+def test_watch_keys_are_read_when_they_may_have_changed_not_every_round(
+    redis_server: RedisServer,
+) -> None:
+    """Listening to readers' announcements, the publisher reads the watch keys when a job
+    joins, when a reader names a running job, and every ``recheck_s``: not at every round
+    (ten round trips a second on the stepping thread)."""
+    client = CountingRedis(port=redis_server.port, db=14)
+    client.flushdb()
+    now = [0.0]
+    publisher = StepPublisher(
+        client, interval_s=0.125, messages_per_s=50, recheck_s=10.0, clock=lambda: now[0]
+    )
+    engine = Texts(3)
+    first, second, _ = engine.running
+    # redis leaves pubsub() unannotated.
+    listener: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
+    listener.subscribe(*(job_channel(job_id) for job_id in engine.running))
+    published: list[bytes] = []
+
+    def step() -> int:
+        """One round on the clock's next tick; the keys it read (0 or 1 MGET)."""
+        before = client.mgets
+        now[0] += 0.125
+        engine.write("word ")
+        publisher.publish(engine, StepEvents(), uuid.uuid4())  # type: ignore[arg-type]
+        while (message := listener.get_message(timeout=0.05)) is not None:
+            if message["type"] == "message":
+                published.append(message["channel"])
+        return client.mgets - before
+
+    with publisher.listening():
+        # The first rounds read the keys: the jobs are new, and until the subscription is
+        # confirmed anything may have been announced.
+        assert step() == 1
+        wait_until(lambda: step() == 0, timeout_s=5, what="the subscription to be confirmed")
+        assert [step() for _ in range(8)] == [0] * 8, "a second of rounds, no read"
+        assert published == []
+
+        client.set(watch_key(first), "reader")
+        announce_watching(client, first)
+        wait_until(lambda: step() == 1, timeout_s=5, what="the announcement to be heard")
+        assert published and set(published) == {job_channel(first).encode()}
+
+        client.set(watch_key(second), "upkeep")  # set again without an announcement
+        assert [step() for _ in range(8)] == [0] * 8
+        assert job_channel(second).encode() not in published
+        now[0] += 10.0  # recheck_s later
+        assert step() == 1
+        assert job_channel(second).encode() in published
