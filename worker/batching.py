@@ -370,7 +370,7 @@ class BatchService:
         only: Priority | None = None,
     ) -> list[Job]:
         with lifecycle.unit_of_work(self._sessions, _no_events, self._feed) as changes:
-            return lifecycle.claim(
+            jobs = lifecycle.claim(
                 changes,
                 worker=self.worker_name,
                 token=run.token,
@@ -382,6 +382,8 @@ class BatchService:
                 with_abandoned=with_abandoned,
                 only=only,
             )
+        self._metrics.observe_claim(found=bool(jobs))
+        return jobs
 
     def _admit(self, run: _Run, jobs: Sequence[Job], *, seats: int | None = None) -> None:
         """Settle or place claimed jobs: expired and cached ones settle at once, suspects

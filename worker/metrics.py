@@ -95,6 +95,14 @@ class WorkerMetrics:
             ["worker"],
             registry=registry,
         )
+        self.claims = Counter(
+            "sightline_worker_claims",
+            "Claims the worker ran, by whether they found jobs (found: yes or no). Claims "
+            "that find nothing cost a database round trip each; a running batch makes "
+            "them only when a job may be waiting (worker.queue_hint).",
+            ["worker", "found"],
+            registry=registry,
+        )
         self.model_load = Gauge(
             "sightline_worker_model_load_seconds",
             "How long loading the model and its warm-up pass took at start-up.",
@@ -127,6 +135,10 @@ class WorkerMetrics:
             ).inc()
             if outcome.queue_ms is not None:
                 self.queue_wait.labels(self.worker).observe(outcome.queue_ms / 1000)
+
+    def observe_claim(self, *, found: bool) -> None:
+        """Record one claim, and whether it found jobs."""
+        self.claims.labels(self.worker, "yes" if found else "no").inc()
 
     def observe_step(
         self, rows: int, seconds: float, tokens: int | None, prefilled: int = 0
