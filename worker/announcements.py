@@ -41,7 +41,10 @@ class Announcements:
         nothing is held for this worker, in Redis or in its socket, however much is
         announced to the others."""
         try:
-            self.read()
+            self._subscribe()  # now; its confirmation is read with what follows it
+        except (redis.RedisError, OSError):
+            self._close()  # read() asks again
+        try:
             yield
         finally:
             self._close()
@@ -52,10 +55,8 @@ class Announcements:
         missed = not self.listening
         messages: list[bytes] = []
         try:
-            if self._pubsub is None:
-                self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-                self._pubsub.subscribe(self._channel)
-            while (message := self._pubsub.get_message(timeout=0.0)) is not None:
+            pubsub = self._subscribe()
+            while (message := pubsub.get_message(timeout=0.0)) is not None:
                 if message["type"] == "subscribe":  # first, or again after a lost connection
                     self.listening = missed = True
                 elif message["type"] == "message":
@@ -64,6 +65,14 @@ class Announcements:
             self._close()
             missed = True
         return Heard(messages, missed)
+
+    def _subscribe(self) -> redis.client.PubSub:
+        """The subscription, asked for if there is none (its confirmation comes later, to
+        :meth:`read`); raises Redis's errors."""
+        if self._pubsub is None:
+            self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            self._pubsub.subscribe(self._channel)
+        return self._pubsub
 
     def _close(self) -> None:
         if self._pubsub is not None:
