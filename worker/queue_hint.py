@@ -12,12 +12,12 @@ Whoever sends a job's wake-up message then announces its priority on the broker'
 ``queued`` channel (``shared.job_feed.queued_channel``), after the job's row was
 committed. The hint subscribes to that channel for the length of a run
 (:meth:`QueueHint.listening`: between runs nothing is held for the worker, however busy
-the others are), and :meth:`QueueHint.read` takes the
-announcements received since it last looked, without waiting (no round trip: the
-stepping thread asks before every step); :meth:`QueueHint.drained`, called after a claim
-came back with fewer jobs than it asked for, remembers how many had been read before that
-claim. Until a newer one arrives, every job announced by then has been claimed, and
-:meth:`QueueHint.waiting` says no.
+the others are), and :meth:`QueueHint.read` takes the announcements received since it
+last looked, without waiting (no round trip: the stepping thread asks before every
+step); :meth:`QueueHint.drained`, called after a claim came back with fewer jobs than it
+asked for, remembers how many had been read before that claim. Until a newer one
+arrives, every job announced by then has been claimed, and :meth:`QueueHint.waiting`
+says no.
 
 Some claimable work comes without an announcement: a job abandoned by a dead worker (its
 wake-up comes from the sweeper, later), one whose announcement was lost (pub/sub keeps

@@ -156,7 +156,7 @@ class StepPublisher:
         """Whether a watch key of ``ids`` may have been set or dropped since the last
         :meth:`_read_keys` (see the module docstring)."""
         heard = self._readers.read()
-        named = {data.decode() for data in heard.messages}
+        named = {data.decode(errors="replace") for data in heard.messages}
         return (
             heard.missed
             or now >= self._keys_read_at + self._recheck_s

@@ -9,6 +9,7 @@ and ``text``); the clock is a counter the test moves.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,13 @@ import pytest
 import redis
 
 from cli.redis_server import RedisServer
-from shared.job_feed import announce_watching, job_channel, text_key, watch_key
+from shared.job_feed import (
+    announce_watching,
+    job_channel,
+    text_key,
+    watch_key,
+    watching_channel,
+)
 from tests.waiting import wait_until
 from worker.model.engine import StepEvents
 from worker.step_events import StepPublisher
@@ -195,3 +202,19 @@ def test_watch_keys_are_read_when_they_may_have_changed_not_every_round(
         now[0] += 10.0  # recheck_s later
         assert step() == 1
         assert job_channel(second).encode() in published
+
+
+def test_bytes_that_name_no_job_on_the_watching_channel_do_not_stop_a_step(
+    client: redis.Redis,
+) -> None:
+    """Anyone who can reach Redis can publish there; the stepping thread must go on."""
+    now = [0.0]
+    publisher = StepPublisher(client, interval_s=0.125, clock=lambda: now[0])
+    engine = Texts(1)
+    with publisher.listening():
+        client.publish(watching_channel(client), b"\xff\xfe not a job")
+        for _ in range(10):
+            now[0] += 0.125
+            engine.write("word ")
+            publisher.publish(engine, StepEvents(), uuid.uuid4())  # type: ignore[arg-type]
+            time.sleep(0.01)
