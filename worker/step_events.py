@@ -123,11 +123,13 @@ class StepPublisher:
         """Take the turns of the ``turns`` watched jobs whose turn is oldest."""
         ids = list(engine.running)
         if self._keys_may_have_changed(ids, now):
-            self._read_keys(ids, now)
-        running = set(ids)
-        watched = self._watched = {
-            job_id: was for job_id, was in self._watched.items() if job_id in running
-        }
+            self._read_keys(ids, now)  # keeps only the running jobs
+        else:
+            running = set(ids)
+            self._watched = {
+                job_id: was for job_id, was in self._watched.items() if job_id in running
+            }
+        watched = self._watched
         due = sorted(watched, key=lambda job_id: watched[job_id].turn_at)[:turns]
         pipe = self._client.pipeline(transaction=False)
         for job_id in due:
